@@ -1,0 +1,769 @@
+//! Renders [`Plan`]s as differential dataflows and runs them on timely worker threads.
+//!
+//! Every table is an input collection arranged once (`arrange_by_self`); every view is a dataflow
+//! of its own that imports the arrangements it reads, so creating a view late sees the existing
+//! data and views can be defined on views. A view's output is arranged too (for views on it) and
+//! mirrored into a [`ViewState`] that readers on other threads can snapshot.
+//!
+//! The [`Engine`] handle drives the workers with commands over channels. A commit is one logical
+//! timestamp: each worker feeds its share of the changes, advances every input, and steps until
+//! every view's probe has passed the timestamp, so a read after `commit` returns sees all views at
+//! the same, complete timestamp. This is the only module that names timely or differential types:
+//! the heavy generic code stays in one place.
+
+use crate::expr::{eval_all, EvalError, Expr};
+use crate::plan::{Aggregate, AggregateFunction, JoinKind, Plan, RelationId, SortKey};
+use crate::value::{Row, Value};
+use differential_dataflow::difference::{IsZero, Multiply, Semigroup};
+use differential_dataflow::input::{Input, InputSession};
+use differential_dataflow::operators::arrange::TraceAgent;
+use differential_dataflow::trace::implementations::KeySpine;
+use differential_dataflow::trace::TraceReader;
+use differential_dataflow::{AsCollection, VecCollection};
+use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::{Probe, ToStream};
+use timely::dataflow::{ProbeHandle, Scope};
+use timely::progress::frontier::AntichainRef;
+use timely::worker::Worker;
+
+/// Logical time: one tick per committed transaction.
+pub type Time = u64;
+
+type Collection<'scope> = VecCollection<'scope, Time, Row, isize>;
+type RowTrace = TraceAgent<KeySpine<Row, Time, isize>>;
+
+/// Errors of the engine itself.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The timely runtime could not start.
+    #[error("could not start {workers} timely worker(s): {message}")]
+    Start { workers: usize, message: String },
+    /// A worker thread stopped unexpectedly (a bug); the engine must be reopened.
+    #[error("a dataflow worker stopped unexpectedly")]
+    WorkerDied,
+    /// A plan or change names a relation the engine does not have.
+    #[error("unknown relation id {0}")]
+    UnknownRelation(RelationId),
+    /// Evaluating a view's expressions failed on some rows.
+    #[error("view {view} cannot be read: {message}")]
+    ViewError { view: String, message: String },
+}
+
+/// One row inserted (`diff > 0`) or deleted (`diff < 0`) in a table.
+#[derive(Clone, Debug)]
+pub struct Change {
+    pub table: RelationId,
+    pub row: Row,
+    pub diff: isize,
+}
+
+/// The readable contents of one view, maintained by the workers.
+#[derive(Debug, Default)]
+pub struct ViewState {
+    name: String,
+    rows: Mutex<HashMap<Row, isize>>,
+    errors: Mutex<BTreeMap<String, isize>>,
+}
+
+impl ViewState {
+    fn new(name: &str) -> ViewState {
+        ViewState { name: name.to_string(), ..ViewState::default() }
+    }
+
+    /// The view's rows with their multiplicities, or the first evaluation error that currently
+    /// holds for some input row.
+    pub fn snapshot(&self) -> Result<Vec<(Row, isize)>, EngineError> {
+        if let Some((message, _)) = self.errors.lock().expect("errors lock").iter().next() {
+            return Err(EngineError::ViewError { view: self.name.clone(), message: message.clone() });
+        }
+        let rows = self.rows.lock().expect("rows lock");
+        Ok(rows.iter().map(|(row, count)| (row.clone(), *count)).collect())
+    }
+
+    /// The number of rows (with multiplicity).
+    pub fn len(&self) -> usize {
+        self.rows.lock().expect("rows lock").values().map(|count| count.max(&0).unsigned_abs()).sum()
+    }
+
+    /// Whether the view has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn record_error(&self, error: &EvalError, diff: isize) {
+        let mut errors = self.errors.lock().expect("errors lock");
+        let count = errors.entry(error.0.clone()).or_insert(0);
+        *count += diff;
+        if *count == 0 {
+            errors.remove(&error.0);
+        }
+    }
+}
+
+enum Command {
+    CreateTable { id: RelationId },
+    CreateView { id: RelationId, plan: Arc<Plan>, state: Arc<ViewState> },
+    Drop { id: RelationId },
+    Commit { time: Time, changes: Arc<Vec<Change>> },
+}
+
+/// A running set of timely workers holding the tables and views.
+pub struct Engine {
+    commands: Vec<Sender<Command>>,
+    replies: Receiver<()>,
+    guards: Option<timely::communication::WorkerGuards<()>>,
+    time: Time,
+    relations: HashMap<RelationId, Option<Arc<ViewState>>>,
+}
+
+impl Engine {
+    /// Starts `workers` timely worker threads in this process.
+    pub fn start(workers: usize) -> Result<Engine, EngineError> {
+        let workers = workers.max(1);
+        let (reply_sender, replies) = channel();
+        let mut commands = Vec::new();
+        let mut receivers = Vec::new();
+        for _ in 0..workers {
+            let (sender, receiver) = channel();
+            commands.push(sender);
+            receivers.push(Mutex::new(Some(receiver)));
+        }
+        let receivers = Arc::new(receivers);
+        let reply_sender = Mutex::new(reply_sender);
+        let guards = timely::execute(timely::Config::process(workers), move |worker| {
+            let receiver = receivers[worker.index()].lock().expect("receiver lock").take().expect("one receiver per worker");
+            let replies = reply_sender.lock().expect("reply lock").clone();
+            run_worker(worker, receiver, replies);
+        })
+        .map_err(|message| EngineError::Start { workers, message })?;
+        Ok(Engine { commands, replies, guards: Some(guards), time: 0, relations: HashMap::new() })
+    }
+
+    /// The number of worker threads.
+    pub fn workers(&self) -> usize {
+        self.commands.len()
+    }
+
+    /// The timestamp the next commit will have.
+    pub fn time(&self) -> Time {
+        self.time
+    }
+
+    fn broadcast(&self, make: impl Fn() -> Command) -> Result<(), EngineError> {
+        for sender in &self.commands {
+            sender.send(make()).map_err(|_| EngineError::WorkerDied)?;
+        }
+        for _ in &self.commands {
+            self.replies.recv().map_err(|_| EngineError::WorkerDied)?;
+        }
+        Ok(())
+    }
+
+    /// Adds an empty table.
+    pub fn create_table(&mut self, id: RelationId) -> Result<(), EngineError> {
+        self.broadcast(|| Command::CreateTable { id })?;
+        self.relations.insert(id, None);
+        Ok(())
+    }
+
+    /// Builds a view's dataflow; when this returns, the view reflects every committed change.
+    pub fn create_view(&mut self, id: RelationId, name: &str, plan: Plan) -> Result<Arc<ViewState>, EngineError> {
+        if let Some(missing) = plan.dependencies().into_iter().find(|dep| !self.relations.contains_key(dep)) {
+            return Err(EngineError::UnknownRelation(missing));
+        }
+        let state = Arc::new(ViewState::new(name));
+        let plan = Arc::new(plan);
+        self.broadcast(|| Command::CreateView { id, plan: plan.clone(), state: state.clone() })?;
+        self.relations.insert(id, Some(state.clone()));
+        Ok(state)
+    }
+
+    /// Removes a table or view (the caller checks that nothing depends on it).
+    pub fn drop_relation(&mut self, id: RelationId) -> Result<(), EngineError> {
+        if self.relations.remove(&id).is_none() {
+            return Err(EngineError::UnknownRelation(id));
+        }
+        self.broadcast(|| Command::Drop { id })
+    }
+
+    /// Applies `changes` as one timestamp and waits until every view reflects them.
+    pub fn commit(&mut self, changes: Vec<Change>) -> Result<Time, EngineError> {
+        if let Some(change) = changes.iter().find(|change| !matches!(self.relations.get(&change.table), Some(None))) {
+            return Err(EngineError::UnknownRelation(change.table));
+        }
+        let time = self.time;
+        let changes = Arc::new(changes);
+        self.broadcast(|| Command::Commit { time, changes: changes.clone() })?;
+        self.time += 1;
+        Ok(time)
+    }
+
+    /// The maintained state of a view.
+    pub fn view(&self, id: RelationId) -> Option<Arc<ViewState>> {
+        self.relations.get(&id).cloned().flatten()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.commands.clear();
+        if let Some(guards) = self.guards.take() {
+            drop(guards.join());
+        }
+    }
+}
+
+#[derive(Default)]
+struct WorkerState {
+    inputs: HashMap<RelationId, InputSession<Time, Row, isize>>,
+    traces: HashMap<RelationId, RowTrace>,
+    dataflows: HashMap<RelationId, usize>,
+    probes: HashMap<RelationId, ProbeHandle<Time>>,
+    time: Time,
+}
+
+fn run_worker(worker: &mut Worker, commands: Receiver<Command>, replies: Sender<()>) {
+    let mut state = WorkerState::default();
+    let index = worker.index();
+    let peers = worker.peers();
+    while let Ok(command) = commands.recv() {
+        match command {
+            Command::CreateTable { id } => {
+                let dataflow = worker.next_dataflow_index();
+                let (mut input, trace, probe) = worker.dataflow::<Time, _, _>(|scope| {
+                    let (input, rows) = scope.new_collection::<Row, isize>();
+                    let arranged = rows.arrange_by_self();
+                    let (probe, _) = arranged.stream.clone().probe();
+                    (input, arranged.trace, probe)
+                });
+                input.advance_to(state.time);
+                state.inputs.insert(id, input);
+                state.traces.insert(id, trace);
+                state.probes.insert(id, probe);
+                state.dataflows.insert(id, dataflow);
+            }
+            Command::CreateView { id, plan, state: view } => {
+                let dataflow = worker.next_dataflow_index();
+                let traces = &mut state.traces;
+                let (trace, probe) = worker.dataflow::<Time, _, _>(|scope| {
+                    let output = render(&plan, scope, traces, &view);
+                    let arranged = output.arrange_by_self();
+                    let mirror = view.clone();
+                    let (probe, _) = arranged
+                        .clone()
+                        .as_collection(|row: &Row, _| row.clone())
+                        .inspect_batch(move |_, updates| {
+                            let mut rows = mirror.rows.lock().expect("rows lock");
+                            for (row, _, diff) in updates {
+                                let count = rows.entry(row.clone()).or_insert(0);
+                                *count += diff;
+                                if *count == 0 {
+                                    rows.remove(row);
+                                }
+                            }
+                        })
+                        .probe();
+                    (arranged.trace, probe)
+                });
+                state.traces.insert(id, trace);
+                state.dataflows.insert(id, dataflow);
+                let time = state.time;
+                worker.step_while(|| probe.less_than(&time));
+                state.probes.insert(id, probe);
+            }
+            Command::Drop { id } => {
+                state.inputs.remove(&id);
+                state.traces.remove(&id);
+                state.probes.remove(&id);
+                if let Some(dataflow) = state.dataflows.remove(&id) {
+                    worker.drop_dataflow(dataflow);
+                }
+            }
+            Command::Commit { time, changes } => {
+                for change in changes.iter().skip(index).step_by(peers) {
+                    if let Some(input) = state.inputs.get_mut(&change.table) {
+                        input.update(change.row.clone(), change.diff);
+                    }
+                }
+                let next = time + 1;
+                for input in state.inputs.values_mut() {
+                    input.advance_to(next);
+                    input.flush();
+                }
+                let probes: Vec<ProbeHandle<Time>> = state.probes.values().cloned().collect();
+                worker.step_while(|| probes.iter().any(|probe| probe.less_than(&next)));
+                let frontier = [next];
+                for trace in state.traces.values_mut() {
+                    trace.set_logical_compaction(AntichainRef::new(&frontier));
+                    trace.set_physical_compaction(AntichainRef::new(&frontier));
+                }
+                state.time = next;
+            }
+        }
+        if replies.send(()).is_err() {
+            break;
+        }
+    }
+}
+
+/// Turns a stream of evaluation results into a collection, recording failures on the view.
+fn evaluate<'scope, D: Clone + 'static>(
+    input: VecCollection<'scope, Time, D, isize>,
+    view: &Arc<ViewState>,
+    mut logic: impl FnMut(D) -> Result<Option<Row>, EvalError> + 'static,
+) -> Collection<'scope> {
+    let view = view.clone();
+    input
+        .inner
+        .flat_map(move |(data, time, diff)| match logic(data) {
+            Ok(row) => row.map(|row| (row, time, diff)),
+            Err(error) => {
+                view.record_error(&error, diff);
+                None
+            }
+        })
+        .as_collection()
+}
+
+fn render<'scope>(
+    plan: &Plan,
+    scope: Scope<'scope, Time>,
+    traces: &mut HashMap<RelationId, RowTrace>,
+    view: &Arc<ViewState>,
+) -> Collection<'scope> {
+    match plan {
+        Plan::Get { id, .. } => traces
+            .get_mut(id)
+            .expect("dependencies are checked before rendering")
+            .import(scope)
+            .as_collection(|row: &Row, _| row.clone()),
+        Plan::Constant { rows, .. } => constant(scope, rows.clone()),
+        Plan::Project { input, exprs } => {
+            let exprs = exprs.clone();
+            evaluate(render(input, scope, traces, view), view, move |row: Row| eval_all(&exprs, &row).map(Some))
+        }
+        Plan::Filter { input, predicate } => {
+            let predicate = predicate.clone();
+            evaluate(render(input, scope, traces, view), view, move |row: Row| {
+                Ok(predicate.eval_predicate(&row)?.then_some(row))
+            })
+        }
+        Plan::Join { left, right, kind, left_keys, right_keys, nulls_equal, residual } => {
+            let left_arity = left.arity();
+            let right_arity = right.arity();
+            let left = render(left, scope, traces, view);
+            let right = render(right, scope, traces, view);
+            render_join(
+                left,
+                right,
+                JoinSpec {
+                    kind: *kind,
+                    left_keys: left_keys.clone(),
+                    right_keys: right_keys.clone(),
+                    nulls_equal: *nulls_equal,
+                    residual: residual.clone(),
+                    left_arity,
+                    right_arity,
+                },
+                view,
+            )
+        }
+        Plan::Reduce { input, group, aggregates } => {
+            let input = render(input, scope, traces, view);
+            let output = if plan.accumulable() {
+                render_accumulable_reduce(input, group.clone(), aggregates.clone(), view)
+            } else {
+                render_rescan_reduce(input, group.clone(), aggregates.clone(), view)
+            };
+            if group.is_empty() {
+                // A global aggregate has one row even over no input: add the default row while
+                // the aggregate produced none.
+                let default: Row = aggregates.iter().map(empty_aggregate).collect();
+                let present = output.clone().map({
+                    let default = default.clone();
+                    move |_| default.clone()
+                });
+                output.concat(constant(scope, vec![default])).concat(present.negate())
+            } else {
+                output
+            }
+        }
+        Plan::Distinct { input } => render(input, scope, traces, view).distinct(),
+        Plan::Union { inputs } => {
+            let inputs: Vec<Collection<'scope>> =
+                inputs.iter().map(|input| render(input, scope, traces, view)).collect();
+            differential_dataflow::collection::concatenate(scope, inputs)
+        }
+        Plan::TopK { input, order, limit, offset } => {
+            render_top_k(render(input, scope, traces, view), order.clone(), *limit, *offset)
+        }
+    }
+}
+
+fn constant(scope: Scope<'_, Time>, rows: Vec<Row>) -> Collection<'_> {
+    let rows = if scope.index() == 0 { rows } else { Vec::new() };
+    rows.into_iter().map(|row| (row, 0, 1isize)).to_stream(scope).as_collection()
+}
+
+struct JoinSpec {
+    kind: JoinKind,
+    left_keys: Vec<Expr>,
+    right_keys: Vec<Expr>,
+    nulls_equal: bool,
+    residual: Option<Expr>,
+    left_arity: usize,
+    right_arity: usize,
+}
+
+fn keyed<'scope>(
+    input: Collection<'scope>,
+    keys: Vec<Expr>,
+    nulls_equal: bool,
+    view: &Arc<ViewState>,
+) -> VecCollection<'scope, Time, (Row, Row), isize> {
+    let view = view.clone();
+    input
+        .inner
+        .flat_map(move |(row, time, diff)| match eval_all(&keys, &row) {
+            Ok(key) if nulls_equal || !key.iter().any(Value::is_null) => Some(((key, row), time, diff)),
+            Ok(_) => None,
+            Err(error) => {
+                view.record_error(&error, diff);
+                None
+            }
+        })
+        .as_collection()
+}
+
+/// The rows of `all` that also occur (as whole rows) in the set `present`.
+fn rows_in<'scope>(all: Collection<'scope>, present: Collection<'scope>) -> Collection<'scope> {
+    all.map(|row| (row, ())).semijoin(present).map(|(row, ())| row)
+}
+
+fn pad<'scope>(rows: Collection<'scope>, nulls: usize, nulls_first: bool) -> Collection<'scope> {
+    rows.map(move |row| {
+        let padding = std::iter::repeat_n(Value::Null, nulls);
+        if nulls_first {
+            padding.chain(row).collect()
+        } else {
+            row.into_iter().chain(padding).collect()
+        }
+    })
+}
+
+fn render_join<'scope>(
+    left: Collection<'scope>,
+    right: Collection<'scope>,
+    spec: JoinSpec,
+    view: &Arc<ViewState>,
+) -> Collection<'scope> {
+    let left_keyed = keyed(left.clone(), spec.left_keys, spec.nulls_equal, view);
+    let right_keyed = keyed(right.clone(), spec.right_keys, spec.nulls_equal, view);
+    let semi_without_residual = spec.residual.is_none() && matches!(spec.kind, JoinKind::LeftSemi | JoinKind::LeftAnti);
+    if semi_without_residual {
+        let keys = right_keyed.map(|(key, _)| key).distinct();
+        let matched = left_keyed.semijoin(keys).map(|(_, row)| row);
+        return match spec.kind {
+            JoinKind::LeftSemi => matched,
+            _ => left.concat(matched.negate()),
+        };
+    }
+    let mut joined = left_keyed.join_map(right_keyed, |_, left_row: &Row, right_row: &Row| {
+        let mut row = Vec::with_capacity(left_row.len() + right_row.len());
+        row.extend_from_slice(left_row);
+        row.extend_from_slice(right_row);
+        row
+    });
+    if let Some(residual) = spec.residual {
+        joined = evaluate(joined, view, move |row: Row| Ok(residual.eval_predicate(&row)?.then_some(row)));
+    }
+    let left_arity = spec.left_arity;
+    let matched_left = || joined.clone().map(move |row| row[..left_arity].to_vec()).distinct();
+    let matched_right = || joined.clone().map(move |row| row[left_arity..].to_vec()).distinct();
+    let unmatched = |all: Collection<'scope>, matched: Collection<'scope>| {
+        all.clone().concat(rows_in(all, matched).negate())
+    };
+    match spec.kind {
+        JoinKind::Inner => joined,
+        JoinKind::LeftSemi => rows_in(left, matched_left()),
+        JoinKind::LeftAnti => unmatched(left, matched_left()),
+        JoinKind::Left => joined.clone().concat(pad(unmatched(left, matched_left()), spec.right_arity, false)),
+        JoinKind::Right => joined.clone().concat(pad(unmatched(right, matched_right()), left_arity, true)),
+        JoinKind::Full => joined
+            .clone()
+            .concat(pad(unmatched(left, matched_left()), spec.right_arity, false))
+            .concat(pad(unmatched(right, matched_right()), left_arity, true)),
+    }
+}
+
+/// A double that is totally ordered, for use inside difference types.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+struct OrderedDouble(f64);
+
+impl PartialEq for OrderedDouble {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.total_cmp(&other.0) == Ordering::Equal
+    }
+}
+impl Eq for OrderedDouble {}
+impl PartialOrd for OrderedDouble {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for OrderedDouble {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// Running state of one accumulable aggregate: non-null inputs and their sums.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+struct Accumulator {
+    count: i64,
+    int_sum: i128,
+    float_sum: OrderedDouble,
+}
+
+/// The difference type of an accumulable GROUP BY: the group's row count and one accumulator per
+/// aggregate. Differential adds these up, so an update costs O(1) whatever the group's size.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+struct Accumulators {
+    rows: i64,
+    values: Vec<Accumulator>,
+}
+
+impl IsZero for Accumulators {
+    fn is_zero(&self) -> bool {
+        // Float sums of retracted rows may leave rounding residue; with no rows left it is noise.
+        self.rows == 0 && self.values.iter().all(|value| value.count == 0 && value.int_sum == 0)
+    }
+}
+
+impl Semigroup for Accumulators {
+    fn plus_equals(&mut self, rhs: &Self) {
+        self.rows += rhs.rows;
+        if self.values.len() < rhs.values.len() {
+            self.values.resize(rhs.values.len(), Accumulator::default());
+        }
+        for (mine, theirs) in self.values.iter_mut().zip(&rhs.values) {
+            mine.count += theirs.count;
+            mine.int_sum += theirs.int_sum;
+            mine.float_sum.0 += theirs.float_sum.0;
+        }
+    }
+}
+
+impl Multiply<isize> for Accumulators {
+    type Output = Accumulators;
+    fn multiply(mut self, rhs: &isize) -> Accumulators {
+        let factor = *rhs as i64;
+        self.rows *= factor;
+        for value in &mut self.values {
+            value.count *= factor;
+            value.int_sum *= factor as i128;
+            value.float_sum.0 *= factor as f64;
+        }
+        self
+    }
+}
+
+fn empty_aggregate(aggregate: &Aggregate) -> Value {
+    match aggregate.function {
+        AggregateFunction::Count => Value::Int(0),
+        _ => Value::Null,
+    }
+}
+
+fn render_accumulable_reduce<'scope>(
+    input: Collection<'scope>,
+    group: Vec<Expr>,
+    aggregates: Vec<Aggregate>,
+    view: &Arc<ViewState>,
+) -> Collection<'scope> {
+    let failures = view.clone();
+    let args: Vec<Option<Expr>> = aggregates.iter().map(|aggregate| aggregate.arg.clone()).collect();
+    let exploded: VecCollection<'scope, Time, Row, Accumulators> = input
+        .inner
+        .flat_map(move |(row, time, diff)| {
+            let evaluated = eval_all(&group, &row).and_then(|key| {
+                let mut values = Vec::with_capacity(args.len());
+                for arg in &args {
+                    let value = match arg {
+                        Some(arg) => arg.eval(&row)?,
+                        None => Value::Bool(true),
+                    };
+                    values.push(match value {
+                        Value::Null => Accumulator::default(),
+                        Value::Int(i) => Accumulator { count: 1, int_sum: i as i128, float_sum: OrderedDouble(i as f64) },
+                        Value::Float(f) => Accumulator { count: 1, int_sum: 0, float_sum: OrderedDouble(f) },
+                        _ => Accumulator { count: 1, ..Accumulator::default() },
+                    });
+                }
+                Ok((key, Accumulators { rows: 1, values }.multiply(&diff)))
+            });
+            match evaluated {
+                Ok((key, accumulators)) => Some((key, time, accumulators)),
+                Err(error) => {
+                    failures.record_error(&error, diff);
+                    None
+                }
+            }
+        })
+        .as_collection();
+    exploded.count_core::<isize>().map(move |(mut key, accumulators)| {
+        for (aggregate, value) in aggregates.iter().zip(&accumulators.values) {
+            key.push(match aggregate.function {
+                AggregateFunction::Count => Value::Int(value.count),
+                _ if value.count == 0 => Value::Null,
+                AggregateFunction::Sum if aggregate.float => Value::float(value.float_sum.0),
+                AggregateFunction::Sum => Value::Int(value.int_sum as i64),
+                _ if aggregate.float => Value::float(value.float_sum.0 / value.count as f64),
+                _ => Value::float(value.int_sum as f64 / value.count as f64),
+            });
+        }
+        key
+    })
+}
+
+/// Computes one aggregate over a group's argument rows (`column` of each) with multiplicities.
+fn aggregate_over(aggregate: &Aggregate, column: usize, values: &[(&Row, isize)]) -> Value {
+    let present = values.iter().filter(|(row, _)| !row[column].is_null());
+    if aggregate.distinct {
+        let distinct: BTreeSet<&Value> = present.map(|(row, _)| &row[column]).collect();
+        return fold(aggregate, distinct.into_iter().map(|value| (value, 1)));
+    }
+    fold(aggregate, present.map(|(row, count)| (&row[column], *count)))
+}
+
+fn fold<'a>(aggregate: &Aggregate, values: impl Iterator<Item = (&'a Value, isize)>) -> Value {
+    let mut count: i64 = 0;
+    let mut int_sum: i128 = 0;
+    let mut float_sum = 0.0;
+    let mut best: Option<&Value> = None;
+    for (value, multiplicity) in values {
+        count += multiplicity as i64;
+        match value {
+            Value::Int(i) => {
+                int_sum += *i as i128 * multiplicity as i128;
+                float_sum += *i as f64 * multiplicity as f64;
+            }
+            Value::Float(f) => float_sum += f * multiplicity as f64,
+            _ => {}
+        }
+        let better = match (aggregate.function, best) {
+            (_, None) => true,
+            (AggregateFunction::Min, Some(current)) => value.sql_cmp(current) == Some(Ordering::Less),
+            (AggregateFunction::Max, Some(current)) => value.sql_cmp(current) == Some(Ordering::Greater),
+            _ => false,
+        };
+        if better {
+            best = Some(value);
+        }
+    }
+    match aggregate.function {
+        AggregateFunction::Count => Value::Int(count),
+        _ if count == 0 => Value::Null,
+        AggregateFunction::Min | AggregateFunction::Max => best.cloned().unwrap_or(Value::Null),
+        AggregateFunction::Sum if aggregate.float => Value::float(float_sum),
+        AggregateFunction::Sum => Value::Int(int_sum as i64),
+        AggregateFunction::Avg => Value::float(float_sum / count as f64),
+    }
+}
+
+fn render_rescan_reduce<'scope>(
+    input: Collection<'scope>,
+    group: Vec<Expr>,
+    aggregates: Vec<Aggregate>,
+    view: &Arc<ViewState>,
+) -> Collection<'scope> {
+    let args: Vec<Expr> = aggregates
+        .iter()
+        .map(|aggregate| aggregate.arg.clone().unwrap_or(Expr::Literal(Value::Bool(true))))
+        .collect();
+    let failures = view.clone();
+    let keyed: VecCollection<'scope, Time, (Row, Row), isize> = input
+        .inner
+        .flat_map(move |(row, time, diff)| match (eval_all(&group, &row), eval_all(&args, &row)) {
+            (Ok(key), Ok(values)) => Some(((key, values), time, diff)),
+            (Err(error), _) | (_, Err(error)) => {
+                failures.record_error(&error, diff);
+                None
+            }
+        })
+        .as_collection();
+    keyed
+        .reduce(move |_key, values: &[(&Row, isize)], output: &mut Vec<(Row, isize)>| {
+            let row = aggregates
+                .iter()
+                .enumerate()
+                .map(|(column, aggregate)| aggregate_over(aggregate, column, values))
+                .collect();
+            output.push((row, 1));
+        })
+        .map(|(mut key, values)| {
+            key.extend(values);
+            key
+        })
+}
+
+/// Compares two rows' sort keys as `ORDER BY` does; ties fall back to the whole row so the
+/// result is deterministic.
+fn compare_sort_keys(order: &[SortKey], left: &(Row, &Row), right: &(Row, &Row)) -> Ordering {
+    for (index, key) in order.iter().enumerate() {
+        let (a, b) = (&left.0[index], &right.0[index]);
+        let ordering = match (a.is_null(), b.is_null()) {
+            (true, true) => Ordering::Equal,
+            (true, false) => if key.nulls_first { Ordering::Less } else { Ordering::Greater },
+            (false, true) => if key.nulls_first { Ordering::Greater } else { Ordering::Less },
+            (false, false) => {
+                let ordering = a.sql_cmp(b).unwrap_or(Ordering::Equal);
+                if key.descending { ordering.reverse() } else { ordering }
+            }
+        };
+        if ordering != Ordering::Equal {
+            return ordering;
+        }
+    }
+    left.1.cmp(right.1)
+}
+
+fn render_top_k<'scope>(
+    input: Collection<'scope>,
+    order: Vec<SortKey>,
+    limit: Option<usize>,
+    offset: usize,
+) -> Collection<'scope> {
+    input
+        .map(|row| ((), row))
+        .reduce(move |_, rows: &[(&Row, isize)], output: &mut Vec<(Row, isize)>| {
+            let mut keyed: Vec<((Row, &Row), isize)> = Vec::with_capacity(rows.len());
+            for (row, count) in rows {
+                // A sort key that fails to evaluate sorts as NULL: recording it as an error here
+                // would count it again every time the group is recomputed.
+                let key = order.iter().map(|key| key.expr.eval(row).unwrap_or(Value::Null)).collect();
+                keyed.push(((key, *row), *count));
+            }
+            keyed.sort_by(|a, b| compare_sort_keys(&order, &a.0, &b.0));
+            let mut skip = offset as isize;
+            let mut remaining = limit.map_or(isize::MAX, |limit| limit as isize);
+            for ((_, row), count) in keyed {
+                let skipped = count.min(skip);
+                skip -= skipped;
+                let taken = (count - skipped).min(remaining);
+                if taken > 0 {
+                    output.push((row.clone(), taken));
+                    remaining -= taken;
+                }
+                if remaining == 0 {
+                    break;
+                }
+            }
+        })
+        .map(|((), row)| row)
+}

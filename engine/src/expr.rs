@@ -1,0 +1,815 @@
+//! Scalar expressions over rows and their interpreter.
+//!
+//! The SQL front end lowers DataFusion expressions (already type-coerced) into [`Expr`], so the
+//! interpreter never has to guess types: both sides of a comparison or arithmetic operator have
+//! the same type, except where SQL mixes BIGINT and DOUBLE, which is handled numerically.
+//! Evaluation follows SQL semantics: NULL propagates, AND/OR use three-valued logic, and a
+//! runtime fault (division by zero, a failed cast) is an [`EvalError`], never a panic.
+//!
+//! An interpreter over `Vec<Value>` rows was chosen over DataFusion's physical expressions on
+//! Arrow batches because incremental updates arrive a few rows at a time: building a one-row
+//! Arrow batch costs more than interpreting the expression.
+
+use crate::value::{ColumnType, Row, Value};
+use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
+use std::fmt;
+
+/// A failure while evaluating an expression on one row.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct EvalError(pub String);
+
+type EvalResult = Result<Value, EvalError>;
+
+/// A scalar expression over the columns of one input row.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Expr {
+    /// The value of column `i` of the input row.
+    Column(usize),
+    /// A constant.
+    Literal(Value),
+    /// A unary operator.
+    Unary { op: UnaryOp, expr: Box<Expr> },
+    /// A binary operator.
+    Binary { op: BinaryOp, left: Box<Expr>, right: Box<Expr> },
+    /// `CASE [operand] WHEN .. THEN .. ELSE .. END`.
+    Case { operand: Option<Box<Expr>>, when_then: Vec<(Expr, Expr)>, otherwise: Option<Box<Expr>> },
+    /// `CAST(expr AS type)`; `try` yields NULL instead of an error.
+    Cast { expr: Box<Expr>, to: ColumnType, r#try: bool },
+    /// `expr [NOT] [I]LIKE pattern`.
+    Like { expr: Box<Expr>, pattern: Box<Expr>, negated: bool, case_insensitive: bool },
+    /// `expr [NOT] IN (list)`.
+    InList { expr: Box<Expr>, list: Vec<Expr>, negated: bool },
+    /// A scalar function call.
+    Call { function: Function, args: Vec<Expr> },
+}
+
+/// Unary operators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UnaryOp {
+    Not,
+    Negate,
+    IsNull,
+    IsNotNull,
+    IsTrue,
+    IsFalse,
+    IsNotTrue,
+    IsNotFalse,
+}
+
+/// Binary operators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BinaryOp {
+    Add,
+    Subtract,
+    Multiply,
+    Divide,
+    Modulo,
+    Eq,
+    NotEq,
+    Lt,
+    LtEq,
+    Gt,
+    GtEq,
+    And,
+    Or,
+    IsDistinctFrom,
+    IsNotDistinctFrom,
+    Concat,
+}
+
+/// Scalar functions weft evaluates itself (named as in DataFusion).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Function {
+    Coalesce,
+    NullIf,
+    Lower,
+    Upper,
+    CharacterLength,
+    OctetLength,
+    Concat,
+    Substr,
+    Trim,
+    Ltrim,
+    Rtrim,
+    Replace,
+    Left,
+    Right,
+    StartsWith,
+    Strpos,
+    Abs,
+    Round,
+    Ceil,
+    Floor,
+    Trunc,
+    Sqrt,
+    Power,
+    Ln,
+    Exp,
+    Signum,
+    Greatest,
+    Least,
+}
+
+impl Function {
+    /// The function for a DataFusion scalar function name, if weft implements it.
+    pub fn from_name(name: &str) -> Option<Function> {
+        Some(match name {
+            "coalesce" => Function::Coalesce,
+            "nullif" => Function::NullIf,
+            "lower" => Function::Lower,
+            "upper" => Function::Upper,
+            "character_length" | "char_length" | "length" => Function::CharacterLength,
+            "octet_length" => Function::OctetLength,
+            "concat" => Function::Concat,
+            "substr" | "substring" => Function::Substr,
+            "btrim" | "trim" => Function::Trim,
+            "ltrim" => Function::Ltrim,
+            "rtrim" => Function::Rtrim,
+            "replace" => Function::Replace,
+            "left" => Function::Left,
+            "right" => Function::Right,
+            "starts_with" => Function::StartsWith,
+            "strpos" | "instr" | "position" => Function::Strpos,
+            "abs" => Function::Abs,
+            "round" => Function::Round,
+            "ceil" => Function::Ceil,
+            "floor" => Function::Floor,
+            "trunc" => Function::Trunc,
+            "sqrt" => Function::Sqrt,
+            "power" | "pow" => Function::Power,
+            "ln" => Function::Ln,
+            "exp" => Function::Exp,
+            "signum" => Function::Signum,
+            "greatest" => Function::Greatest,
+            "least" => Function::Least,
+            _ => return None,
+        })
+    }
+}
+
+fn err<T>(message: impl Into<String>) -> Result<T, EvalError> {
+    Err(EvalError(message.into()))
+}
+
+impl Expr {
+    /// A column reference.
+    pub fn column(index: usize) -> Expr {
+        Expr::Column(index)
+    }
+
+    /// Evaluates the expression on `row`.
+    pub fn eval(&self, row: &[Value]) -> EvalResult {
+        match self {
+            Expr::Column(index) => Ok(row[*index].clone()),
+            Expr::Literal(value) => Ok(value.clone()),
+            Expr::Unary { op, expr } => eval_unary(*op, expr.eval(row)?),
+            Expr::Binary { op, left, right } => match op {
+                BinaryOp::And => {
+                    let l = left.eval(row)?;
+                    if l == Value::Bool(false) {
+                        return Ok(l);
+                    }
+                    let r = right.eval(row)?;
+                    Ok(match (l, r) {
+                        (_, Value::Bool(false)) => Value::Bool(false),
+                        (Value::Bool(true), Value::Bool(true)) => Value::Bool(true),
+                        _ => Value::Null,
+                    })
+                }
+                BinaryOp::Or => {
+                    let l = left.eval(row)?;
+                    if l == Value::Bool(true) {
+                        return Ok(l);
+                    }
+                    let r = right.eval(row)?;
+                    Ok(match (l, r) {
+                        (_, Value::Bool(true)) => Value::Bool(true),
+                        (Value::Bool(false), Value::Bool(false)) => Value::Bool(false),
+                        _ => Value::Null,
+                    })
+                }
+                _ => eval_binary(*op, left.eval(row)?, right.eval(row)?),
+            },
+            Expr::Case { operand, when_then, otherwise } => {
+                let operand = match operand {
+                    Some(operand) => Some(operand.eval(row)?),
+                    None => None,
+                };
+                for (when, then) in when_then {
+                    let condition = when.eval(row)?;
+                    let taken = match &operand {
+                        Some(value) => value.sql_cmp(&condition) == Some(Ordering::Equal),
+                        None => condition == Value::Bool(true),
+                    };
+                    if taken {
+                        return then.eval(row);
+                    }
+                }
+                match otherwise {
+                    Some(otherwise) => otherwise.eval(row),
+                    None => Ok(Value::Null),
+                }
+            }
+            Expr::Cast { expr, to, r#try } => {
+                let value = expr.eval(row)?;
+                match cast(value, *to) {
+                    Err(_) if *r#try => Ok(Value::Null),
+                    result => result,
+                }
+            }
+            Expr::Like { expr, pattern, negated, case_insensitive } => {
+                match (expr.eval(row)?, pattern.eval(row)?) {
+                    (Value::Text(text), Value::Text(pattern)) => {
+                        let matched = if *case_insensitive {
+                            like(&text.to_lowercase(), &pattern.to_lowercase())
+                        } else {
+                            like(&text, &pattern)
+                        };
+                        Ok(Value::Bool(matched != *negated))
+                    }
+                    (Value::Null, _) | (_, Value::Null) => Ok(Value::Null),
+                    (value, _) => err(format!("LIKE needs TEXT, got {value}")),
+                }
+            }
+            Expr::InList { expr, list, negated } => {
+                let value = expr.eval(row)?;
+                if value.is_null() {
+                    return Ok(Value::Null);
+                }
+                let mut saw_null = false;
+                for item in list {
+                    let item = item.eval(row)?;
+                    match value.sql_cmp(&item) {
+                        Some(Ordering::Equal) => return Ok(Value::Bool(!negated)),
+                        None => saw_null = true,
+                        _ => {}
+                    }
+                }
+                Ok(if saw_null { Value::Null } else { Value::Bool(*negated) })
+            }
+            Expr::Call { function, args } => {
+                if *function == Function::Coalesce {
+                    for arg in args {
+                        let value = arg.eval(row)?;
+                        if !value.is_null() {
+                            return Ok(value);
+                        }
+                    }
+                    return Ok(Value::Null);
+                }
+                let values = args.iter().map(|arg| arg.eval(row)).collect::<Result<Vec<_>, _>>()?;
+                call(*function, values)
+            }
+        }
+    }
+
+    /// Evaluates a predicate: true only when the expression is TRUE (NULL counts as false).
+    pub fn eval_predicate(&self, row: &[Value]) -> Result<bool, EvalError> {
+        Ok(self.eval(row)? == Value::Bool(true))
+    }
+
+    /// The expression with every column index `i` replaced by `map(i)`.
+    pub fn remap_columns(&self, map: &dyn Fn(usize) -> usize) -> Expr {
+        let mut expr = self.clone();
+        expr.visit_columns_mut(&mut |index| *index = map(*index));
+        expr
+    }
+
+    fn visit_columns_mut(&mut self, visit: &mut dyn FnMut(&mut usize)) {
+        match self {
+            Expr::Column(index) => visit(index),
+            Expr::Literal(_) => {}
+            Expr::Unary { expr, .. } | Expr::Cast { expr, .. } => expr.visit_columns_mut(visit),
+            Expr::Binary { left, right, .. } => {
+                left.visit_columns_mut(visit);
+                right.visit_columns_mut(visit);
+            }
+            Expr::Like { expr, pattern, .. } => {
+                expr.visit_columns_mut(visit);
+                pattern.visit_columns_mut(visit);
+            }
+            Expr::Case { operand, when_then, otherwise } => {
+                if let Some(operand) = operand {
+                    operand.visit_columns_mut(visit);
+                }
+                for (when, then) in when_then {
+                    when.visit_columns_mut(visit);
+                    then.visit_columns_mut(visit);
+                }
+                if let Some(otherwise) = otherwise {
+                    otherwise.visit_columns_mut(visit);
+                }
+            }
+            Expr::InList { expr, list, .. } => {
+                expr.visit_columns_mut(visit);
+                for item in list {
+                    item.visit_columns_mut(visit);
+                }
+            }
+            Expr::Call { args, .. } => {
+                for arg in args {
+                    arg.visit_columns_mut(visit);
+                }
+            }
+        }
+    }
+}
+
+fn eval_unary(op: UnaryOp, value: Value) -> EvalResult {
+    Ok(match (op, value) {
+        (UnaryOp::IsNull, value) => Value::Bool(value.is_null()),
+        (UnaryOp::IsNotNull, value) => Value::Bool(!value.is_null()),
+        (UnaryOp::IsTrue, value) => Value::Bool(value == Value::Bool(true)),
+        (UnaryOp::IsFalse, value) => Value::Bool(value == Value::Bool(false)),
+        (UnaryOp::IsNotTrue, value) => Value::Bool(value != Value::Bool(true)),
+        (UnaryOp::IsNotFalse, value) => Value::Bool(value != Value::Bool(false)),
+        (_, Value::Null) => Value::Null,
+        (UnaryOp::Not, Value::Bool(b)) => Value::Bool(!b),
+        (UnaryOp::Negate, Value::Int(i)) => match i.checked_neg() {
+            Some(negated) => Value::Int(negated),
+            None => return err("BIGINT overflow in negation"),
+        },
+        (UnaryOp::Negate, Value::Float(f)) => Value::float(-f),
+        (op, value) => return err(format!("cannot apply {op:?} to {value}")),
+    })
+}
+
+fn eval_binary(op: BinaryOp, left: Value, right: Value) -> EvalResult {
+    use BinaryOp::*;
+    match op {
+        IsDistinctFrom => return Ok(Value::Bool(left != right)),
+        IsNotDistinctFrom => return Ok(Value::Bool(left == right)),
+        _ => {}
+    }
+    if left.is_null() || right.is_null() {
+        return Ok(Value::Null);
+    }
+    match op {
+        Eq | NotEq | Lt | LtEq | Gt | GtEq => {
+            let ordering = left.sql_cmp(&right).expect("non-null");
+            Ok(Value::Bool(match op {
+                Eq => ordering == Ordering::Equal,
+                NotEq => ordering != Ordering::Equal,
+                Lt => ordering == Ordering::Less,
+                LtEq => ordering != Ordering::Greater,
+                Gt => ordering == Ordering::Greater,
+                _ => ordering != Ordering::Less,
+            }))
+        }
+        Concat => Ok(Value::Text(format!("{}{}", text_of(&left), text_of(&right)))),
+        Add | Subtract | Multiply | Divide | Modulo => arithmetic(op, left, right),
+        And | Or | IsDistinctFrom | IsNotDistinctFrom => unreachable!("handled above"),
+    }
+}
+
+fn arithmetic(op: BinaryOp, left: Value, right: Value) -> EvalResult {
+    use BinaryOp::*;
+    match (left, right) {
+        (Value::Int(a), Value::Int(b)) => {
+            let result = match op {
+                Add => a.checked_add(b),
+                Subtract => a.checked_sub(b),
+                Multiply => a.checked_mul(b),
+                Divide | Modulo if b == 0 => return err("Divide by zero error"),
+                Divide => a.checked_div(b),
+                _ => a.checked_rem(b),
+            };
+            match result {
+                Some(value) => Ok(Value::Int(value)),
+                None => err(format!("BIGINT overflow in {a} {op:?} {b}")),
+            }
+        }
+        (Value::Timestamp(a), Value::Int(b)) if matches!(op, Add | Subtract) => {
+            Ok(Value::Timestamp(if op == Add { a.wrapping_add(b) } else { a.wrapping_sub(b) }))
+        }
+        (left, right) => {
+            let (a, b) = match (as_f64(&left), as_f64(&right)) {
+                (Some(a), Some(b)) => (a, b),
+                _ => return err(format!("cannot apply {op:?} to {left} and {right}")),
+            };
+            Ok(Value::float(match op {
+                Add => a + b,
+                Subtract => a - b,
+                Multiply => a * b,
+                Divide => a / b,
+                _ => a % b,
+            }))
+        }
+    }
+}
+
+fn as_f64(value: &Value) -> Option<f64> {
+    match value {
+        Value::Int(i) => Some(*i as f64),
+        Value::Float(f) => Some(*f),
+        _ => None,
+    }
+}
+
+/// The text form of a value, as `CAST(v AS TEXT)` gives it.
+pub fn text_of(value: &Value) -> String {
+    match value {
+        Value::Null => String::new(),
+        Value::Bool(b) => b.to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::Float(f) => format_double(*f),
+        Value::Text(s) => s.clone(),
+        Value::Bytes(b) => b.iter().map(|byte| format!("{byte:02x}")).collect(),
+        Value::Timestamp(nanos) => format_timestamp(*nanos),
+    }
+}
+
+/// Formats a double the way Arrow prints it (`1.0`, `0.5`, `1e20`).
+pub fn format_double(value: f64) -> String {
+    if value.is_nan() {
+        "NaN".into()
+    } else if value.is_infinite() {
+        if value > 0.0 { "inf".into() } else { "-inf".into() }
+    } else if value == value.trunc() && value.abs() < 1e16 {
+        format!("{value:.1}")
+    } else {
+        format!("{value}")
+    }
+}
+
+/// Formats nanoseconds since the epoch as `YYYY-MM-DDTHH:MM:SS[.fraction]`.
+pub fn format_timestamp(nanos: i64) -> String {
+    let seconds = nanos.div_euclid(1_000_000_000);
+    let fraction = nanos.rem_euclid(1_000_000_000);
+    let days = seconds.div_euclid(86_400);
+    let second_of_day = seconds.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    let mut text = format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        second_of_day / 3600,
+        second_of_day / 60 % 60,
+        second_of_day % 60
+    );
+    if fraction != 0 {
+        let digits = format!("{fraction:09}");
+        text.push('.');
+        text.push_str(digits.trim_end_matches('0'));
+    }
+    text
+}
+
+/// Parses `YYYY-MM-DD[ T]HH:MM:SS[.fraction]` (or a bare date) into nanoseconds since the epoch.
+pub fn parse_timestamp(text: &str) -> Option<i64> {
+    let text = text.trim().trim_end_matches('Z');
+    let (date, time) = match text.find(['T', ' ']) {
+        Some(at) => (&text[..at], &text[at + 1..]),
+        None => (text, "00:00:00"),
+    };
+    let mut date_parts = date.splitn(3, '-');
+    let year: i64 = date_parts.next()?.parse().ok()?;
+    let month: u32 = date_parts.next()?.parse().ok()?;
+    let day: u32 = date_parts.next()?.parse().ok()?;
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let (clock, fraction) = match time.split_once('.') {
+        Some((clock, fraction)) => (clock, fraction),
+        None => (time, ""),
+    };
+    let mut clock_parts = clock.splitn(3, ':');
+    let hour: i64 = clock_parts.next()?.parse().ok()?;
+    let minute: i64 = clock_parts.next()?.parse().ok()?;
+    let second: i64 = clock_parts.next().unwrap_or("0").parse().ok()?;
+    let mut nanos: i64 = 0;
+    if !fraction.is_empty() {
+        if fraction.len() > 9 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        nanos = format!("{fraction:0<9}").parse().ok()?;
+    }
+    let days = days_from_civil(year, month, day);
+    Some(((days * 86_400 + hour * 3600 + minute * 60 + second) * 1_000_000_000) + nanos)
+}
+
+// Howard Hinnant's civil-date algorithms.
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let month = month as i64;
+    let day_of_year = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day as i64 - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z - era * 146_097;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = (day_of_year - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Converts a value to `to`, as SQL `CAST` does.
+pub fn cast(value: Value, to: ColumnType) -> EvalResult {
+    if value.column_type() == Some(to) || value.is_null() {
+        return Ok(value);
+    }
+    let failed = |value: &Value| err(format!("cannot cast {value} to {to}"));
+    Ok(match (to, &value) {
+        (ColumnType::Text, value) => Value::Text(text_of(value)),
+        (ColumnType::BigInt, Value::Float(f)) => {
+            if f.is_finite() && f.trunc() >= i64::MIN as f64 && f.trunc() <= i64::MAX as f64 {
+                Value::Int(f.trunc() as i64)
+            } else {
+                return failed(&value);
+            }
+        }
+        (ColumnType::BigInt, Value::Bool(b)) => Value::Int(i64::from(*b)),
+        (ColumnType::BigInt, Value::Text(s)) => match s.trim().parse() {
+            Ok(i) => Value::Int(i),
+            Err(_) => return failed(&value),
+        },
+        (ColumnType::BigInt, Value::Timestamp(nanos)) => Value::Int(*nanos),
+        (ColumnType::Double, Value::Int(i)) => Value::float(*i as f64),
+        (ColumnType::Double, Value::Bool(b)) => Value::float(f64::from(u8::from(*b))),
+        (ColumnType::Double, Value::Text(s)) => match s.trim().parse::<f64>() {
+            Ok(f) => Value::float(f),
+            Err(_) => return failed(&value),
+        },
+        (ColumnType::Boolean, Value::Int(i)) => Value::Bool(*i != 0),
+        (ColumnType::Boolean, Value::Float(f)) => Value::Bool(*f != 0.0),
+        (ColumnType::Boolean, Value::Text(s)) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "t" | "yes" | "y" | "on" | "1" => Value::Bool(true),
+            "false" | "f" | "no" | "n" | "off" | "0" => Value::Bool(false),
+            _ => return failed(&value),
+        },
+        (ColumnType::Bytea, Value::Text(s)) => Value::Bytes(s.as_bytes().to_vec()),
+        (ColumnType::Timestamp, Value::Text(s)) => match parse_timestamp(s) {
+            Some(nanos) => Value::Timestamp(nanos),
+            None => return failed(&value),
+        },
+        (ColumnType::Timestamp, Value::Int(i)) => Value::Timestamp(*i),
+        _ => return failed(&value),
+    })
+}
+
+/// SQL `LIKE` matching with `%` and `_` (and `\` escaping the next character).
+fn like(text: &str, pattern: &str) -> bool {
+    let text: Vec<char> = text.chars().collect();
+    let pattern: Vec<char> = pattern.chars().collect();
+    fn matches(text: &[char], pattern: &[char]) -> bool {
+        match pattern.first() {
+            None => text.is_empty(),
+            Some('%') => (0..=text.len()).any(|skip| matches(&text[skip..], &pattern[1..])),
+            Some('_') => !text.is_empty() && matches(&text[1..], &pattern[1..]),
+            Some('\\') if pattern.len() > 1 => {
+                text.first() == Some(&pattern[1]) && matches(&text[1..], &pattern[2..])
+            }
+            Some(c) => text.first() == Some(c) && matches(&text[1..], &pattern[1..]),
+        }
+    }
+    matches(&text, &pattern)
+}
+
+fn call(function: Function, args: Vec<Value>) -> EvalResult {
+    use Function::*;
+    match function {
+        NullIf => {
+            return Ok(if args[0].sql_cmp(&args[1]) == Some(Ordering::Equal) {
+                Value::Null
+            } else {
+                args[0].clone()
+            });
+        }
+        Concat => {
+            return Ok(Value::Text(args.iter().map(text_of).collect()));
+        }
+        Greatest | Least => {
+            let mut best: Option<Value> = None;
+            for value in args.into_iter().filter(|value| !value.is_null()) {
+                let better = match &best {
+                    None => true,
+                    Some(current) => {
+                        let ordering = value.sql_cmp(current).unwrap_or(Ordering::Equal);
+                        if function == Greatest {
+                            ordering == Ordering::Greater
+                        } else {
+                            ordering == Ordering::Less
+                        }
+                    }
+                };
+                if better {
+                    best = Some(value);
+                }
+            }
+            return Ok(best.unwrap_or(Value::Null));
+        }
+        _ => {}
+    }
+    if args.iter().any(Value::is_null) {
+        return Ok(Value::Null);
+    }
+    let text = |index: usize| match &args[index] {
+        Value::Text(s) => Ok(s.as_str()),
+        other => err(format!("{function:?} needs TEXT, got {other}")),
+    };
+    let int = |index: usize| match &args[index] {
+        Value::Int(i) => Ok(*i),
+        Value::Float(f) => Ok(*f as i64),
+        other => err(format!("{function:?} needs BIGINT, got {other}")),
+    };
+    let float = |index: usize| match &args[index] {
+        Value::Int(i) => Ok(*i as f64),
+        Value::Float(f) => Ok(*f),
+        other => err(format!("{function:?} needs a number, got {other}")),
+    };
+    Ok(match function {
+        Lower => Value::Text(text(0)?.to_lowercase()),
+        Upper => Value::Text(text(0)?.to_uppercase()),
+        CharacterLength => Value::Int(text(0)?.chars().count() as i64),
+        OctetLength => match &args[0] {
+            Value::Bytes(b) => Value::Int(b.len() as i64),
+            _ => Value::Int(text(0)?.len() as i64),
+        },
+        Substr => {
+            let chars: Vec<char> = text(0)?.chars().collect();
+            let start = int(1)?;
+            let end = if args.len() > 2 {
+                let count = int(2)?;
+                if count < 0 {
+                    return err("negative substring length not allowed");
+                }
+                start.saturating_add(count)
+            } else {
+                i64::MAX
+            };
+            let from = start.max(1) as usize - 1;
+            let to = (end.max(1) as usize - 1).min(chars.len());
+            Value::Text(if from < to { chars[from..to].iter().collect() } else { String::new() })
+        }
+        Trim | Ltrim | Rtrim => {
+            let source = text(0)?;
+            let set: Vec<char> = if args.len() > 1 { text(1)?.chars().collect() } else { vec![' '] };
+            let is_trimmed = |c: char| set.contains(&c);
+            Value::Text(
+                match function {
+                    Trim => source.trim_matches(is_trimmed),
+                    Ltrim => source.trim_start_matches(is_trimmed),
+                    _ => source.trim_end_matches(is_trimmed),
+                }
+                .to_string(),
+            )
+        }
+        Replace => Value::Text(text(0)?.replace(text(1)?, text(2)?)),
+        Left | Right => {
+            let chars: Vec<char> = text(0)?.chars().collect();
+            let n = int(1)?;
+            let len = chars.len() as i64;
+            let keep = if n >= 0 { n.min(len) } else { (len + n).max(0) } as usize;
+            Value::Text(if function == Left {
+                chars[..keep].iter().collect()
+            } else {
+                chars[chars.len() - keep..].iter().collect()
+            })
+        }
+        StartsWith => Value::Bool(text(0)?.starts_with(text(1)?)),
+        Strpos => {
+            let haystack = text(0)?;
+            Value::Int(match haystack.find(text(1)?) {
+                Some(at) => haystack[..at].chars().count() as i64 + 1,
+                None => 0,
+            })
+        }
+        Abs => match &args[0] {
+            Value::Int(i) => Value::Int(i.checked_abs().ok_or_else(|| EvalError("BIGINT overflow in abs".into()))?),
+            _ => Value::float(float(0)?.abs()),
+        },
+        Round => {
+            let digits = if args.len() > 1 { int(1)? } else { 0 };
+            let scale = 10f64.powi(digits as i32);
+            Value::float((float(0)? * scale).round() / scale)
+        }
+        Ceil => Value::float(float(0)?.ceil()),
+        Floor => Value::float(float(0)?.floor()),
+        Trunc => Value::float(float(0)?.trunc()),
+        Sqrt => Value::float(float(0)?.sqrt()),
+        Power => match (&args[0], &args[1]) {
+            (Value::Int(base), Value::Int(exponent)) if *exponent >= 0 => {
+                match u32::try_from(*exponent).ok().and_then(|e| base.checked_pow(e)) {
+                    Some(value) => Value::Int(value),
+                    None => return err("BIGINT overflow in power"),
+                }
+            }
+            _ => Value::float(float(0)?.powf(float(1)?)),
+        },
+        Ln => Value::float(float(0)?.ln()),
+        Exp => Value::float(float(0)?.exp()),
+        Signum => Value::float(if float(0)? == 0.0 { 0.0 } else { float(0)?.signum() }),
+        Coalesce | NullIf | Concat | Greatest | Least => unreachable!("handled above"),
+    })
+}
+
+impl fmt::Display for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expr::Column(index) => write!(f, "#{index}"),
+            Expr::Literal(value) => write!(f, "{value}"),
+            Expr::Unary { op, expr } => write!(f, "{op:?}({expr})"),
+            Expr::Binary { op, left, right } => {
+                let symbol = match op {
+                    BinaryOp::Add => "+",
+                    BinaryOp::Subtract => "-",
+                    BinaryOp::Multiply => "*",
+                    BinaryOp::Divide => "/",
+                    BinaryOp::Modulo => "%",
+                    BinaryOp::Eq => "=",
+                    BinaryOp::NotEq => "<>",
+                    BinaryOp::Lt => "<",
+                    BinaryOp::LtEq => "<=",
+                    BinaryOp::Gt => ">",
+                    BinaryOp::GtEq => ">=",
+                    BinaryOp::And => "AND",
+                    BinaryOp::Or => "OR",
+                    BinaryOp::IsDistinctFrom => "IS DISTINCT FROM",
+                    BinaryOp::IsNotDistinctFrom => "IS NOT DISTINCT FROM",
+                    BinaryOp::Concat => "||",
+                };
+                write!(f, "({left} {symbol} {right})")
+            }
+            Expr::Case { operand, when_then, otherwise } => {
+                f.write_str("CASE")?;
+                if let Some(operand) = operand {
+                    write!(f, " {operand}")?;
+                }
+                for (when, then) in when_then {
+                    write!(f, " WHEN {when} THEN {then}")?;
+                }
+                if let Some(otherwise) = otherwise {
+                    write!(f, " ELSE {otherwise}")?;
+                }
+                f.write_str(" END")
+            }
+            Expr::Cast { expr, to, r#try } => {
+                write!(f, "{}({expr} AS {to})", if *r#try { "TRY_CAST" } else { "CAST" })
+            }
+            Expr::Like { expr, pattern, negated, case_insensitive } => write!(
+                f,
+                "({expr} {}{} {pattern})",
+                if *negated { "NOT " } else { "" },
+                if *case_insensitive { "ILIKE" } else { "LIKE" }
+            ),
+            Expr::InList { expr, list, negated } => {
+                let items: Vec<String> = list.iter().map(|item| item.to_string()).collect();
+                write!(f, "({expr} {}IN ({}))", if *negated { "NOT " } else { "" }, items.join(", "))
+            }
+            Expr::Call { function, args } => {
+                let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+                write!(f, "{}({})", format!("{function:?}").to_lowercase(), args.join(", "))
+            }
+        }
+    }
+}
+
+/// Evaluates each expression on `row`, building a new row.
+pub fn eval_all(exprs: &[Expr], row: &[Value]) -> Result<Row, EvalError> {
+    exprs.iter().map(|expr| expr.eval(row)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binary(op: BinaryOp, left: Value, right: Value) -> EvalResult {
+        Expr::Binary { op, left: Box::new(Expr::Literal(left)), right: Box::new(Expr::Literal(right)) }
+            .eval(&[])
+    }
+
+    #[test]
+    fn three_valued_logic() {
+        assert_eq!(binary(BinaryOp::And, Value::Null, Value::Bool(false)), Ok(Value::Bool(false)));
+        assert_eq!(binary(BinaryOp::Or, Value::Null, Value::Bool(true)), Ok(Value::Bool(true)));
+        assert_eq!(binary(BinaryOp::Or, Value::Null, Value::Bool(false)), Ok(Value::Null));
+        assert_eq!(binary(BinaryOp::Eq, Value::Null, Value::Null), Ok(Value::Null));
+        assert_eq!(binary(BinaryOp::IsNotDistinctFrom, Value::Null, Value::Null), Ok(Value::Bool(true)));
+    }
+
+    #[test]
+    fn arithmetic_faults_are_errors() {
+        assert!(binary(BinaryOp::Divide, Value::Int(1), Value::Int(0)).is_err());
+        assert!(binary(BinaryOp::Add, Value::Int(i64::MAX), Value::Int(1)).is_err());
+        assert_eq!(binary(BinaryOp::Divide, Value::Int(7), Value::Int(2)), Ok(Value::Int(3)));
+    }
+
+    #[test]
+    fn like_and_timestamps() {
+        assert!(like("hello", "h%o"));
+        assert!(like("hello", "_ello"));
+        assert!(!like("hello", "h_o"));
+        let nanos = parse_timestamp("2024-02-29 13:45:01.5").unwrap();
+        assert_eq!(format_timestamp(nanos), "2024-02-29T13:45:01.5");
+        assert_eq!(parse_timestamp("1970-01-01"), Some(0));
+    }
+}

@@ -1,0 +1,14 @@
+//! weft's engine: SQL values, scalar expressions, the dataflow plan, and the differential-dataflow
+//! executor that keeps every view up to date as tables change.
+//!
+//! The engine knows nothing of SQL text or DataFusion: `weft-sql` hands it [`plan::Plan`]s.
+
+pub mod dataflow;
+pub mod expr;
+pub mod plan;
+pub mod value;
+
+pub use dataflow::{Change, Engine, EngineError, Time, ViewState};
+pub use expr::{EvalError, Expr};
+pub use plan::{Plan, RelationId};
+pub use value::{ColumnType, Row, Value};

@@ -1,0 +1,216 @@
+//! weft's dataflow plan: the small, serializable seam between the SQL front end and the engine.
+//!
+//! `weft-sql` lowers a DataFusion `LogicalPlan` into a [`Plan`]; the engine renders a plan as
+//! timely / differential-dataflow operators and never sees a DataFusion type. Every node works on
+//! rows addressed by column position; `EXPLAIN` prints this tree.
+
+use crate::expr::Expr;
+use crate::value::Row;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Identifies a table or view inside the engine.
+pub type RelationId = u64;
+
+/// A relational operator tree, maintained incrementally once rendered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Plan {
+    /// The current contents of a table or view.
+    Get { id: RelationId, name: String, arity: usize },
+    /// A fixed multiset of rows.
+    Constant { rows: Vec<Row>, arity: usize },
+    /// One output column per expression.
+    Project { input: Box<Plan>, exprs: Vec<Expr> },
+    /// Rows for which the predicate is TRUE.
+    Filter { input: Box<Plan>, predicate: Expr },
+    /// An equi-join on `left_keys[i] = right_keys[i]` with an optional residual predicate over
+    /// the concatenated row (left columns, then right columns).
+    Join {
+        left: Box<Plan>,
+        right: Box<Plan>,
+        kind: JoinKind,
+        left_keys: Vec<Expr>,
+        right_keys: Vec<Expr>,
+        /// Whether NULL keys match each other (set operations), rather than never matching.
+        nulls_equal: bool,
+        residual: Option<Expr>,
+    },
+    /// GROUP BY `group` computing `aggregates`; output is the group columns then the aggregates.
+    Reduce { input: Box<Plan>, group: Vec<Expr>, aggregates: Vec<Aggregate> },
+    /// One copy of each distinct row.
+    Distinct { input: Box<Plan> },
+    /// Multiset union (`UNION ALL`).
+    Union { inputs: Vec<Plan> },
+    /// `ORDER BY order LIMIT limit OFFSET offset`, maintained incrementally.
+    TopK { input: Box<Plan>, order: Vec<SortKey>, limit: Option<usize>, offset: usize },
+}
+
+/// Join kinds. Semi and anti joins output only the left columns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JoinKind {
+    Inner,
+    Left,
+    Right,
+    Full,
+    LeftSemi,
+    LeftAnti,
+}
+
+/// One aggregate of a [`Plan::Reduce`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Aggregate {
+    pub function: AggregateFunction,
+    /// The argument; `None` for `COUNT(*)`.
+    pub arg: Option<Expr>,
+    /// `COUNT(DISTINCT x)` and friends.
+    pub distinct: bool,
+    /// Whether a SUM's input (and so its result) is a DOUBLE rather than a BIGINT.
+    pub float: bool,
+}
+
+/// Aggregate functions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AggregateFunction {
+    Count,
+    Sum,
+    Min,
+    Max,
+    Avg,
+}
+
+impl Aggregate {
+    /// Whether the aggregate can be maintained by adding and subtracting differences (no
+    /// per-group re-scan): COUNT, SUM and AVG without DISTINCT.
+    pub fn is_accumulable(&self) -> bool {
+        !self.distinct
+            && matches!(
+                self.function,
+                AggregateFunction::Count | AggregateFunction::Sum | AggregateFunction::Avg
+            )
+    }
+}
+
+/// One ORDER BY key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SortKey {
+    pub expr: Expr,
+    pub descending: bool,
+    pub nulls_first: bool,
+}
+
+impl Plan {
+    /// The number of columns the plan produces.
+    pub fn arity(&self) -> usize {
+        match self {
+            Plan::Get { arity, .. } | Plan::Constant { arity, .. } => *arity,
+            Plan::Project { exprs, .. } => exprs.len(),
+            Plan::Filter { input, .. }
+            | Plan::Distinct { input }
+            | Plan::TopK { input, .. } => input.arity(),
+            Plan::Join { left, right, kind, .. } => match kind {
+                JoinKind::LeftSemi | JoinKind::LeftAnti => left.arity(),
+                _ => left.arity() + right.arity(),
+            },
+            Plan::Reduce { group, aggregates, .. } => group.len() + aggregates.len(),
+            Plan::Union { inputs } => inputs.first().map_or(0, Plan::arity),
+        }
+    }
+
+    /// The ids of every table or view the plan reads.
+    pub fn dependencies(&self) -> Vec<RelationId> {
+        let mut ids = Vec::new();
+        self.collect_dependencies(&mut ids);
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    fn collect_dependencies(&self, ids: &mut Vec<RelationId>) {
+        match self {
+            Plan::Get { id, .. } => ids.push(*id),
+            Plan::Constant { .. } => {}
+            Plan::Project { input, .. }
+            | Plan::Filter { input, .. }
+            | Plan::Distinct { input }
+            | Plan::TopK { input, .. }
+            | Plan::Reduce { input, .. } => input.collect_dependencies(ids),
+            Plan::Join { left, right, .. } => {
+                left.collect_dependencies(ids);
+                right.collect_dependencies(ids);
+            }
+            Plan::Union { inputs } => inputs.iter().for_each(|input| input.collect_dependencies(ids)),
+        }
+    }
+
+    fn fmt_indented(&self, f: &mut fmt::Formatter<'_>, depth: usize) -> fmt::Result {
+        let pad = "  ".repeat(depth);
+        let list = |exprs: &[Expr]| exprs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ");
+        match self {
+            Plan::Get { name, id, .. } => return writeln!(f, "{pad}Get {name} (id {id})"),
+            Plan::Constant { rows, .. } => return writeln!(f, "{pad}Constant ({} rows)", rows.len()),
+            Plan::Project { exprs, .. } => writeln!(f, "{pad}Project [{}]", list(exprs))?,
+            Plan::Filter { predicate, .. } => writeln!(f, "{pad}Filter {predicate}")?,
+            Plan::Join { kind, left_keys, right_keys, residual, nulls_equal, .. } => {
+                write!(f, "{pad}Join {kind:?} on [{}] = [{}]", list(left_keys), list(right_keys))?;
+                if *nulls_equal {
+                    write!(f, " (nulls equal)")?;
+                }
+                match residual {
+                    Some(residual) => writeln!(f, " residual {residual}")?,
+                    None => writeln!(f)?,
+                }
+            }
+            Plan::Reduce { group, aggregates, .. } => {
+                let aggregates: Vec<String> = aggregates
+                    .iter()
+                    .map(|aggregate| {
+                        format!(
+                            "{:?}({}{})",
+                            aggregate.function,
+                            if aggregate.distinct { "DISTINCT " } else { "" },
+                            aggregate.arg.as_ref().map_or("*".to_string(), |arg| arg.to_string())
+                        )
+                    })
+                    .collect();
+                let path = if aggregates.is_empty() || self.accumulable() { "accumulable" } else { "rescan" };
+                writeln!(f, "{pad}Reduce group [{}] aggregates [{}] ({path})", list(group), aggregates.join(", "))?
+            }
+            Plan::Distinct { .. } => writeln!(f, "{pad}Distinct")?,
+            Plan::Union { .. } => writeln!(f, "{pad}Union")?,
+            Plan::TopK { order, limit, offset, .. } => {
+                let keys: Vec<String> = order
+                    .iter()
+                    .map(|key| format!("{}{}", key.expr, if key.descending { " DESC" } else { "" }))
+                    .collect();
+                writeln!(f, "{pad}TopK order [{}] limit {limit:?} offset {offset}", keys.join(", "))?
+            }
+        }
+        match self {
+            Plan::Join { left, right, .. } => {
+                left.fmt_indented(f, depth + 1)?;
+                right.fmt_indented(f, depth + 1)
+            }
+            Plan::Union { inputs } => inputs.iter().try_for_each(|input| input.fmt_indented(f, depth + 1)),
+            Plan::Project { input, .. }
+            | Plan::Filter { input, .. }
+            | Plan::Distinct { input }
+            | Plan::TopK { input, .. }
+            | Plan::Reduce { input, .. } => input.fmt_indented(f, depth + 1),
+            Plan::Get { .. } | Plan::Constant { .. } => Ok(()),
+        }
+    }
+
+    /// For a `Reduce`, whether every aggregate is accumulable.
+    pub fn accumulable(&self) -> bool {
+        match self {
+            Plan::Reduce { aggregates, .. } => aggregates.iter().all(Aggregate::is_accumulable),
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_indented(f, 0)
+    }
+}
