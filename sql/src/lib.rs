@@ -1,1 +1,108 @@
-//! stub
+//! weft's SQL front end: statements are parsed with DataFusion's `sqlparser`, queries are planned
+//! and optimized by DataFusion, and the optimized `LogicalPlan` is lowered to weft's dataflow
+//! [`Plan`](weft_engine::Plan). The same DataFusion session also executes ad-hoc queries (and
+//! `COPY`) over weft's tables and views through [`RelationProvider`].
+//!
+//! This crate never depends on the Wasm runtime; the engine never depends on this crate.
+
+pub mod convert;
+pub mod lower;
+pub mod provider;
+
+pub use convert::ConvertError;
+pub use lower::{lower_expr, lower_plan, LowerError};
+pub use provider::{RelationProvider, RowSource};
+
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+use std::future::Future;
+use std::sync::Arc;
+
+/// Errors from parsing, planning, lowering or executing SQL.
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    /// The text is not valid SQL.
+    #[error("syntax error: {0}")]
+    Parse(String),
+    /// DataFusion rejected or failed the statement.
+    #[error("{0}")]
+    DataFusion(#[from] DataFusionError),
+    /// The plan cannot be maintained incrementally.
+    #[error(transparent)]
+    Lower(#[from] LowerError),
+    /// The async runtime could not start.
+    #[error("could not start the query runtime: {0}")]
+    Runtime(String),
+}
+
+/// Parses SQL text into statements.
+pub fn parse(sql: &str) -> Result<Vec<Statement>, SqlError> {
+    Parser::parse_sql(&GenericDialect {}, sql).map_err(|error| SqlError::Parse(error.to_string()))
+}
+
+/// DataFusion planning and execution over weft's relations.
+pub struct Planner {
+    context: SessionContext,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Planner {
+    /// A planner with no relations registered.
+    pub fn new() -> Result<Planner, SqlError> {
+        let config = SessionConfig::new().with_information_schema(true);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("weft-query")
+            .enable_all()
+            .build()
+            .map_err(|error| SqlError::Runtime(error.to_string()))?;
+        Ok(Planner { context: SessionContext::new_with_config(config), runtime })
+    }
+
+    /// The DataFusion session (for callers that read files or build data frames).
+    pub fn context(&self) -> &SessionContext {
+        &self.context
+    }
+
+    /// Runs a future on the planner's runtime.
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
+    /// Makes a relation visible to queries under `name`, replacing any previous one.
+    pub fn register(&self, name: &str, provider: Arc<RelationProvider>) -> Result<(), SqlError> {
+        self.context.deregister_table(name)?;
+        self.context.register_table(name, provider)?;
+        Ok(())
+    }
+
+    /// Removes a relation from the catalog.
+    pub fn deregister(&self, name: &str) -> Result<(), SqlError> {
+        self.context.deregister_table(name)?;
+        Ok(())
+    }
+
+    /// Plans a statement without optimizing it.
+    pub fn logical_plan(&self, statement: Statement) -> Result<LogicalPlan, SqlError> {
+        let state = self.context.state();
+        Ok(self.block_on(state.statement_to_plan(DfStatement::Statement(Box::new(statement))))?)
+    }
+
+    /// Plans and optimizes a statement.
+    pub fn optimized_plan(&self, statement: Statement) -> Result<LogicalPlan, SqlError> {
+        let plan = self.logical_plan(statement)?;
+        Ok(self.context.state().optimize(&plan)?)
+    }
+
+    /// Executes a logical plan, collecting the result.
+    pub fn execute(&self, plan: LogicalPlan) -> Result<Vec<RecordBatch>, SqlError> {
+        let context = self.context.clone();
+        Ok(self.block_on(async move { context.execute_logical_plan(plan).await?.collect().await })?)
+    }
+}
