@@ -1,1 +1,15 @@
-//! stub
+//! weft: a database-centric dataflow engine. SQL tables and views, planned by DataFusion and kept
+//! up to date incrementally on timely / differential dataflow.
+//!
+//! This crate is the public facade and the `weft` command line: [`Database`] opens a data
+//! directory and executes SQL; the engine and SQL front end are the `weft-engine` and
+//! `weft-sql` crates.
+
+pub mod catalog;
+pub mod copy;
+pub mod database;
+pub mod output;
+pub mod wal;
+
+pub use database::{Database, Error, Options, Output};
+pub use weft_engine::{ColumnType, Row, Value};

@@ -1,1 +1,139 @@
-fn main(){}
+//! The `weft` command line: an interactive SQL shell, scripted SQL, and demo runs.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use weft::output::{write_output, Format};
+use weft::{Database, Options};
+
+#[derive(Parser)]
+#[command(name = "weft", version, about = "SQL views kept up to date incrementally on differential dataflow")]
+struct Cli {
+    /// Data directory (created if missing).
+    #[arg(long, global = true, default_value = "weft-data")]
+    data_dir: PathBuf,
+    /// Timely worker threads.
+    #[arg(long, global = true, default_value_t = 1)]
+    workers: usize,
+    /// Do not fdatasync the log on commit: commits survive a process crash but not an OS crash.
+    #[arg(long, global = true)]
+    no_sync: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Interactive SQL shell; or run `-c SQL`, or a file of statements.
+    Sql {
+        /// SQL to run instead of the shell.
+        #[arg(short = 'c', long = "command")]
+        command: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        /// A file of SQL statements to run.
+        file: Option<PathBuf>,
+    },
+    /// Run a SQL script, echoing each statement before its result (the demo).
+    Run {
+        /// The script.
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("ERROR: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let options = Options { data_dir: cli.data_dir.clone(), workers: cli.workers, sync: !cli.no_sync };
+    let mut database =
+        Database::open(options).with_context(|| format!("opening data directory {}", cli.data_dir.display()))?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match cli.command {
+        Command::Sql { command: Some(sql), format, .. } => run_script(&mut database, &sql, format, false, &mut out),
+        Command::Sql { file: Some(file), format, .. } => {
+            let sql = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            run_script(&mut database, &sql, format, false, &mut out)
+        }
+        Command::Sql { format, .. } => shell(&mut database, format, &mut out),
+        Command::Run { file, format } => {
+            let sql = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            run_script(&mut database, &sql, format, true, &mut out)
+        }
+    }
+}
+
+/// Runs every statement of `sql`, stopping at the first error.
+fn run_script(database: &mut Database, sql: &str, format: Format, echo: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let statements = weft_sql::parse(sql)?;
+    for statement in statements {
+        if echo {
+            writeln!(out, "weft> {statement};")?;
+        }
+        let text = statement.to_string();
+        let output = database.execute_statement(statement).with_context(|| format!("in statement: {text}"))?;
+        write_output(out, &output, format)?;
+        if echo {
+            writeln!(out)?;
+        }
+    }
+    Ok(())
+}
+
+/// The interactive shell: statements end with `;`; `\q` quits. Errors are printed and the shell
+/// goes on.
+fn shell(database: &mut Database, format: Format, out: &mut dyn Write) -> anyhow::Result<()> {
+    let interactive = std::io::stdin().is_terminal();
+    let mut buffer = String::new();
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        if interactive {
+            write!(out, "{}", if buffer.is_empty() { "weft> " } else { "   -> " })?;
+            out.flush()?;
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line?;
+        if buffer.is_empty() && matches!(line.trim(), "\\q" | "quit" | "exit") {
+            break;
+        }
+        buffer.push_str(&line);
+        buffer.push('\n');
+        if !line.trim_end().ends_with(';') {
+            continue;
+        }
+        let sql = std::mem::take(&mut buffer);
+        match database.execute(&sql) {
+            Ok(outputs) => {
+                for output in &outputs {
+                    write_output(out, output, format)?;
+                }
+            }
+            Err(error) => writeln!(out, "ERROR: {error}")?,
+        }
+    }
+    if !buffer.trim().is_empty() {
+        match database.execute(&buffer) {
+            Ok(outputs) => {
+                for output in &outputs {
+                    write_output(out, output, format)?;
+                }
+            }
+            Err(error) => writeln!(out, "ERROR: {error}")?,
+        }
+    }
+    Ok(())
+}

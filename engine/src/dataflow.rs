@@ -540,8 +540,9 @@ struct Accumulators {
 
 impl IsZero for Accumulators {
     fn is_zero(&self) -> bool {
-        // Float sums of retracted rows may leave rounding residue; with no rows left it is noise.
-        self.rows == 0 && self.values.iter().all(|value| value.count == 0 && value.int_sum == 0)
+        // Exact zero only: a change can move a float sum while every count nets to zero.
+        self.rows == 0
+            && self.values.iter().all(|value| value.count == 0 && value.int_sum == 0 && value.float_sum.0 == 0.0)
     }
 }
 
@@ -616,7 +617,11 @@ fn render_accumulable_reduce<'scope>(
             }
         })
         .as_collection();
-    exploded.count_core::<isize>().map(move |(mut key, accumulators)| {
+    exploded.count_core::<isize>().flat_map(move |(mut key, accumulators)| {
+        // A group whose rows are all retracted can keep float rounding residue: it is empty.
+        if accumulators.rows == 0 {
+            return None;
+        }
         for (aggregate, value) in aggregates.iter().zip(&accumulators.values) {
             key.push(match aggregate.function {
                 AggregateFunction::Count => Value::Int(value.count),
@@ -627,7 +632,7 @@ fn render_accumulable_reduce<'scope>(
                 _ => Value::float(value.int_sum as f64 / value.count as f64),
             });
         }
-        key
+        Some(key)
     })
 }
 

@@ -1,0 +1,937 @@
+//! [`Database`]: one weft data directory, its catalog, tables, views and write-ahead log, and
+//! the execution of SQL statements against them.
+//!
+//! Statements are parsed once with DataFusion's `sqlparser`. DDL, DML and transactions are
+//! handled here; queries (and the row-finding part of `UPDATE`/`DELETE`) are planned by
+//! DataFusion; view definitions are lowered to weft plans and maintained by the engine. Each
+//! statement outside `BEGIN ... COMMIT`, and each such group, is one logical timestamp, logged
+//! before the engine applies it.
+
+use crate::catalog::{Relation, RelationKind, TableData, ViewSource};
+use crate::wal::{Record, Wal, WalError};
+use datafusion::arrow::array::StringArray;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::sql::sqlparser::ast::{
+    self, AssignmentTarget, ColumnOption, FromTable, ObjectName, ObjectType, Statement, TableConstraint, TableFactor,
+    TableObject,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use weft_engine::expr::{cast, BinaryOp};
+use weft_engine::{Change, ColumnType, Engine, EngineError, Expr, Plan, RelationId, Row, Value};
+use weft_sql::convert::{batch_rows, column_type, schema_of};
+use weft_sql::{lower_plan, ConvertError, Planner, RelationProvider, RowSource, SqlError};
+
+/// How to open a database.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The data directory (created if missing).
+    pub data_dir: PathBuf,
+    /// Timely worker threads.
+    pub workers: usize,
+    /// `fdatasync` the log on every commit (survives power loss); without it a commit survives
+    /// a process crash but not an operating-system crash.
+    pub sync: bool,
+}
+
+impl Options {
+    /// Defaults for `data_dir`: one worker, sync on.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Options {
+        Options { data_dir: data_dir.into(), workers: 1, sync: true }
+    }
+}
+
+/// Errors of statement execution. None of them leaves the database unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Parsing, planning or executing a query failed.
+    #[error(transparent)]
+    Sql(#[from] SqlError),
+    /// The dataflow engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The log could not be read or written.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// A value could not be converted.
+    #[error(transparent)]
+    Convert(#[from] ConvertError),
+    /// A file could not be read or written.
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    /// A name is unknown, taken, or of the wrong kind.
+    #[error("{0}")]
+    Catalog(String),
+    /// A change violates a constraint or a column's type.
+    #[error("{0}")]
+    Constraint(String),
+    /// A statement weft does not support.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// Another process has the data directory open.
+    #[error("data directory {0} is in use by another weft process")]
+    Locked(PathBuf),
+}
+
+/// What a statement returns.
+#[derive(Debug)]
+pub enum Output {
+    /// A result set.
+    Rows { schema: SchemaRef, batches: Vec<RecordBatch> },
+    /// A command tag such as `INSERT 0 2` or `CREATE TABLE`.
+    Status(String),
+}
+
+/// An open weft database.
+pub struct Database {
+    options: Options,
+    planner: Planner,
+    engine: Engine,
+    relations: BTreeMap<String, Relation>,
+    names: HashMap<RelationId, String>,
+    next_id: RelationId,
+    wal: Wal,
+    /// Changes of the open `BEGIN` block, or of the statement being executed.
+    pending: Vec<Change>,
+    in_transaction: bool,
+    _lock: File,
+}
+
+fn catalog_error<T>(message: impl Into<String>) -> Result<T, Error> {
+    Err(Error::Catalog(message.into()))
+}
+
+/// A name as SQL resolves it: unquoted identifiers fold to lower case.
+fn normalize(ident: &ast::Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_lowercase()
+    }
+}
+
+fn object_name(name: &ObjectName) -> Result<String, Error> {
+    match name.0.as_slice() {
+        [part] => match part.as_ident() {
+            Some(ident) => Ok(normalize(ident)),
+            None => catalog_error(format!("invalid name {name}")),
+        },
+        _ => Err(Error::Unsupported(format!("qualified name {name}"))),
+    }
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The weft type for a SQL type name in `CREATE TABLE`.
+fn sql_column_type(data_type: &ast::DataType) -> Result<ColumnType, Error> {
+    let text = data_type.to_string().to_uppercase();
+    let base = text.split(['(', ' ']).next().unwrap_or("");
+    Ok(match base {
+        "BOOLEAN" | "BOOL" => ColumnType::Boolean,
+        "BIGINT" | "INT8" | "INT" | "INTEGER" | "INT4" | "SMALLINT" | "INT2" | "TINYINT" => ColumnType::BigInt,
+        "DOUBLE" | "FLOAT" | "FLOAT8" | "FLOAT4" | "REAL" | "DECIMAL" | "NUMERIC" => ColumnType::Double,
+        "TEXT" | "VARCHAR" | "CHAR" | "CHARACTER" | "STRING" => ColumnType::Text,
+        "BYTEA" | "BLOB" | "BINARY" | "VARBINARY" => ColumnType::Bytea,
+        "TIMESTAMP" | "DATETIME" => ColumnType::Timestamp,
+        _ => {
+            return Err(Error::Unsupported(format!(
+                "column type {data_type} (use BOOLEAN, BIGINT, DOUBLE, TEXT, BYTEA or TIMESTAMP)"
+            )))
+        }
+    })
+}
+
+impl Database {
+    /// Opens (or creates) the database in `options.data_dir`, replaying its log.
+    pub fn open(options: Options) -> Result<Database, Error> {
+        let directory = &options.data_dir;
+        let file_error = |path: &Path, error: std::io::Error| Error::File { path: path.to_path_buf(), message: error.to_string() };
+        std::fs::create_dir_all(directory).map_err(|error| file_error(directory, error))?;
+        let lock_path = directory.join("LOCK");
+        let lock = File::create(&lock_path).map_err(|error| file_error(&lock_path, error))?;
+        if lock.try_lock().is_err() {
+            return Err(Error::Locked(directory.clone()));
+        }
+        let (wal, records) = Wal::open(&directory.join("wal"), options.sync)?;
+        let mut database = Database {
+            engine: Engine::start(options.workers)?,
+            planner: Planner::new()?,
+            options,
+            relations: BTreeMap::new(),
+            names: HashMap::new(),
+            next_id: 1,
+            wal,
+            pending: Vec::new(),
+            in_transaction: false,
+            _lock: lock,
+        };
+        database.replay(records)?;
+        Ok(database)
+    }
+
+    /// The options the database was opened with.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    fn replay(&mut self, records: Vec<Record>) -> Result<(), Error> {
+        let frames = records.len();
+        // Consecutive commits are applied to the engine as one timestamp: restart cost is then
+        // proportional to the data, not to the number of past transactions.
+        let mut batch: Vec<Change> = Vec::new();
+        for record in records {
+            if !matches!(record, Record::Commit { .. }) && !batch.is_empty() {
+                self.engine.commit(std::mem::take(&mut batch))?;
+            }
+            match record {
+                Record::CreateTable { id, name, columns, primary_key } => {
+                    self.install_table(id, name, columns, primary_key)?
+                }
+                Record::CreateView { id, name, sql } => {
+                    let query = match weft_sql::parse(&sql)?.pop() {
+                        Some(Statement::Query(query)) => query,
+                        _ => return catalog_error(format!("logged definition of view {name} is not a query")),
+                    };
+                    self.install_view(id, name, &query, sql, None)?;
+                }
+                Record::Drop { id } => self.uninstall(id)?,
+                Record::Commit { changes } => {
+                    for (table, row, diff) in changes {
+                        let data = self.table_by_id(table)?;
+                        data.apply(&row, diff).map_err(|message| {
+                            Error::Catalog(format!("log replay of table {}: {message}", self.names[&table]))
+                        })?;
+                        batch.push(Change { table, row, diff: diff as isize });
+                    }
+                }
+            }
+        }
+        if !batch.is_empty() {
+            self.engine.commit(batch)?;
+        }
+        if frames > 1000 && frames > 4 * self.relations.len() {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the log as a snapshot: the live catalog and one commit per table's contents.
+    pub fn checkpoint(&mut self) -> Result<(), Error> {
+        if self.in_transaction {
+            return Err(Error::Constraint("cannot checkpoint inside a transaction".into()));
+        }
+        let mut relations: Vec<&Relation> = self.relations.values().collect();
+        relations.sort_by_key(|relation| relation.id);
+        let mut records = Vec::new();
+        for relation in &relations {
+            records.push(match &relation.kind {
+                RelationKind::Table(data) => Record::CreateTable {
+                    id: relation.id,
+                    name: relation.name.clone(),
+                    columns: relation.columns.clone(),
+                    primary_key: data.primary_key.clone(),
+                },
+                RelationKind::View { sql, .. } => {
+                    Record::CreateView { id: relation.id, name: relation.name.clone(), sql: sql.clone() }
+                }
+            });
+        }
+        for relation in &relations {
+            if let Some(data) = relation.table() {
+                let mut changes = Vec::new();
+                data.for_each(|row, count| changes.push((relation.id, row.clone(), count as i64)));
+                if !changes.is_empty() {
+                    records.push(Record::Commit { changes });
+                }
+            }
+        }
+        self.wal.rewrite(&records)?;
+        Ok(())
+    }
+
+    fn table_by_id(&self, id: RelationId) -> Result<Arc<TableData>, Error> {
+        self.names
+            .get(&id)
+            .and_then(|name| self.relations.get(name))
+            .and_then(Relation::table)
+            .cloned()
+            .ok_or_else(|| Error::Catalog(format!("unknown table id {id}")))
+    }
+
+    /// The relation called `name`.
+    pub fn relation(&self, name: &str) -> Option<&Relation> {
+        self.relations.get(name)
+    }
+
+    /// Every table and view, by name.
+    pub fn relations(&self) -> impl Iterator<Item = &Relation> {
+        self.relations.values()
+    }
+
+    fn table(&self, name: &str) -> Result<&Relation, Error> {
+        match self.relations.get(name) {
+            Some(relation) if relation.table().is_some() => Ok(relation),
+            Some(_) => catalog_error(format!("{name} is a view; only tables can be changed")),
+            None => catalog_error(format!("table {name} does not exist")),
+        }
+    }
+
+    fn install_table(
+        &mut self,
+        id: RelationId,
+        name: String,
+        columns: Vec<(String, ColumnType)>,
+        primary_key: Option<Vec<usize>>,
+    ) -> Result<(), Error> {
+        let schema = schema_of(&columns);
+        let data = Arc::new(TableData::new(primary_key));
+        self.engine.create_table(id)?;
+        self.planner.register(&name, Arc::new(RelationProvider::new(id, false, schema.clone(), data.clone())))?;
+        self.names.insert(id, name.clone());
+        self.next_id = self.next_id.max(id + 1);
+        self.relations.insert(name.clone(), Relation { id, name, columns, schema, kind: RelationKind::Table(data) });
+        Ok(())
+    }
+
+    fn install_view(
+        &mut self,
+        id: RelationId,
+        name: String,
+        query: &ast::Query,
+        sql: String,
+        column_names: Option<Vec<String>>,
+    ) -> Result<(), Error> {
+        let plan = self.planner.optimized_plan(Statement::Query(Box::new(query.clone())))?;
+        let lowered = lower_plan(&plan).map_err(SqlError::from)?;
+        let mut columns = Vec::new();
+        for (index, field) in plan.schema().fields().iter().enumerate() {
+            let column_name = match &column_names {
+                Some(names) => names.get(index).cloned().unwrap_or_else(|| field.name().clone()),
+                None => field.name().clone(),
+            };
+            if columns.iter().any(|(existing, _)| existing == &column_name) {
+                return catalog_error(format!(
+                    "view {name} would have two columns named {column_name}; give them distinct aliases"
+                ));
+            }
+            columns.push((column_name, column_type(field.data_type())?));
+        }
+        if let Some(names) = &column_names {
+            if names.len() != columns.len() {
+                return catalog_error(format!("view {name} names {} columns but its query has {}", names.len(), columns.len()));
+            }
+        }
+        let schema = schema_of(&columns);
+        let state = self.engine.create_view(id, &name, lowered.clone())?;
+        let provider = RelationProvider::new(id, true, schema.clone(), Arc::new(ViewSource(state.clone())));
+        if let Err(error) = self.planner.register(&name, Arc::new(provider)) {
+            self.engine.drop_relation(id)?;
+            return Err(error.into());
+        }
+        self.names.insert(id, name.clone());
+        self.next_id = self.next_id.max(id + 1);
+        self.relations
+            .insert(name.clone(), Relation { id, name, columns, schema, kind: RelationKind::View { sql, plan: lowered, state } });
+        Ok(())
+    }
+
+    fn uninstall(&mut self, id: RelationId) -> Result<(), Error> {
+        let Some(name) = self.names.remove(&id) else {
+            return catalog_error(format!("unknown relation id {id}"));
+        };
+        self.relations.remove(&name);
+        self.planner.deregister(&name)?;
+        self.engine.drop_relation(id)?;
+        Ok(())
+    }
+
+    /// Executes every statement in `sql`, returning one output per statement. Execution stops at
+    /// the first error; statements before it keep their effects.
+    pub fn execute(&mut self, sql: &str) -> Result<Vec<Output>, Error> {
+        let statements = weft_sql::parse(sql)?;
+        let mut outputs = Vec::with_capacity(statements.len());
+        for statement in statements {
+            outputs.push(self.execute_statement(statement)?);
+        }
+        Ok(outputs)
+    }
+
+    /// Executes a query and returns its rows (a convenience for tests and tools).
+    pub fn query(&mut self, sql: &str) -> Result<Vec<Row>, Error> {
+        let mut rows = Vec::new();
+        for output in self.execute(sql)? {
+            if let Output::Rows { batches, .. } = output {
+                for batch in &batches {
+                    rows.extend(batch_rows(batch)?);
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    /// The maintained rows of view `name`, as the engine holds them (multiset, unordered).
+    pub fn view_rows(&self, name: &str) -> Result<Vec<Row>, Error> {
+        match self.relations.get(name).map(|relation| &relation.kind) {
+            Some(RelationKind::View { state, .. }) => ViewSource(state.clone()).rows().map_err(Error::Catalog),
+            _ => catalog_error(format!("view {name} does not exist")),
+        }
+    }
+
+    /// Executes one parsed statement.
+    pub fn execute_statement(&mut self, statement: Statement) -> Result<Output, Error> {
+        let ddl = matches!(
+            statement,
+            Statement::CreateTable(_) | Statement::CreateView(_) | Statement::Drop { .. }
+        );
+        if ddl && self.in_transaction {
+            return Err(Error::Unsupported("CREATE and DROP inside BEGIN ... COMMIT".into()));
+        }
+        let result = self.dispatch(statement);
+        if !self.in_transaction {
+            match &result {
+                Ok(_) => self.commit_pending()?,
+                Err(_) => self.rollback_pending(),
+            }
+        }
+        result
+    }
+
+    fn dispatch(&mut self, statement: Statement) -> Result<Output, Error> {
+        match statement {
+            Statement::CreateTable(create) => self.create_table(create),
+            Statement::CreateView(create) => self.create_view(create),
+            Statement::Drop { object_type, if_exists, names, cascade, .. } => {
+                self.drop_relations(object_type, if_exists, &names, cascade)
+            }
+            Statement::Insert(insert) => self.insert(insert),
+            Statement::Update(update) => self.update(update),
+            Statement::Delete(delete) => self.delete(delete),
+            Statement::StartTransaction { .. } => {
+                if self.in_transaction {
+                    return Err(Error::Constraint("a transaction is already open".into()));
+                }
+                self.in_transaction = true;
+                Ok(Output::Status("BEGIN".into()))
+            }
+            Statement::Commit { .. } => {
+                self.in_transaction = false;
+                self.commit_pending()?;
+                Ok(Output::Status("COMMIT".into()))
+            }
+            Statement::Rollback { .. } => {
+                self.in_transaction = false;
+                self.rollback_pending();
+                Ok(Output::Status("ROLLBACK".into()))
+            }
+            Statement::Explain { statement, .. } => self.explain(*statement),
+            Statement::Copy { source, to, target, options, legacy_options, .. } => {
+                crate::copy::copy(self, source, to, target, &options, &legacy_options)
+            }
+            statement @ (Statement::Query(_)
+            | Statement::ShowTables { .. }
+            | Statement::ShowColumns { .. }
+            | Statement::ShowVariable { .. }) => self.select(statement),
+            other => {
+                let text = other.to_string();
+                let head: String = text.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+                Err(Error::Unsupported(format!("statement {head}")))
+            }
+        }
+    }
+
+    /// Runs a query on DataFusion over the current tables and maintained views.
+    pub(crate) fn select(&mut self, statement: Statement) -> Result<Output, Error> {
+        let plan = self.planner.optimized_plan(statement)?;
+        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        let batches = self.planner.execute(plan)?;
+        Ok(Output::Rows { schema, batches })
+    }
+
+    pub(crate) fn planner(&self) -> &Planner {
+        &self.planner
+    }
+
+    fn create_table(&mut self, create: ast::CreateTable) -> Result<Output, Error> {
+        let name = object_name(&create.name)?;
+        if self.relations.contains_key(&name) {
+            if create.if_not_exists {
+                return Ok(Output::Status("CREATE TABLE".into()));
+            }
+            return catalog_error(format!("relation {name} already exists"));
+        }
+        if create.query.is_some() {
+            return Err(Error::Unsupported("CREATE TABLE ... AS SELECT".into()));
+        }
+        let mut columns: Vec<(String, ColumnType)> = Vec::new();
+        let mut primary_key: Option<Vec<usize>> = None;
+        for (index, column) in create.columns.iter().enumerate() {
+            let column_name = normalize(&column.name);
+            if columns.iter().any(|(existing, _)| existing == &column_name) {
+                return catalog_error(format!("column {column_name} appears twice in table {name}"));
+            }
+            columns.push((column_name, sql_column_type(&column.data_type)?));
+            for option in &column.options {
+                if let ColumnOption::PrimaryKey(_) = option.option {
+                    if primary_key.replace(vec![index]).is_some() {
+                        return catalog_error(format!("table {name} has more than one primary key"));
+                    }
+                }
+            }
+        }
+        if columns.is_empty() {
+            return catalog_error(format!("table {name} needs at least one column"));
+        }
+        for constraint in &create.constraints {
+            if let TableConstraint::PrimaryKey(key) = constraint {
+                let mut indexes = Vec::new();
+                for column in &key.columns {
+                    let ast::Expr::Identifier(ident) = &column.column.expr else {
+                        return Err(Error::Unsupported(format!("primary key on expression {}", column.column.expr)));
+                    };
+                    let column_name = normalize(ident);
+                    match columns.iter().position(|(existing, _)| existing == &column_name) {
+                        Some(index) => indexes.push(index),
+                        None => return catalog_error(format!("primary key column {column_name} is not in table {name}")),
+                    }
+                }
+                if primary_key.replace(indexes).is_some() {
+                    return catalog_error(format!("table {name} has more than one primary key"));
+                }
+            }
+        }
+        let id = self.next_id;
+        let record = Record::CreateTable { id, name: name.clone(), columns: columns.clone(), primary_key: primary_key.clone() };
+        self.install_table(id, name, columns, primary_key)?;
+        if let Err(error) = self.wal.append(&[record]) {
+            self.uninstall(id)?;
+            return Err(error.into());
+        }
+        Ok(Output::Status("CREATE TABLE".into()))
+    }
+
+    fn create_view(&mut self, create: ast::CreateView) -> Result<Output, Error> {
+        let name = object_name(&create.name)?;
+        if self.relations.contains_key(&name) {
+            if create.if_not_exists {
+                return Ok(Output::Status("CREATE VIEW".into()));
+            }
+            return catalog_error(format!("relation {name} already exists"));
+        }
+        let column_names = if create.columns.is_empty() {
+            None
+        } else {
+            Some(create.columns.iter().map(|column| normalize(&column.name)).collect())
+        };
+        let sql = create.query.to_string();
+        let id = self.next_id;
+        self.install_view(id, name.clone(), &create.query, sql.clone(), column_names)?;
+        if let Err(error) = self.wal.append(&[Record::CreateView { id, name, sql }]) {
+            self.uninstall(id)?;
+            return Err(error.into());
+        }
+        Ok(Output::Status(if create.materialized { "CREATE MATERIALIZED VIEW" } else { "CREATE VIEW" }.into()))
+    }
+
+    fn drop_relations(
+        &mut self,
+        object_type: ObjectType,
+        if_exists: bool,
+        names: &[ObjectName],
+        cascade: bool,
+    ) -> Result<Output, Error> {
+        let wants_table = match object_type {
+            ObjectType::Table => true,
+            ObjectType::View | ObjectType::MaterializedView => false,
+            other => return Err(Error::Unsupported(format!("DROP {other}"))),
+        };
+        if cascade {
+            return Err(Error::Unsupported("DROP ... CASCADE; drop the dependent views first".into()));
+        }
+        for name in names {
+            let name = object_name(name)?;
+            let Some(relation) = self.relations.get(&name) else {
+                if if_exists {
+                    continue;
+                }
+                return catalog_error(format!("{} {name} does not exist", if wants_table { "table" } else { "view" }));
+            };
+            if relation.table().is_some() != wants_table {
+                return catalog_error(format!("{name} is not a {}", if wants_table { "table" } else { "view" }));
+            }
+            let id = relation.id;
+            if let Some(dependent) = self.relations.values().find(|other| other.dependencies().contains(&id)) {
+                return catalog_error(format!("cannot drop {name}: view {} depends on it", dependent.name));
+            }
+            self.wal.append(&[Record::Drop { id }])?;
+            self.uninstall(id)?;
+        }
+        Ok(Output::Status(if wants_table { "DROP TABLE" } else { "DROP VIEW" }.into()))
+    }
+
+    /// Applies inserts and deletes to a table (checking keys and types) and queues them for the
+    /// current transaction. On error nothing is changed.
+    pub(crate) fn change_table(&mut self, name: &str, deletes: Vec<Row>, inserts: Vec<Row>) -> Result<usize, Error> {
+        let relation = self.table(name)?;
+        let id = relation.id;
+        let data = relation.table().expect("checked").clone();
+        let mut checked = Vec::with_capacity(inserts.len());
+        for row in inserts {
+            checked.push(conform_row(relation, row)?);
+        }
+        let count = checked.len().max(deletes.len());
+        let mut applied: Vec<Change> = Vec::with_capacity(deletes.len() + checked.len());
+        let changes = deletes.into_iter().map(|row| (row, -1)).chain(checked.into_iter().map(|row| (row, 1)));
+        for (row, diff) in changes {
+            if let Err(message) = data.apply(&row, diff) {
+                for change in applied.iter().rev() {
+                    data.apply(&change.row, -(change.diff as i64)).expect("undo of an applied change");
+                }
+                return Err(Error::Constraint(format!("{name}: {message}")));
+            }
+            applied.push(Change { table: id, row, diff: diff as isize });
+        }
+        self.pending.extend(applied);
+        Ok(count)
+    }
+
+    fn commit_pending(&mut self) -> Result<(), Error> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let changes: Vec<(RelationId, Row, i64)> =
+            self.pending.iter().map(|change| (change.table, change.row.clone(), change.diff as i64)).collect();
+        if let Err(error) = self.wal.append(&[Record::Commit { changes }]) {
+            self.rollback_pending();
+            return Err(error.into());
+        }
+        self.engine.commit(std::mem::take(&mut self.pending))?;
+        Ok(())
+    }
+
+    fn rollback_pending(&mut self) {
+        for change in std::mem::take(&mut self.pending).into_iter().rev() {
+            if let Ok(data) = self.table_by_id(change.table) {
+                data.apply(&change.row, -(change.diff as i64)).expect("undo of an applied change");
+            }
+        }
+    }
+
+    fn insert(&mut self, insert: ast::Insert) -> Result<Output, Error> {
+        let TableObject::TableName(table_name) = &insert.table else {
+            return Err(Error::Unsupported("INSERT INTO a table function".into()));
+        };
+        if insert.on.is_some() || insert.returning.is_some() {
+            return Err(Error::Unsupported("INSERT ... ON CONFLICT / RETURNING".into()));
+        }
+        let name = object_name(table_name)?;
+        let relation = self.table(&name)?;
+        let arity = relation.columns.len();
+        let positions: Vec<usize> = if insert.columns.is_empty() {
+            (0..arity).collect()
+        } else {
+            let mut positions = Vec::new();
+            for column in &insert.columns {
+                let column_name = object_name(column)?;
+                match relation.columns.iter().position(|(existing, _)| existing == &column_name) {
+                    Some(index) => positions.push(index),
+                    None => return catalog_error(format!("column {column_name} is not in table {name}")),
+                }
+            }
+            positions
+        };
+        let Some(source) = insert.source else {
+            return Err(Error::Unsupported("INSERT without VALUES or SELECT".into()));
+        };
+        let output = self.select(Statement::Query(source))?;
+        let Output::Rows { batches, .. } = output else { unreachable!("a query returns rows") };
+        let mut rows = Vec::new();
+        for batch in &batches {
+            if batch.num_columns() != positions.len() {
+                return catalog_error(format!(
+                    "INSERT has {} expressions but {} target columns",
+                    batch.num_columns(),
+                    positions.len()
+                ));
+            }
+            for values in batch_rows(batch)? {
+                let mut row = vec![Value::Null; arity];
+                for (position, value) in positions.iter().zip(values) {
+                    row[*position] = value;
+                }
+                rows.push(row);
+            }
+        }
+        let count = self.change_table(&name, Vec::new(), rows)?;
+        Ok(Output::Status(format!("INSERT 0 {count}")))
+    }
+
+    /// The rows of table `name` satisfying `selection`, each with `extra` expressions evaluated
+    /// on it. Point lookups on the primary key do not scan the table.
+    fn matching_rows(
+        &mut self,
+        name: &str,
+        selection: Option<&ast::Expr>,
+        extra: &[String],
+    ) -> Result<Vec<(Row, Row)>, Error> {
+        let relation = self.table(name)?;
+        let data = relation.table().expect("checked").clone();
+        let arity = relation.columns.len();
+        let mut select: Vec<String> = relation.columns.iter().map(|(column, _)| quote(column)).collect();
+        select.extend(extra.iter().cloned());
+        let mut sql = format!("SELECT {} FROM {}", select.join(", "), quote(name));
+        if let Some(selection) = selection {
+            sql.push_str(&format!(" WHERE {selection}"));
+        }
+        let statement = weft_sql::parse(&sql)?.pop().expect("one statement");
+        let plan = self.planner.optimized_plan(statement)?;
+        let split = |row: Row| {
+            let mut old = row;
+            let new = old.split_off(arity);
+            (old, new)
+        };
+        if let Ok(lowered) = lower_plan(&plan) {
+            if let Some((predicate, exprs)) = row_local(&lowered, relation.id) {
+                let evaluate = |row: &Row| -> Result<Option<(Row, Row)>, Error> {
+                    if let Some(predicate) = &predicate {
+                        if !predicate.eval_predicate(row).map_err(|error| Error::Constraint(error.to_string()))? {
+                            return Ok(None);
+                        }
+                    }
+                    let values = weft_engine::expr::eval_all(&exprs, row).map_err(|error| Error::Constraint(error.to_string()))?;
+                    Ok(Some(split(values)))
+                };
+                let mut found = Vec::new();
+                if let Some(key) = point_lookup(predicate.as_ref(), data.primary_key.as_deref(), &relation.columns) {
+                    if let Some(row) = data.get(&key) {
+                        found.extend(evaluate(&row)?);
+                    }
+                } else {
+                    let mut failure = None;
+                    data.for_each(|row, count| {
+                        if failure.is_none() {
+                            match evaluate(row) {
+                                Ok(Some(pair)) => found.extend(std::iter::repeat_n(pair, count)),
+                                Ok(None) => {}
+                                Err(error) => failure = Some(error),
+                            }
+                        }
+                    });
+                    if let Some(error) = failure {
+                        return Err(error);
+                    }
+                }
+                return Ok(found);
+            }
+        }
+        let batches = self.planner.execute(plan)?;
+        let mut found = Vec::new();
+        for batch in &batches {
+            found.extend(batch_rows(batch)?.into_iter().map(split));
+        }
+        Ok(found)
+    }
+
+    fn update(&mut self, update: ast::Update) -> Result<Output, Error> {
+        if !update.table.joins.is_empty() || update.from.is_some() || update.returning.is_some() {
+            return Err(Error::Unsupported("UPDATE with joins, FROM or RETURNING".into()));
+        }
+        let TableFactor::Table { name: table_name, .. } = &update.table.relation else {
+            return Err(Error::Unsupported(format!("UPDATE of {}", update.table.relation)));
+        };
+        let name = object_name(table_name)?;
+        let relation = self.table(&name)?;
+        let mut targets = Vec::new();
+        let mut exprs = Vec::new();
+        for assignment in &update.assignments {
+            let AssignmentTarget::ColumnName(column) = &assignment.target else {
+                return Err(Error::Unsupported("UPDATE SET (a, b) = ...".into()));
+            };
+            let column_name = object_name(column)?;
+            match relation.columns.iter().position(|(existing, _)| existing == &column_name) {
+                Some(index) => targets.push(index),
+                None => return catalog_error(format!("column {column_name} is not in table {name}")),
+            }
+            exprs.push(format!("{}", assignment.value));
+        }
+        let matches = self.matching_rows(&name, update.selection.as_ref(), &exprs)?;
+        let mut deletes = Vec::with_capacity(matches.len());
+        let mut inserts = Vec::with_capacity(matches.len());
+        for (old, values) in matches {
+            let mut new = old.clone();
+            for (target, value) in targets.iter().zip(values) {
+                new[*target] = value;
+            }
+            deletes.push(old);
+            inserts.push(new);
+        }
+        let count = self.change_table(&name, deletes, inserts)?;
+        Ok(Output::Status(format!("UPDATE {count}")))
+    }
+
+    fn delete(&mut self, delete: ast::Delete) -> Result<Output, Error> {
+        let tables = match &delete.from {
+            FromTable::WithFromKeyword(tables) | FromTable::WithoutKeyword(tables) => tables,
+        };
+        let [table] = tables.as_slice() else {
+            return Err(Error::Unsupported("DELETE from several tables".into()));
+        };
+        if !table.joins.is_empty() || delete.using.is_some() || delete.returning.is_some() || delete.limit.is_some() {
+            return Err(Error::Unsupported("DELETE with joins, USING, RETURNING or LIMIT".into()));
+        }
+        let TableFactor::Table { name: table_name, .. } = &table.relation else {
+            return Err(Error::Unsupported(format!("DELETE from {}", table.relation)));
+        };
+        let name = object_name(table_name)?;
+        let matches = self.matching_rows(&name, delete.selection.as_ref(), &[])?;
+        let deletes = matches.into_iter().map(|(old, _)| old).collect();
+        let count = self.change_table(&name, deletes, Vec::new())?;
+        Ok(Output::Status(format!("DELETE {count}")))
+    }
+
+    fn explain(&mut self, statement: Statement) -> Result<Output, Error> {
+        let query = match statement {
+            Statement::Query(query) => query,
+            Statement::CreateView(create) => create.query,
+            other => return Err(Error::Unsupported(format!("EXPLAIN of {}", other.to_string().split_whitespace().next().unwrap_or("")))),
+        };
+        let plan = self.planner.optimized_plan(Statement::Query(query))?;
+        let lowered = lower_plan(&plan).map_err(SqlError::from)?;
+        let lines: Vec<String> = lowered.to_string().lines().map(str::to_string).collect();
+        let schema = Arc::new(Schema::new(vec![Field::new("plan", DataType::Utf8, false)]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(lines))])
+            .map_err(ConvertError::from)?;
+        Ok(Output::Rows { schema, batches: vec![batch] })
+    }
+
+    /// Inserts rows into a table as one transaction (used by `COPY FROM` and tools). Values are
+    /// cast to the column types.
+    pub fn insert_rows(&mut self, name: &str, rows: Vec<Row>) -> Result<usize, Error> {
+        let result = self.change_table(name, Vec::new(), rows);
+        if !self.in_transaction {
+            match &result {
+                Ok(_) => self.commit_pending()?,
+                Err(_) => self.rollback_pending(),
+            }
+        }
+        result
+    }
+}
+
+/// Casts a row's values to the table's column types and checks its primary key has no NULL.
+fn conform_row(relation: &Relation, row: Row) -> Result<Row, Error> {
+    if row.len() != relation.columns.len() {
+        return Err(Error::Constraint(format!(
+            "table {} has {} columns but a row has {} values",
+            relation.name,
+            relation.columns.len(),
+            row.len()
+        )));
+    }
+    let data = relation.table().expect("a table");
+    let mut conformed = Vec::with_capacity(row.len());
+    for (index, (value, (column, column_type))) in row.into_iter().zip(&relation.columns).enumerate() {
+        if value.is_null() && data.primary_key.as_ref().is_some_and(|key| key.contains(&index)) {
+            return Err(Error::Constraint(format!("primary key column {}.{column} cannot be NULL", relation.name)));
+        }
+        conformed.push(cast(value, *column_type).map_err(|error| {
+            Error::Constraint(format!("column {}.{column} ({column_type}): {error}", relation.name))
+        })?);
+    }
+    Ok(conformed)
+}
+
+/// If `plan` only filters and projects table `id` row by row, its predicate and projections
+/// (over the table's columns).
+fn row_local(plan: &Plan, id: RelationId) -> Option<(Option<Expr>, Vec<Expr>)> {
+    fn compose(outer: &Expr, inner: &[Expr]) -> Expr {
+        substitute(outer, inner)
+    }
+    match plan {
+        Plan::Project { input, exprs } => match input.as_ref() {
+            Plan::Get { id: got, .. } if *got == id => Some((None, exprs.clone())),
+            Plan::Filter { input, predicate } => match input.as_ref() {
+                Plan::Get { id: got, .. } if *got == id => Some((Some(predicate.clone()), exprs.clone())),
+                Plan::Project { input, exprs: inner } => match input.as_ref() {
+                    Plan::Get { id: got, .. } if *got == id => Some((
+                        Some(compose(predicate, inner)),
+                        exprs.iter().map(|expr| compose(expr, inner)).collect(),
+                    )),
+                    _ => None,
+                },
+                _ => None,
+            },
+            Plan::Project { .. } => {
+                let (predicate, inner) = row_local(input, id)?;
+                Some((predicate, exprs.iter().map(|expr| compose(expr, &inner)).collect()))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// `outer` with each column reference replaced by the matching `inner` expression.
+fn substitute(outer: &Expr, inner: &[Expr]) -> Expr {
+    match outer {
+        Expr::Column(index) => inner[*index].clone(),
+        Expr::Literal(_) => outer.clone(),
+        Expr::Unary { op, expr } => Expr::Unary { op: *op, expr: Box::new(substitute(expr, inner)) },
+        Expr::Binary { op, left, right } => Expr::Binary {
+            op: *op,
+            left: Box::new(substitute(left, inner)),
+            right: Box::new(substitute(right, inner)),
+        },
+        Expr::Case { operand, when_then, otherwise } => Expr::Case {
+            operand: operand.as_ref().map(|operand| Box::new(substitute(operand, inner))),
+            when_then: when_then.iter().map(|(when, then)| (substitute(when, inner), substitute(then, inner))).collect(),
+            otherwise: otherwise.as_ref().map(|otherwise| Box::new(substitute(otherwise, inner))),
+        },
+        Expr::Cast { expr, to, r#try } => Expr::Cast { expr: Box::new(substitute(expr, inner)), to: *to, r#try: *r#try },
+        Expr::Like { expr, pattern, negated, case_insensitive } => Expr::Like {
+            expr: Box::new(substitute(expr, inner)),
+            pattern: Box::new(substitute(pattern, inner)),
+            negated: *negated,
+            case_insensitive: *case_insensitive,
+        },
+        Expr::InList { expr, list, negated } => Expr::InList {
+            expr: Box::new(substitute(expr, inner)),
+            list: list.iter().map(|item| substitute(item, inner)).collect(),
+            negated: *negated,
+        },
+        Expr::Call { function, args } => {
+            Expr::Call { function: *function, args: args.iter().map(|arg| substitute(arg, inner)).collect() }
+        }
+    }
+}
+
+/// The primary-key value a predicate pins down with `key_column = literal` conjuncts, if any.
+fn point_lookup(predicate: Option<&Expr>, primary_key: Option<&[usize]>, columns: &[(String, ColumnType)]) -> Option<Row> {
+    let (predicate, primary_key) = (predicate?, primary_key?);
+    let mut pinned: HashMap<usize, Value> = HashMap::new();
+    fn collect(expr: &Expr, pinned: &mut HashMap<usize, Value>) {
+        match expr {
+            Expr::Binary { op: BinaryOp::And, left, right } => {
+                collect(left, pinned);
+                collect(right, pinned);
+            }
+            Expr::Binary { op: BinaryOp::Eq, left, right } => match (left.as_ref(), right.as_ref()) {
+                (Expr::Column(column), Expr::Literal(value)) | (Expr::Literal(value), Expr::Column(column)) => {
+                    pinned.insert(*column, value.clone());
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    collect(predicate, &mut pinned);
+    // A literal of another type than the column (say 1 for a DOUBLE key) would miss the index.
+    primary_key
+        .iter()
+        .map(|column| pinned.get(column).filter(|value| value.column_type() == Some(columns[*column].1)).cloned())
+        .collect()
+}
