@@ -50,7 +50,17 @@ fn main() -> std::process::ExitCode {
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("ERROR: {error:#}");
+            // Library errors already include their causes' text: print each new part once.
+            let mut message = String::new();
+            for cause in error.chain().map(|cause| cause.to_string()) {
+                if !message.contains(&cause) {
+                    if !message.is_empty() {
+                        message.push_str(": ");
+                    }
+                    message.push_str(&cause);
+                }
+            }
+            eprintln!("ERROR: {message}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -179,6 +179,8 @@ impl Engine {
         let state = Arc::new(ViewState::new(name));
         let plan = Arc::new(plan);
         self.broadcast(|| Command::CreateView { id, plan: plan.clone(), state: state.clone() })?;
+        // Building the view closed the current timestamp (see `advance`).
+        self.time += 1;
         self.relations.insert(id, Some(state.clone()));
         Ok(state)
     }
@@ -272,9 +274,11 @@ fn run_worker(worker: &mut Worker, commands: Receiver<Command>, replies: Sender<
                 });
                 state.traces.insert(id, trace);
                 state.dataflows.insert(id, dataflow);
-                let time = state.time;
-                worker.step_while(|| probe.less_than(&time));
                 state.probes.insert(id, probe);
+                // Imports present the history as of the compaction frontier, the current time:
+                // close that time so the view's initial contents are complete.
+                let time = state.time;
+                advance(worker, &mut state, time);
             }
             Command::Drop { id } => {
                 state.inputs.remove(&id);
@@ -290,25 +294,31 @@ fn run_worker(worker: &mut Worker, commands: Receiver<Command>, replies: Sender<
                         input.update(change.row.clone(), change.diff);
                     }
                 }
-                let next = time + 1;
-                for input in state.inputs.values_mut() {
-                    input.advance_to(next);
-                    input.flush();
-                }
-                let probes: Vec<ProbeHandle<Time>> = state.probes.values().cloned().collect();
-                worker.step_while(|| probes.iter().any(|probe| probe.less_than(&next)));
-                let frontier = [next];
-                for trace in state.traces.values_mut() {
-                    trace.set_logical_compaction(AntichainRef::new(&frontier));
-                    trace.set_physical_compaction(AntichainRef::new(&frontier));
-                }
-                state.time = next;
+                advance(worker, &mut state, time);
             }
         }
         if replies.send(()).is_err() {
             break;
         }
     }
+}
+
+/// Closes timestamp `time` on every input, waits until every dataflow has processed it, and lets
+/// the arrangements forget the distinctions between times before it.
+fn advance(worker: &mut Worker, state: &mut WorkerState, time: Time) {
+    let next = time + 1;
+    for input in state.inputs.values_mut() {
+        input.advance_to(next);
+        input.flush();
+    }
+    let probes: Vec<ProbeHandle<Time>> = state.probes.values().cloned().collect();
+    worker.step_while(|| probes.iter().any(|probe| probe.less_than(&next)));
+    let frontier = [next];
+    for trace in state.traces.values_mut() {
+        trace.set_logical_compaction(AntichainRef::new(&frontier));
+        trace.set_physical_compaction(AntichainRef::new(&frontier));
+    }
+    state.time = next;
 }
 
 /// Turns a stream of evaluation results into a collection, recording failures on the view.
@@ -340,7 +350,8 @@ fn render<'scope>(
         Plan::Get { id, .. } => traces
             .get_mut(id)
             .expect("dependencies are checked before rendering")
-            .import(scope)
+            .import_frontier(scope, "Import")
+            .0
             .as_collection(|row: &Row, _| row.clone()),
         Plan::Constant { rows, .. } => constant(scope, rows.clone()),
         Plan::Project { input, exprs } => {
@@ -555,7 +566,7 @@ impl Semigroup for Accumulators {
         for (mine, theirs) in self.values.iter_mut().zip(&rhs.values) {
             mine.count += theirs.count;
             mine.int_sum += theirs.int_sum;
-            mine.float_sum.0 += theirs.float_sum.0;
+            mine.float_sum.0 = mine.float_sum.0 + theirs.float_sum.0 + 0.0;
         }
     }
 }
@@ -568,7 +579,8 @@ impl Multiply<isize> for Accumulators {
         for value in &mut self.values {
             value.count *= factor;
             value.int_sum *= factor as i128;
-            value.float_sum.0 *= factor as f64;
+            // `+ 0.0` turns -0.0 into 0.0: equal accumulators must be equal records.
+            value.float_sum.0 = value.float_sum.0 * factor as f64 + 0.0;
         }
         self
     }

@@ -39,16 +39,24 @@ fn unsupported<T>(what: impl Into<String>) -> Result<T, LowerError> {
 pub fn lower_plan(plan: &LogicalPlan) -> Result<Plan, LowerError> {
     Ok(match plan {
         LogicalPlan::Projection(projection) => {
-            let schema = projection.input.schema();
+            let (input, exprs, schema) = with_scalar_subqueries(&projection.input, &projection.expr)?;
             Plan::Project {
-                input: Box::new(lower_plan(&projection.input)?),
-                exprs: projection.expr.iter().map(|expr| lower_expr(expr, schema)).collect::<Result<_, _>>()?,
+                input: Box::new(input),
+                exprs: exprs.iter().map(|expr| lower_expr(expr, &schema)).collect::<Result<_, _>>()?,
             }
         }
-        LogicalPlan::Filter(filter) => Plan::Filter {
-            input: Box::new(lower_plan(&filter.input)?),
-            predicate: lower_expr(&filter.predicate, filter.input.schema())?,
-        },
+        LogicalPlan::Filter(filter) => {
+            let arity = filter.input.schema().fields().len();
+            let (input, predicates, schema) =
+                with_scalar_subqueries(&filter.input, std::slice::from_ref(&filter.predicate))?;
+            let joined_arity = input.arity();
+            let filtered = Plan::Filter { input: Box::new(input), predicate: lower_expr(&predicates[0], &schema)? };
+            if joined_arity == arity {
+                filtered
+            } else {
+                Plan::Project { input: Box::new(filtered), exprs: (0..arity).map(Expr::Column).collect() }
+            }
+        }
         LogicalPlan::TableScan(scan) => {
             let provider = source_as_provider(&scan.source)?;
             let Some(relation) = provider.downcast_ref::<RelationProvider>() else {
@@ -192,6 +200,74 @@ pub fn lower_plan(plan: &LogicalPlan) -> Result<Plan, LowerError> {
         LogicalPlan::Unnest(_) => return unsupported("UNNEST"),
         other => return unsupported(format!("{} in a query", other.display())),
     })
+}
+
+/// Lowers `input` for expressions that may contain uncorrelated scalar subqueries. Each such
+/// subquery must be a global aggregate (exactly one row, always): it is cross-joined onto the
+/// input and the expressions refer to its column instead. Returns the (possibly joined) input,
+/// the rewritten expressions and the schema they refer to.
+fn with_scalar_subqueries(
+    input: &LogicalPlan,
+    exprs: &[DfExpr],
+) -> Result<(Plan, Vec<DfExpr>, DFSchema), LowerError> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::common::Column;
+    let mut lowered = lower_plan(input)?;
+    let mut schema = input.schema().as_ref().clone();
+    let mut subqueries = 0;
+    let mut rewritten = Vec::with_capacity(exprs.len());
+    for expr in exprs {
+        let result = expr.clone().transform_up(|expr| {
+            let DfExpr::ScalarSubquery(subquery) = &expr else {
+                return Ok(Transformed::no(expr));
+            };
+            if !subquery.outer_ref_columns.is_empty() {
+                return Ok(Transformed::no(expr));
+            }
+            let alias = format!("__weft_subquery_{subqueries}");
+            subqueries += 1;
+            let sub_plan = lower_plan(&subquery.subquery).map_err(|error| {
+                datafusion::error::DataFusionError::External(Box::new(error))
+            })?;
+            if !always_one_row(&sub_plan) {
+                return Err(datafusion::error::DataFusionError::External(Box::new(LowerError::Unsupported(
+                    "a scalar subquery that is not a single aggregate without GROUP BY".into(),
+                ))));
+            }
+            let sub_schema = subquery.subquery.schema();
+            let qualified = DFSchema::try_from_qualified_schema(alias.as_str(), sub_schema.as_arrow())?;
+            let field = sub_schema.field(0).name().clone();
+            schema = schema.join(&qualified)?;
+            lowered = Plan::Join {
+                left: Box::new(std::mem::replace(&mut lowered, Plan::Union { inputs: Vec::new() })),
+                right: Box::new(sub_plan),
+                kind: JoinKind::Inner,
+                left_keys: Vec::new(),
+                right_keys: Vec::new(),
+                nulls_equal: false,
+                residual: None,
+            };
+            Ok(Transformed::yes(DfExpr::Column(Column::new(Some(alias), field))))
+        });
+        let result = result.map_err(|error| match error {
+            datafusion::error::DataFusionError::External(inner) => match inner.downcast::<LowerError>() {
+                Ok(lower) => *lower,
+                Err(other) => LowerError::DataFusion(datafusion::error::DataFusionError::External(other)),
+            },
+            other => LowerError::DataFusion(other),
+        })?;
+        rewritten.push(result.data);
+    }
+    Ok((lowered, rewritten, schema))
+}
+
+/// Whether a plan yields exactly one row whatever its inputs: a global aggregate, projected.
+fn always_one_row(plan: &Plan) -> bool {
+    match plan {
+        Plan::Reduce { group, .. } => group.is_empty(),
+        Plan::Project { input, .. } => always_one_row(input),
+        _ => false,
+    }
 }
 
 fn top_k(
