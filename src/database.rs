@@ -8,6 +8,7 @@
 //! before the engine applies it.
 
 use crate::catalog::{Relation, RelationKind, TableData, ViewSource};
+use crate::fastpath;
 use crate::wal::{Record, Wal, WalError};
 use datafusion::arrow::array::StringArray;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -603,9 +604,7 @@ impl Database {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let changes: Vec<(RelationId, Row, i64)> =
-            self.pending.iter().map(|change| (change.table, change.row.clone(), change.diff as i64)).collect();
-        if let Err(error) = self.wal.append(&[Record::Commit { changes }]) {
+        if let Err(error) = self.wal.append_commit(&self.pending) {
             self.rollback_pending();
             return Err(error.into());
         }
@@ -647,24 +646,32 @@ impl Database {
         let Some(source) = insert.source else {
             return Err(Error::Unsupported("INSERT without VALUES or SELECT".into()));
         };
-        let output = self.select(Statement::Query(source))?;
-        let Output::Rows { batches, .. } = output else { unreachable!("a query returns rows") };
-        let mut rows = Vec::new();
-        for batch in &batches {
-            if batch.num_columns() != positions.len() {
+        let source_rows = match literal_rows(&source) {
+            Some(rows) => rows,
+            None => {
+                let output = self.select(Statement::Query(source))?;
+                let Output::Rows { batches, .. } = output else { unreachable!("a query returns rows") };
+                let mut rows = Vec::new();
+                for batch in &batches {
+                    rows.extend(batch_rows(batch)?);
+                }
+                rows
+            }
+        };
+        let mut rows = Vec::with_capacity(source_rows.len());
+        for values in source_rows {
+            if values.len() != positions.len() {
                 return catalog_error(format!(
                     "INSERT has {} expressions but {} target columns",
-                    batch.num_columns(),
+                    values.len(),
                     positions.len()
                 ));
             }
-            for values in batch_rows(batch)? {
-                let mut row = vec![Value::Null; arity];
-                for (position, value) in positions.iter().zip(values) {
-                    row[*position] = value;
-                }
-                rows.push(row);
+            let mut row = vec![Value::Null; arity];
+            for (position, value) in positions.iter().zip(values) {
+                row[*position] = value;
             }
+            rows.push(row);
         }
         let count = self.change_table(&name, Vec::new(), rows)?;
         Ok(Output::Status(format!("INSERT 0 {count}")))
@@ -676,26 +683,54 @@ impl Database {
         &mut self,
         name: &str,
         selection: Option<&ast::Expr>,
-        extra: &[String],
+        extra: &[ast::Expr],
     ) -> Result<Vec<(Row, Row)>, Error> {
         let relation = self.table(name)?;
         let data = relation.table().expect("checked").clone();
         let arity = relation.columns.len();
-        let mut select: Vec<String> = relation.columns.iter().map(|(column, _)| quote(column)).collect();
-        select.extend(extra.iter().cloned());
-        let mut sql = format!("SELECT {} FROM {}", select.join(", "), quote(name));
-        if let Some(selection) = selection {
-            sql.push_str(&format!(" WHERE {selection}"));
-        }
-        let statement = weft_sql::parse(&sql)?.pop().expect("one statement");
-        let plan = self.planner.optimized_plan(statement)?;
         let split = |row: Row| {
             let mut old = row;
             let new = old.split_off(arity);
             (old, new)
         };
-        if let Ok(lowered) = lower_plan(&plan) {
-            if let Some((predicate, exprs)) = row_local(&lowered, relation.id) {
+        // Simple expressions skip DataFusion planning (see `fastpath`).
+        let direct = (|| {
+            let predicate = match selection {
+                Some(selection) => Some(fastpath::translate_predicate(selection, &relation.columns)?),
+                None => None,
+            };
+            let mut exprs: Vec<Expr> = (0..arity).map(Expr::Column).collect();
+            for expr in extra {
+                exprs.push(fastpath::translate_expr(expr, &relation.columns)?);
+            }
+            Some((predicate, exprs))
+        })();
+        let row_local_plan = match direct {
+            Some(direct) => Some(direct),
+            None => {
+                let mut select: Vec<String> = relation.columns.iter().map(|(column, _)| quote(column)).collect();
+                select.extend(extra.iter().map(|expr| expr.to_string()));
+                let mut sql = format!("SELECT {} FROM {}", select.join(", "), quote(name));
+                if let Some(selection) = selection {
+                    sql.push_str(&format!(" WHERE {selection}"));
+                }
+                let statement = weft_sql::parse(&sql)?.pop().expect("one statement");
+                let plan = self.planner.optimized_plan(statement)?;
+                match lower_plan(&plan).ok().and_then(|lowered| row_local(&lowered, relation.id)) {
+                    Some(local) => Some(local),
+                    None => {
+                        let batches = self.planner.execute(plan)?;
+                        let mut found = Vec::new();
+                        for batch in &batches {
+                            found.extend(batch_rows(batch)?.into_iter().map(split));
+                        }
+                        return Ok(found);
+                    }
+                }
+            }
+        };
+        {
+            if let Some((predicate, exprs)) = row_local_plan {
                 let evaluate = |row: &Row| -> Result<Option<(Row, Row)>, Error> {
                     if let Some(predicate) = &predicate {
                         if !predicate.eval_predicate(row).map_err(|error| Error::Constraint(error.to_string()))? {
@@ -728,12 +763,7 @@ impl Database {
                 return Ok(found);
             }
         }
-        let batches = self.planner.execute(plan)?;
-        let mut found = Vec::new();
-        for batch in &batches {
-            found.extend(batch_rows(batch)?.into_iter().map(split));
-        }
-        Ok(found)
+        unreachable!("every path above returns")
     }
 
     fn update(&mut self, update: ast::Update) -> Result<Output, Error> {
@@ -756,7 +786,7 @@ impl Database {
                 Some(index) => targets.push(index),
                 None => return catalog_error(format!("column {column_name} is not in table {name}")),
             }
-            exprs.push(format!("{}", assignment.value));
+            exprs.push(assignment.value.clone());
         }
         let matches = self.matching_rows(&name, update.selection.as_ref(), &exprs)?;
         let mut deletes = Vec::with_capacity(matches.len());
@@ -820,6 +850,17 @@ impl Database {
         }
         result
     }
+}
+
+/// The rows of `INSERT ... VALUES` when every entry is a literal.
+fn literal_rows(query: &ast::Query) -> Option<Vec<Row>> {
+    if query.with.is_some() || query.order_by.is_some() || query.limit_clause.is_some() {
+        return None;
+    }
+    let ast::SetExpr::Values(values) = query.body.as_ref() else {
+        return None;
+    };
+    values.rows.iter().map(|row| row.iter().map(fastpath::literal).collect::<Option<Row>>()).collect()
 }
 
 /// Casts a row's values to the table's column types and checks its primary key has no NULL.

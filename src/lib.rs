@@ -8,6 +8,7 @@
 pub mod catalog;
 pub mod copy;
 pub mod database;
+pub mod fastpath;
 pub mod output;
 pub mod wal;
 

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use weft_engine::{ColumnType, RelationId, Row};
+use weft_engine::{Change, ColumnType, RelationId, Row};
 
 /// One logged event.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -97,6 +97,15 @@ impl Wal {
 
     /// Appends records and makes them durable (see the module docs for what that means).
     pub fn append(&mut self, records: &[Record]) -> Result<(), WalError> {
+        self.append_serialized(records)
+    }
+
+    /// Appends one [`Record::Commit`] of `changes` without copying them into a record first.
+    pub fn append_commit(&mut self, changes: &[Change]) -> Result<(), WalError> {
+        self.append_serialized(&[CommitRef(changes)])
+    }
+
+    fn append_serialized<T: Serialize>(&mut self, records: &[T]) -> Result<(), WalError> {
         for record in records {
             let payload = bincode::serialize(record).map_err(|error| WalError::Corrupt {
                 path: self.path.clone(),
@@ -150,6 +159,29 @@ impl Wal {
     }
 }
 
+/// Serializes exactly as `Record::Commit { changes }` would, borrowing the changes.
+struct CommitRef<'a>(&'a [Change]);
+
+impl Serialize for CommitRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeSeq, SerializeStructVariant};
+        struct Changes<'a>(&'a [Change]);
+        impl Serialize for Changes<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut sequence = serializer.serialize_seq(Some(self.0.len()))?;
+                for change in self.0 {
+                    sequence.serialize_element(&(change.table, &change.row, change.diff as i64))?;
+                }
+                sequence.end()
+            }
+        }
+        // Variant 3 is `Record::Commit`.
+        let mut variant = serializer.serialize_struct_variant("Record", 3, "Commit", 1)?;
+        variant.serialize_field("changes", &Changes(self.0))?;
+        variant.end()
+    }
+}
+
 fn read_full(reader: &mut impl Read, buffer: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buffer.len() {
@@ -182,6 +214,8 @@ mod tests {
         OpenOptions::new().write(true).open(&path).unwrap().set_len(length - 3).unwrap();
         let (mut wal, records) = Wal::open(&path, false).unwrap();
         assert_eq!(records, vec![commit.clone()]);
+        let borrowed = [Change { table: 1, row: vec![Value::Int(1), Value::Text("x".into())], diff: 1 }];
+        assert_eq!(bincode::serialize(&CommitRef(&borrowed)).unwrap(), bincode::serialize(&commit).unwrap());
         wal.append(std::slice::from_ref(&commit)).unwrap();
         drop(wal);
         assert_eq!(Wal::open(&path, false).unwrap().1.len(), 2);

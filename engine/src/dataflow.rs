@@ -109,7 +109,7 @@ enum Command {
     CreateTable { id: RelationId },
     CreateView { id: RelationId, plan: Arc<Plan>, state: Arc<ViewState> },
     Drop { id: RelationId },
-    Commit { time: Time, changes: Arc<Vec<Change>> },
+    Commit { time: Time, changes: Vec<Change> },
 }
 
 /// A running set of timely workers holding the tables and views.
@@ -154,9 +154,9 @@ impl Engine {
         self.time
     }
 
-    fn broadcast(&self, make: impl Fn() -> Command) -> Result<(), EngineError> {
-        for sender in &self.commands {
-            sender.send(make()).map_err(|_| EngineError::WorkerDied)?;
+    fn broadcast(&self, mut make: impl FnMut(usize) -> Command) -> Result<(), EngineError> {
+        for (worker, sender) in self.commands.iter().enumerate() {
+            sender.send(make(worker)).map_err(|_| EngineError::WorkerDied)?;
         }
         for _ in &self.commands {
             self.replies.recv().map_err(|_| EngineError::WorkerDied)?;
@@ -166,7 +166,7 @@ impl Engine {
 
     /// Adds an empty table.
     pub fn create_table(&mut self, id: RelationId) -> Result<(), EngineError> {
-        self.broadcast(|| Command::CreateTable { id })?;
+        self.broadcast(|_| Command::CreateTable { id })?;
         self.relations.insert(id, None);
         Ok(())
     }
@@ -178,7 +178,7 @@ impl Engine {
         }
         let state = Arc::new(ViewState::new(name));
         let plan = Arc::new(plan);
-        self.broadcast(|| Command::CreateView { id, plan: plan.clone(), state: state.clone() })?;
+        self.broadcast(|_| Command::CreateView { id, plan: plan.clone(), state: state.clone() })?;
         // Building the view closed the current timestamp (see `advance`).
         self.time += 1;
         self.relations.insert(id, Some(state.clone()));
@@ -190,7 +190,7 @@ impl Engine {
         if self.relations.remove(&id).is_none() {
             return Err(EngineError::UnknownRelation(id));
         }
-        self.broadcast(|| Command::Drop { id })
+        self.broadcast(|_| Command::Drop { id })
     }
 
     /// Applies `changes` as one timestamp and waits until every view reflects them.
@@ -199,8 +199,13 @@ impl Engine {
             return Err(EngineError::UnknownRelation(change.table));
         }
         let time = self.time;
-        let changes = Arc::new(changes);
-        self.broadcast(|| Command::Commit { time, changes: changes.clone() })?;
+        // Each worker feeds a share of the changes; the dataflow exchanges them as needed.
+        let workers = self.workers();
+        let mut shares: Vec<Vec<Change>> = (0..workers).map(|_| Vec::with_capacity(changes.len() / workers + 1)).collect();
+        for (index, change) in changes.into_iter().enumerate() {
+            shares[index % workers].push(change);
+        }
+        self.broadcast(|worker| Command::Commit { time, changes: std::mem::take(&mut shares[worker]) })?;
         self.time += 1;
         Ok(time)
     }
@@ -231,8 +236,6 @@ struct WorkerState {
 
 fn run_worker(worker: &mut Worker, commands: Receiver<Command>, replies: Sender<()>) {
     let mut state = WorkerState::default();
-    let index = worker.index();
-    let peers = worker.peers();
     while let Ok(command) = commands.recv() {
         match command {
             Command::CreateTable { id } => {
@@ -289,9 +292,9 @@ fn run_worker(worker: &mut Worker, commands: Receiver<Command>, replies: Sender<
                 }
             }
             Command::Commit { time, changes } => {
-                for change in changes.iter().skip(index).step_by(peers) {
+                for change in changes {
                     if let Some(input) = state.inputs.get_mut(&change.table) {
-                        input.update(change.row.clone(), change.diff);
+                        input.update(change.row, change.diff);
                     }
                 }
                 advance(worker, &mut state, time);
