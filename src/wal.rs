@@ -58,6 +58,7 @@ impl Wal {
     pub fn open(path: &Path, sync: bool) -> Result<(Wal, Vec<Record>), WalError> {
         let io = |source| WalError::Io { path: path.to_path_buf(), source };
         let file = OpenOptions::new().read(true).append(true).create(true).open(path).map_err(io)?;
+        let file_length = file.metadata().map_err(io)?.len();
         let mut reader = BufReader::new(&file);
         let mut records = Vec::new();
         let mut offset: u64 = 0;
@@ -71,8 +72,20 @@ impl Wal {
             let length = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
             let expected = u64::from_le_bytes(header[4..].try_into().expect("8 bytes"));
             let mut payload = vec![0u8; length];
-            if read_full(&mut reader, &mut payload).map_err(io)? < length || checksum(&payload) != expected {
+            if read_full(&mut reader, &mut payload).map_err(io)? < length {
                 break;
+            }
+            if checksum(&payload) != expected {
+                if offset + (HEADER_BYTES + length) as u64 == file_length {
+                    break;
+                }
+                // A bad frame with frames after it is damage, not a torn append: refuse to
+                // guess, and keep the file as it is.
+                return Err(WalError::Corrupt {
+                    path: path.to_path_buf(),
+                    offset,
+                    message: "checksum mismatch before the end of the log".into(),
+                });
             }
             let record = bincode::deserialize(&payload).map_err(|error| WalError::Corrupt {
                 path: path.to_path_buf(),
@@ -83,7 +96,7 @@ impl Wal {
             offset += (HEADER_BYTES + length) as u64;
         }
         drop(reader);
-        if file.metadata().map_err(io)?.len() > offset {
+        if file_length > offset {
             // A torn final frame from a crash mid-append: it was never acknowledged.
             file.set_len(offset).map_err(io)?;
         }
