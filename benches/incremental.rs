@@ -120,12 +120,10 @@ fn main() -> anyhow::Result<()> {
     let update_count = env_usize("WEFT_BENCH_UPDATES", 2_000);
     let mut random = Random(0x5eed);
     let customers: Vec<(u64, u64)> = (0..CUSTOMERS as u64).map(|index| (index, index % REGIONS as u64)).collect();
-    let orders: Vec<(u64, u64, i64)> = (0..order_count as u64)
-        .map(|id| (id, random.below(CUSTOMERS as u64), random.below(100_000) as i64))
-        .collect();
-    let updates: Vec<(usize, i64)> = (0..update_count)
-        .map(|_| (random.below(order_count as u64) as usize, random.below(100_000) as i64))
-        .collect();
+    let orders: Vec<(u64, u64, i64)> =
+        (0..order_count as u64).map(|id| (id, random.below(CUSTOMERS as u64), random.below(100_000) as i64)).collect();
+    let updates: Vec<(usize, i64)> =
+        (0..update_count).map(|_| (random.below(order_count as u64) as usize, random.below(100_000) as i64)).collect();
 
     let directory = std::env::temp_dir().join(format!("weft-bench-incremental-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&directory);
@@ -166,7 +164,12 @@ fn main() -> anyhow::Result<()> {
     let mut batch = database.query(&format!("SELECT * FROM ({REVENUE}) ORDER BY region"))?;
     maintained.sort();
     batch.sort();
-    anyhow::ensure!(maintained.len() == batch.len(), "revenue has {} groups, DataFusion {}", maintained.len(), batch.len());
+    anyhow::ensure!(
+        maintained.len() == batch.len(),
+        "revenue has {} groups, DataFusion {}",
+        maintained.len(),
+        batch.len()
+    );
     for (left, right) in maintained.iter().zip(&batch) {
         let close = match (&left[1], &right[1]) {
             (Value::Float(a), Value::Float(b)) => (a - b).abs() <= 1e-6 * a.abs().max(1.0),

@@ -62,9 +62,10 @@ pub fn copy(
     let mut format = None;
     for option in options {
         if let CopyOption::Format(name) = option {
-            format = Some(FileFormat::from_name(&name.value).ok_or_else(|| {
-                Error::Unsupported(format!("COPY format {} (use csv, parquet or json)", name.value))
-            })?);
+            format =
+                Some(FileFormat::from_name(&name.value).ok_or_else(|| {
+                    Error::Unsupported(format!("COPY format {} (use csv, parquet or json)", name.value))
+                })?);
         }
     }
     if legacy_options.iter().any(|option| matches!(option, CopyLegacyOption::Binary)) {
@@ -95,9 +96,7 @@ fn copy_to(database: &mut Database, source: CopySource, path: &Path, format: Fil
             weft_sql::parse(&format!("SELECT {columns} FROM {table_name}"))?.pop().expect("one statement")
         }
     };
-    let Output::Rows { schema, batches } = database.select(statement)? else {
-        unreachable!("a query returns rows")
-    };
+    let Output::Rows { schema, batches } = database.select(statement)? else { unreachable!("a query returns rows") };
     let rows = write_batches(path, format, &schema, &batches)?;
     Ok(Output::Status(format!("COPY {rows}")))
 }
@@ -113,8 +112,8 @@ pub fn write_batches(
     let error = |error: &dyn std::fmt::Display| file_error(path, error);
     match format {
         FileFormat::Parquet => {
-            let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(file, schema.clone(), None)
-                .map_err(|e| error(&e))?;
+            let mut writer =
+                datafusion::parquet::arrow::ArrowWriter::try_new(file, schema.clone(), None).map_err(|e| error(&e))?;
             for batch in batches {
                 writer.write(batch).map_err(|e| error(&e))?;
             }
@@ -151,7 +150,9 @@ pub fn read_file(database: &Database, path: &Path, format: FileFormat) -> Result
     let context = planner.context().clone();
     let result = planner.block_on(async move {
         let frame = match format {
-            FileFormat::Csv => context.read_csv(text, CsvReadOptions::new().has_header(true).file_extension(&extension)).await?,
+            FileFormat::Csv => {
+                context.read_csv(text, CsvReadOptions::new().has_header(true).file_extension(&extension)).await?
+            }
             FileFormat::Parquet => {
                 context.read_parquet(text, ParquetReadOptions::default().file_extension(&extension)).await?
             }
@@ -213,7 +214,10 @@ fn copy_from(database: &mut Database, source: CopySource, path: &Path, format: F
             None => {
                 return Err(file_error(
                     path,
-                    format!("has columns ({}) that match neither the names nor the count of the target columns", file_columns.join(", ")),
+                    format!(
+                        "has columns ({}) that match neither the names nor the count of the target columns",
+                        file_columns.join(", ")
+                    ),
                 ))
             }
         };

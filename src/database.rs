@@ -151,7 +151,8 @@ impl Database {
     /// Opens (or creates) the database in `options.data_dir`, replaying its log.
     pub fn open(options: Options) -> Result<Database, Error> {
         let directory = &options.data_dir;
-        let file_error = |path: &Path, error: std::io::Error| Error::File { path: path.to_path_buf(), message: error.to_string() };
+        let file_error =
+            |path: &Path, error: std::io::Error| Error::File { path: path.to_path_buf(), message: error.to_string() };
         std::fs::create_dir_all(directory).map_err(|error| file_error(directory, error))?;
         let lock_path = directory.join("LOCK");
         let lock = File::create(&lock_path).map_err(|error| file_error(&lock_path, error))?;
@@ -324,7 +325,11 @@ impl Database {
         }
         if let Some(names) = &column_names {
             if names.len() != columns.len() {
-                return catalog_error(format!("view {name} names {} columns but its query has {}", names.len(), columns.len()));
+                return catalog_error(format!(
+                    "view {name} names {} columns but its query has {}",
+                    names.len(),
+                    columns.len()
+                ));
             }
         }
         let schema = schema_of(&columns);
@@ -336,8 +341,10 @@ impl Database {
         }
         self.names.insert(id, name.clone());
         self.next_id = self.next_id.max(id + 1);
-        self.relations
-            .insert(name.clone(), Relation { id, name, columns, schema, kind: RelationKind::View { sql, plan: lowered, state } });
+        self.relations.insert(
+            name.clone(),
+            Relation { id, name, columns, schema, kind: RelationKind::View { sql, plan: lowered, state } },
+        );
         Ok(())
     }
 
@@ -385,10 +392,7 @@ impl Database {
 
     /// Executes one parsed statement.
     pub fn execute_statement(&mut self, statement: Statement) -> Result<Output, Error> {
-        let ddl = matches!(
-            statement,
-            Statement::CreateTable(_) | Statement::CreateView(_) | Statement::Drop { .. }
-        );
+        let ddl = matches!(statement, Statement::CreateTable(_) | Statement::CreateView(_) | Statement::Drop { .. });
         if ddl && self.in_transaction {
             return Err(Error::Unsupported("CREATE and DROP inside BEGIN ... COMMIT".into()));
         }
@@ -497,7 +501,9 @@ impl Database {
                     let column_name = normalize(ident);
                     match columns.iter().position(|(existing, _)| existing == &column_name) {
                         Some(index) => indexes.push(index),
-                        None => return catalog_error(format!("primary key column {column_name} is not in table {name}")),
+                        None => {
+                            return catalog_error(format!("primary key column {column_name} is not in table {name}"))
+                        }
                     }
                 }
                 if primary_key.replace(indexes).is_some() {
@@ -506,7 +512,8 @@ impl Database {
             }
         }
         let id = self.next_id;
-        let record = Record::CreateTable { id, name: name.clone(), columns: columns.clone(), primary_key: primary_key.clone() };
+        let record =
+            Record::CreateTable { id, name: name.clone(), columns: columns.clone(), primary_key: primary_key.clone() };
         self.install_table(id, name, columns, primary_key)?;
         if let Err(error) = self.wal.append(&[record]) {
             self.uninstall(id)?;
@@ -737,7 +744,8 @@ impl Database {
                             return Ok(None);
                         }
                     }
-                    let values = weft_engine::expr::eval_all(&exprs, row).map_err(|error| Error::Constraint(error.to_string()))?;
+                    let values = weft_engine::expr::eval_all(&exprs, row)
+                        .map_err(|error| Error::Constraint(error.to_string()))?;
                     Ok(Some(split(values)))
                 };
                 let mut found = Vec::new();
@@ -827,7 +835,12 @@ impl Database {
         let query = match statement {
             Statement::Query(query) => query,
             Statement::CreateView(create) => create.query,
-            other => return Err(Error::Unsupported(format!("EXPLAIN of {}", other.to_string().split_whitespace().next().unwrap_or("")))),
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "EXPLAIN of {}",
+                    other.to_string().split_whitespace().next().unwrap_or("")
+                )))
+            }
         };
         let plan = self.planner.optimized_plan(Statement::Query(query))?;
         let lowered = lower_plan(&plan).map_err(SqlError::from)?;
@@ -898,10 +911,9 @@ fn row_local(plan: &Plan, id: RelationId) -> Option<(Option<Expr>, Vec<Expr>)> {
             Plan::Filter { input, predicate } => match input.as_ref() {
                 Plan::Get { id: got, .. } if *got == id => Some((Some(predicate.clone()), exprs.clone())),
                 Plan::Project { input, exprs: inner } => match input.as_ref() {
-                    Plan::Get { id: got, .. } if *got == id => Some((
-                        Some(compose(predicate, inner)),
-                        exprs.iter().map(|expr| compose(expr, inner)).collect(),
-                    )),
+                    Plan::Get { id: got, .. } if *got == id => {
+                        Some((Some(compose(predicate, inner)), exprs.iter().map(|expr| compose(expr, inner)).collect()))
+                    }
                     _ => None,
                 },
                 _ => None,
@@ -922,17 +934,20 @@ fn substitute(outer: &Expr, inner: &[Expr]) -> Expr {
         Expr::Column(index) => inner[*index].clone(),
         Expr::Literal(_) => outer.clone(),
         Expr::Unary { op, expr } => Expr::Unary { op: *op, expr: Box::new(substitute(expr, inner)) },
-        Expr::Binary { op, left, right } => Expr::Binary {
-            op: *op,
-            left: Box::new(substitute(left, inner)),
-            right: Box::new(substitute(right, inner)),
-        },
+        Expr::Binary { op, left, right } => {
+            Expr::Binary { op: *op, left: Box::new(substitute(left, inner)), right: Box::new(substitute(right, inner)) }
+        }
         Expr::Case { operand, when_then, otherwise } => Expr::Case {
             operand: operand.as_ref().map(|operand| Box::new(substitute(operand, inner))),
-            when_then: when_then.iter().map(|(when, then)| (substitute(when, inner), substitute(then, inner))).collect(),
+            when_then: when_then
+                .iter()
+                .map(|(when, then)| (substitute(when, inner), substitute(then, inner)))
+                .collect(),
             otherwise: otherwise.as_ref().map(|otherwise| Box::new(substitute(otherwise, inner))),
         },
-        Expr::Cast { expr, to, r#try } => Expr::Cast { expr: Box::new(substitute(expr, inner)), to: *to, r#try: *r#try },
+        Expr::Cast { expr, to, r#try } => {
+            Expr::Cast { expr: Box::new(substitute(expr, inner)), to: *to, r#try: *r#try }
+        }
         Expr::Like { expr, pattern, negated, case_insensitive } => Expr::Like {
             expr: Box::new(substitute(expr, inner)),
             pattern: Box::new(substitute(pattern, inner)),
@@ -951,7 +966,11 @@ fn substitute(outer: &Expr, inner: &[Expr]) -> Expr {
 }
 
 /// The primary-key value a predicate pins down with `key_column = literal` conjuncts, if any.
-fn point_lookup(predicate: Option<&Expr>, primary_key: Option<&[usize]>, columns: &[(String, ColumnType)]) -> Option<Row> {
+fn point_lookup(
+    predicate: Option<&Expr>,
+    primary_key: Option<&[usize]>,
+    columns: &[(String, ColumnType)],
+) -> Option<Row> {
     let (predicate, primary_key) = (predicate?, primary_key?);
     let mut pinned: HashMap<usize, Value> = HashMap::new();
     fn collect(expr: &Expr, pinned: &mut HashMap<usize, Value>) {

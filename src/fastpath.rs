@@ -65,14 +65,17 @@ fn translate(expr: &ast::Expr, columns: &[(String, ColumnType)]) -> Option<(Expr
                 Ok(int) => (Expr::Literal(Value::Int(int)), Kind::Of(ColumnType::BigInt)),
                 Err(_) => (Expr::Literal(Value::float(text.parse().ok()?)), Kind::Of(ColumnType::Double)),
             },
-            ast::Value::SingleQuotedString(text) => (Expr::Literal(Value::Text(text.clone())), Kind::Of(ColumnType::Text)),
+            ast::Value::SingleQuotedString(text) => {
+                (Expr::Literal(Value::Text(text.clone())), Kind::Of(ColumnType::Text))
+            }
             ast::Value::Boolean(b) => (Expr::Literal(Value::Bool(*b)), Kind::Of(ColumnType::Boolean)),
             ast::Value::Null => (Expr::Literal(Value::Null), Kind::Null),
             _ => return None,
         },
-        ast::Expr::IsNull(inner) => {
-            (Expr::Unary { op: UnaryOp::IsNull, expr: Box::new(translate(inner, columns)?.0) }, Kind::Of(ColumnType::Boolean))
-        }
+        ast::Expr::IsNull(inner) => (
+            Expr::Unary { op: UnaryOp::IsNull, expr: Box::new(translate(inner, columns)?.0) },
+            Kind::Of(ColumnType::Boolean),
+        ),
         ast::Expr::IsNotNull(inner) => (
             Expr::Unary { op: UnaryOp::IsNotNull, expr: Box::new(translate(inner, columns)?.0) },
             Kind::Of(ColumnType::Boolean),
@@ -80,7 +83,9 @@ fn translate(expr: &ast::Expr, columns: &[(String, ColumnType)]) -> Option<(Expr
         ast::Expr::UnaryOp { op, expr } => {
             let (inner, kind) = translate(expr, columns)?;
             match op {
-                UnaryOperator::Minus if numeric(kind) => (Expr::Unary { op: UnaryOp::Negate, expr: Box::new(inner) }, kind),
+                UnaryOperator::Minus if numeric(kind) => {
+                    (Expr::Unary { op: UnaryOp::Negate, expr: Box::new(inner) }, kind)
+                }
                 UnaryOperator::Plus if numeric(kind) => (inner, kind),
                 UnaryOperator::Not if matches!(kind, Kind::Null | Kind::Of(ColumnType::Boolean)) => {
                     (Expr::Unary { op: UnaryOp::Not, expr: Box::new(inner) }, Kind::Of(ColumnType::Boolean))
@@ -100,13 +105,14 @@ fn translate(expr: &ast::Expr, columns: &[(String, ColumnType)]) -> Option<(Expr
                     if !numeric(left_kind) || !numeric(right_kind) {
                         return None;
                     }
-                    let kind = if left_kind == Kind::Of(ColumnType::Double) || right_kind == Kind::Of(ColumnType::Double) {
-                        Kind::Of(ColumnType::Double)
-                    } else if left_kind == Kind::Null || right_kind == Kind::Null {
-                        Kind::Null
-                    } else {
-                        Kind::Of(ColumnType::BigInt)
-                    };
+                    let kind =
+                        if left_kind == Kind::Of(ColumnType::Double) || right_kind == Kind::Of(ColumnType::Double) {
+                            Kind::Of(ColumnType::Double)
+                        } else if left_kind == Kind::Null || right_kind == Kind::Null {
+                            Kind::Null
+                        } else {
+                            Kind::Of(ColumnType::BigInt)
+                        };
                     let op = match op {
                         BinaryOperator::Plus => BinaryOp::Add,
                         BinaryOperator::Minus => BinaryOp::Subtract,
@@ -149,7 +155,10 @@ fn translate(expr: &ast::Expr, columns: &[(String, ColumnType)]) -> Option<(Expr
                     if !boolean(left_kind) || !boolean(right_kind) {
                         return None;
                     }
-                    (if *op == BinaryOperator::And { BinaryOp::And } else { BinaryOp::Or }, Kind::Of(ColumnType::Boolean))
+                    (
+                        if *op == BinaryOperator::And { BinaryOp::And } else { BinaryOp::Or },
+                        Kind::Of(ColumnType::Boolean),
+                    )
                 }
                 _ => return None,
             };

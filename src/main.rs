@@ -87,7 +87,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Runs every statement of `sql`, stopping at the first error.
-fn run_script(database: &mut Database, sql: &str, format: Format, echo: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+fn run_script(
+    database: &mut Database,
+    sql: &str,
+    format: Format,
+    echo: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     let statements = weft_sql::parse(sql)?;
     for statement in statements {
         if echo {

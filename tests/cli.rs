@@ -4,13 +4,12 @@
 use std::process::Command;
 
 fn weft(directory: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .arg("--data-dir")
-        .arg(directory)
-        .args(args)
-        .output()
-        .unwrap();
-    (output.status.success(), String::from_utf8_lossy(&output.stdout).into(), String::from_utf8_lossy(&output.stderr).into())
+    let output = Command::new(env!("CARGO_BIN_EXE_weft")).arg("--data-dir").arg(directory).args(args).output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into(),
+        String::from_utf8_lossy(&output.stderr).into(),
+    )
 }
 
 fn temporary_directory(label: &str) -> std::path::PathBuf {
@@ -37,7 +36,8 @@ fn formats_scripts_and_explain() {
     let (ok, out, _) = weft(&data, &["sql", "--format", "csv", script.to_str().unwrap()]);
     assert!(ok);
     assert_eq!(out, "n\n3\n");
-    let (_, plan, _) = weft(&data, &["sql", "--format", "csv", "-c", "EXPLAIN SELECT name, count(*) FROM t GROUP BY name"]);
+    let (_, plan, _) =
+        weft(&data, &["sql", "--format", "csv", "-c", "EXPLAIN SELECT name, count(*) FROM t GROUP BY name"]);
     assert!(plan.contains("Reduce group") && plan.contains("Get t"), "{plan}");
     let (ok, _, error) = weft(&data, &["sql", "-c", "SELECT * FROM nowhere"]);
     assert!(!ok && error.contains("nowhere"), "{error}");
@@ -76,7 +76,13 @@ fn copy_round_trips_through_every_format() {
         assert!(ok && out.contains("COPY 3"), "{extension}: {out} {error}");
         let (_, differences, _) = weft(
             &data,
-            &["sql", "--format", "csv", "-c", &format!("SELECT count(*) AS d FROM (SELECT * FROM src EXCEPT SELECT * FROM {table})")],
+            &[
+                "sql",
+                "--format",
+                "csv",
+                "-c",
+                &format!("SELECT count(*) AS d FROM (SELECT * FROM src EXCEPT SELECT * FROM {table})"),
+            ],
         );
         assert_eq!(differences, "d\n0\n", "{extension} round trip changed rows");
     }

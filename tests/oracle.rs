@@ -85,7 +85,9 @@ fn random_statement(random: &mut Random) -> String {
             text(random),
             boolean(random)
         ),
-        2 => format!("INSERT INTO b VALUES ({}, {}, {}, {})", random.below(20), k(random), random.below(6), text(random)),
+        2 => {
+            format!("INSERT INTO b VALUES ({}, {}, {}, {})", random.below(20), k(random), random.below(6), text(random))
+        }
         3 => format!("INSERT INTO c VALUES ({}, '{}')", k(random), random.pick(&["p", "q", "a"])),
         4 => format!("UPDATE a SET v = v + 0.25, k = (k + 1) % 5 WHERE id = {}", random.below(40)),
         5 => format!("UPDATE a SET s = {} WHERE k = {}", text(random), random.below(5)),
@@ -111,7 +113,10 @@ fn values_match(left: &Value, right: &Value) -> bool {
 fn same_multiset(maintained: Vec<Row>, batch: Vec<Row>) -> bool {
     let (maintained, batch) = (sorted(maintained), sorted(batch));
     maintained.len() == batch.len()
-        && maintained.iter().zip(&batch).all(|(a, b)| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| values_match(x, y)))
+        && maintained
+            .iter()
+            .zip(&batch)
+            .all(|(a, b)| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| values_match(x, y)))
 }
 
 fn check_views(database: &mut Database, context: &str) {

@@ -31,11 +31,11 @@ fn restart_rebuilds_identical_tables_and_views() {
             )
             .unwrap();
         for id in 0..50 {
-            database
-                .execute(&format!("INSERT INTO orders VALUES ({id}, 'c{}', {}.5)", id % 7, id))
-                .unwrap();
+            database.execute(&format!("INSERT INTO orders VALUES ({id}, 'c{}', {}.5)", id % 7, id)).unwrap();
         }
-        database.execute("UPDATE orders SET amount = amount * 2 WHERE id < 10; DELETE FROM orders WHERE id % 5 = 0").unwrap();
+        database
+            .execute("UPDATE orders SET amount = amount * 2 WHERE id < 10; DELETE FROM orders WHERE id % 5 = 0")
+            .unwrap();
         database.execute("BEGIN; INSERT INTO orders VALUES (100, 'late', 1.0); ROLLBACK").unwrap();
         (
             sorted(database.query("SELECT * FROM orders").unwrap()),
@@ -62,7 +62,9 @@ fn long_logs_are_checkpointed_into_a_snapshot() {
     let options = Options { data_dir: directory.clone(), workers: 1, sync: false };
     {
         let mut database = Database::open(options.clone()).unwrap();
-        database.execute("CREATE TABLE t (id BIGINT PRIMARY KEY, v BIGINT); CREATE VIEW s AS SELECT sum(v) AS total FROM t").unwrap();
+        database
+            .execute("CREATE TABLE t (id BIGINT PRIMARY KEY, v BIGINT); CREATE VIEW s AS SELECT sum(v) AS total FROM t")
+            .unwrap();
         for id in 0..1_200 {
             database.execute(&format!("INSERT INTO t VALUES ({id}, {id})")).unwrap();
         }
@@ -159,7 +161,9 @@ fn busy_or_damaged_data_directories_are_refused() {
 fn bad_statements_leave_everything_intact() {
     let directory = temporary_directory("bad");
     let mut database = Database::open(Options { data_dir: directory.clone(), workers: 1, sync: false }).unwrap();
-    database.execute("CREATE TABLE t (id BIGINT PRIMARY KEY, v DOUBLE); INSERT INTO t VALUES (1, 1.0), (2, 2.0)").unwrap();
+    database
+        .execute("CREATE TABLE t (id BIGINT PRIMARY KEY, v DOUBLE); INSERT INTO t VALUES (1, 1.0), (2, 2.0)")
+        .unwrap();
     database.execute("CREATE VIEW s AS SELECT sum(v) AS total FROM t").unwrap();
     let failures = [
         "SELEC nonsense",

@@ -155,7 +155,8 @@ fn slt_files_as_views_created_before_data() {
         let label = path.file_stem().unwrap().to_string_lossy().to_string();
         let queries = queries_of(&path);
         let mut runner = sqllogictest::Runner::new(|| {
-            let pending = queries.iter().enumerate().map(|(index, sql)| (format!("slt_view_{index}"), sql.clone())).collect();
+            let pending =
+                queries.iter().enumerate().map(|(index, sql)| (format!("slt_view_{index}"), sql.clone())).collect();
             async move { Ok(AsViews { database: open_database("views"), views: HashMap::new(), pending }) }
         });
         runner.run_file(&path).unwrap_or_else(|error| panic!("{label} (as views): {error}"));

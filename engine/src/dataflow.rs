@@ -136,7 +136,8 @@ impl Engine {
         let receivers = Arc::new(receivers);
         let reply_sender = Mutex::new(reply_sender);
         let guards = timely::execute(timely::Config::process(workers), move |worker| {
-            let receiver = receivers[worker.index()].lock().expect("receiver lock").take().expect("one receiver per worker");
+            let receiver =
+                receivers[worker.index()].lock().expect("receiver lock").take().expect("one receiver per worker");
             let replies = reply_sender.lock().expect("reply lock").clone();
             run_worker(worker, receiver, replies);
         })
@@ -201,7 +202,8 @@ impl Engine {
         let time = self.time;
         // Each worker feeds a share of the changes; the dataflow exchanges them as needed.
         let workers = self.workers();
-        let mut shares: Vec<Vec<Change>> = (0..workers).map(|_| Vec::with_capacity(changes.len() / workers + 1)).collect();
+        let mut shares: Vec<Vec<Change>> =
+            (0..workers).map(|_| Vec::with_capacity(changes.len() / workers + 1)).collect();
         for (index, change) in changes.into_iter().enumerate() {
             shares[index % workers].push(change);
         }
@@ -514,9 +516,8 @@ fn render_join<'scope>(
     let left_arity = spec.left_arity;
     let matched_left = || joined.clone().map(move |row| row[..left_arity].to_vec()).distinct();
     let matched_right = || joined.clone().map(move |row| row[left_arity..].to_vec()).distinct();
-    let unmatched = |all: Collection<'scope>, matched: Collection<'scope>| {
-        all.clone().concat(rows_in(all, matched).negate())
-    };
+    let unmatched =
+        |all: Collection<'scope>, matched: Collection<'scope>| all.clone().concat(rows_in(all, matched).negate());
     match spec.kind {
         JoinKind::Inner => joined,
         JoinKind::LeftSemi => rows_in(left, matched_left()),
@@ -631,7 +632,9 @@ fn render_accumulable_reduce<'scope>(
                     };
                     values.push(match value {
                         Value::Null => Accumulator::default(),
-                        Value::Int(i) => Accumulator { count: 1, int_sum: i as i128, float_sum: OrderedDouble(i as f64) },
+                        Value::Int(i) => {
+                            Accumulator { count: 1, int_sum: i as i128, float_sum: OrderedDouble(i as f64) }
+                        }
                         Value::Float(f) => Accumulator { count: 1, int_sum: 0, float_sum: OrderedDouble(f) },
                         _ => Accumulator { count: 1, ..Accumulator::default() },
                     });
@@ -717,10 +720,8 @@ fn render_rescan_reduce<'scope>(
     aggregates: Vec<Aggregate>,
     view: &Arc<ViewState>,
 ) -> Collection<'scope> {
-    let args: Vec<Expr> = aggregates
-        .iter()
-        .map(|aggregate| aggregate.arg.clone().unwrap_or(Expr::Literal(Value::Bool(true))))
-        .collect();
+    let args: Vec<Expr> =
+        aggregates.iter().map(|aggregate| aggregate.arg.clone().unwrap_or(Expr::Literal(Value::Bool(true)))).collect();
     let failures = view.clone();
     let keyed: VecCollection<'scope, Time, (Row, Row), isize> = input
         .inner
@@ -754,11 +755,27 @@ fn compare_sort_keys(order: &[SortKey], left: &(Row, &Row), right: &(Row, &Row))
         let (a, b) = (&left.0[index], &right.0[index]);
         let ordering = match (a.is_null(), b.is_null()) {
             (true, true) => Ordering::Equal,
-            (true, false) => if key.nulls_first { Ordering::Less } else { Ordering::Greater },
-            (false, true) => if key.nulls_first { Ordering::Greater } else { Ordering::Less },
+            (true, false) => {
+                if key.nulls_first {
+                    Ordering::Less
+                } else {
+                    Ordering::Greater
+                }
+            }
+            (false, true) => {
+                if key.nulls_first {
+                    Ordering::Greater
+                } else {
+                    Ordering::Less
+                }
+            }
             (false, false) => {
                 let ordering = a.sql_cmp(b).unwrap_or(Ordering::Equal);
-                if key.descending { ordering.reverse() } else { ordering }
+                if key.descending {
+                    ordering.reverse()
+                } else {
+                    ordering
+                }
             }
         };
         if ordering != Ordering::Equal {

@@ -219,20 +219,18 @@ impl Expr {
                     result => result,
                 }
             }
-            Expr::Like { expr, pattern, negated, case_insensitive } => {
-                match (expr.eval(row)?, pattern.eval(row)?) {
-                    (Value::Text(text), Value::Text(pattern)) => {
-                        let matched = if *case_insensitive {
-                            like(&text.to_lowercase(), &pattern.to_lowercase())
-                        } else {
-                            like(&text, &pattern)
-                        };
-                        Ok(Value::Bool(matched != *negated))
-                    }
-                    (Value::Null, _) | (_, Value::Null) => Ok(Value::Null),
-                    (value, _) => err(format!("LIKE needs TEXT, got {value}")),
+            Expr::Like { expr, pattern, negated, case_insensitive } => match (expr.eval(row)?, pattern.eval(row)?) {
+                (Value::Text(text), Value::Text(pattern)) => {
+                    let matched = if *case_insensitive {
+                        like(&text.to_lowercase(), &pattern.to_lowercase())
+                    } else {
+                        like(&text, &pattern)
+                    };
+                    Ok(Value::Bool(matched != *negated))
                 }
-            }
+                (Value::Null, _) | (_, Value::Null) => Ok(Value::Null),
+                (value, _) => err(format!("LIKE needs TEXT, got {value}")),
+            },
             Expr::InList { expr, list, negated } => {
                 let value = expr.eval(row)?;
                 if value.is_null() {
@@ -426,7 +424,11 @@ pub fn format_double(value: f64) -> String {
     if value.is_nan() {
         "NaN".into()
     } else if value.is_infinite() {
-        if value > 0.0 { "inf".into() } else { "-inf".into() }
+        if value > 0.0 {
+            "inf".into()
+        } else {
+            "-inf".into()
+        }
     } else if value == value.trunc() && value.abs() < 1e16 {
         format!("{value:.1}")
     } else {
@@ -520,12 +522,10 @@ pub fn cast(value: Value, to: ColumnType) -> EvalResult {
     let failed = |value: &Value| err(format!("cannot cast {value} to {to}"));
     Ok(match (to, &value) {
         (ColumnType::Text, value) => Value::Text(text_of(value)),
-        (ColumnType::BigInt, Value::Float(f)) => {
-            if f.is_finite() && f.trunc() >= i64::MIN as f64 && f.trunc() <= i64::MAX as f64 {
-                Value::Int(f.trunc() as i64)
-            } else {
-                return failed(&value);
-            }
+        (ColumnType::BigInt, Value::Float(f))
+            if f.is_finite() && f.trunc() >= i64::MIN as f64 && f.trunc() <= i64::MAX as f64 =>
+        {
+            Value::Int(f.trunc() as i64)
         }
         (ColumnType::BigInt, Value::Bool(b)) => Value::Int(i64::from(*b)),
         (ColumnType::BigInt, Value::Text(s)) => match s.trim().parse() {
@@ -565,9 +565,7 @@ fn like(text: &str, pattern: &str) -> bool {
             None => text.is_empty(),
             Some('%') => (0..=text.len()).any(|skip| matches(&text[skip..], &pattern[1..])),
             Some('_') => !text.is_empty() && matches(&text[1..], &pattern[1..]),
-            Some('\\') if pattern.len() > 1 => {
-                text.first() == Some(&pattern[1]) && matches(&text[1..], &pattern[2..])
-            }
+            Some('\\') if pattern.len() > 1 => text.first() == Some(&pattern[1]) && matches(&text[1..], &pattern[2..]),
             Some(c) => text.first() == Some(c) && matches(&text[1..], &pattern[1..]),
         }
     }
@@ -578,11 +576,7 @@ fn call(function: Function, args: Vec<Value>) -> EvalResult {
     use Function::*;
     match function {
         NullIf => {
-            return Ok(if args[0].sql_cmp(&args[1]) == Some(Ordering::Equal) {
-                Value::Null
-            } else {
-                args[0].clone()
-            });
+            return Ok(if args[0].sql_cmp(&args[1]) == Some(Ordering::Equal) { Value::Null } else { args[0].clone() });
         }
         Concat => {
             return Ok(Value::Text(args.iter().map(text_of).collect()));
@@ -783,8 +777,7 @@ mod tests {
     use super::*;
 
     fn binary(op: BinaryOp, left: Value, right: Value) -> EvalResult {
-        Expr::Binary { op, left: Box::new(Expr::Literal(left)), right: Box::new(Expr::Literal(right)) }
-            .eval(&[])
+        Expr::Binary { op, left: Box::new(Expr::Literal(left)), right: Box::new(Expr::Literal(right)) }.eval(&[])
     }
 
     #[test]

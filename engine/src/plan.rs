@@ -83,10 +83,7 @@ impl Aggregate {
     /// per-group re-scan): COUNT, SUM and AVG without DISTINCT.
     pub fn is_accumulable(&self) -> bool {
         !self.distinct
-            && matches!(
-                self.function,
-                AggregateFunction::Count | AggregateFunction::Sum | AggregateFunction::Avg
-            )
+            && matches!(self.function, AggregateFunction::Count | AggregateFunction::Sum | AggregateFunction::Avg)
     }
 }
 
@@ -104,9 +101,7 @@ impl Plan {
         match self {
             Plan::Get { arity, .. } | Plan::Constant { arity, .. } => *arity,
             Plan::Project { exprs, .. } => exprs.len(),
-            Plan::Filter { input, .. }
-            | Plan::Distinct { input }
-            | Plan::TopK { input, .. } => input.arity(),
+            Plan::Filter { input, .. } | Plan::Distinct { input } | Plan::TopK { input, .. } => input.arity(),
             Plan::Join { left, right, kind, .. } => match kind {
                 JoinKind::LeftSemi | JoinKind::LeftAnti => left.arity(),
                 _ => left.arity() + right.arity(),

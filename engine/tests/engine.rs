@@ -34,7 +34,12 @@ fn grouped_sum_join_and_top_k_follow_changes() {
             input: get(1, 3),
             group: vec![Expr::Column(1)],
             aggregates: vec![
-                Aggregate { function: AggregateFunction::Sum, arg: Some(Expr::Column(2)), distinct: false, float: true },
+                Aggregate {
+                    function: AggregateFunction::Sum,
+                    arg: Some(Expr::Column(2)),
+                    distinct: false,
+                    float: true,
+                },
                 Aggregate { function: AggregateFunction::Count, arg: None, distinct: false, float: false },
             ],
         };
@@ -155,10 +160,17 @@ fn late_views_over_long_histories_are_exact() {
             engine.commit(changes).unwrap();
             if round % 25 == 7 {
                 let id = 100 + round;
-                views.push(engine.create_view(id, "copy", Plan::Project { input: get(1, 1), exprs: vec![Expr::Column(0)] }).unwrap());
+                views.push(
+                    engine
+                        .create_view(id, "copy", Plan::Project { input: get(1, 1), exprs: vec![Expr::Column(0)] })
+                        .unwrap(),
+                );
             }
-            let expected: Vec<(Row, isize)> =
-                model.iter().filter(|(_, count)| **count != 0).map(|(key, count)| (vec![Value::Int(*key)], *count)).collect();
+            let expected: Vec<(Row, isize)> = model
+                .iter()
+                .filter(|(_, count)| **count != 0)
+                .map(|(key, count)| (vec![Value::Int(*key)], *count))
+                .collect();
             for view in &views {
                 assert_eq!(sorted(view.snapshot().unwrap()), expected, "round {round}, workers {workers}");
             }

@@ -117,7 +117,8 @@ pub fn batch_rows(batch: &RecordBatch) -> Result<Vec<Row>, ConvertError> {
 /// Builds one Arrow column of `data_type` from column `index` of `rows`.
 pub fn column_array(rows: &[Row], index: usize, name: &str, data_type: &DataType) -> Result<ArrayRef, ConvertError> {
     let canonical = column_type(data_type)?;
-    let mismatch = |value: &Value| ConvertError::Mismatch { column: name.to_string(), expected: canonical, value: value.clone() };
+    let mismatch =
+        |value: &Value| ConvertError::Mismatch { column: name.to_string(), expected: canonical, value: value.clone() };
     macro_rules! build {
         ($type:ty, $pattern:pat => $out:expr) => {{
             let mut values = Vec::with_capacity(rows.len());
@@ -176,9 +177,9 @@ pub fn scalar_value(scalar: &ScalarValue) -> Result<Value, ConvertError> {
     if scalar.is_null() {
         return Ok(Value::Null);
     }
-    let array = scalar.to_array_of_size(1).map_err(|error| {
-        ConvertError::Arrow(datafusion::arrow::error::ArrowError::ComputeError(error.to_string()))
-    })?;
+    let array = scalar
+        .to_array_of_size(1)
+        .map_err(|error| ConvertError::Arrow(datafusion::arrow::error::ArrowError::ComputeError(error.to_string())))?;
     Ok(array_values(array.as_ref())?.pop().unwrap_or(Value::Null))
 }
 
@@ -197,7 +198,14 @@ mod tests {
             ("ts".to_string(), ColumnType::Timestamp),
         ];
         let rows = vec![
-            vec![Value::Bool(true), Value::Int(-3), Value::float(1.5), Value::Text("é".into()), Value::Bytes(vec![0, 255]), Value::Timestamp(7)],
+            vec![
+                Value::Bool(true),
+                Value::Int(-3),
+                Value::float(1.5),
+                Value::Text("é".into()),
+                Value::Bytes(vec![0, 255]),
+                Value::Timestamp(7),
+            ],
             vec![Value::Null; 6],
         ];
         let batch = rows_batch(&rows, &schema_of(&columns)).unwrap();

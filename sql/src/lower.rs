@@ -63,11 +63,8 @@ pub fn lower_plan(plan: &LogicalPlan) -> Result<Plan, LowerError> {
                 return unsupported(format!("table {} is not a weft table or view", scan.table_name));
             };
             let source_schema = scan.source.schema();
-            let mut lowered = Plan::Get {
-                id: relation.id,
-                name: scan.table_name.to_string(),
-                arity: source_schema.fields().len(),
-            };
+            let mut lowered =
+                Plan::Get { id: relation.id, name: scan.table_name.to_string(), arity: source_schema.fields().len() };
             if !scan.filters.is_empty() {
                 let schema = DFSchema::try_from_qualified_schema(scan.table_name.clone(), &source_schema)?;
                 for filter in &scan.filters {
@@ -151,7 +148,11 @@ pub fn lower_plan(plan: &LogicalPlan) -> Result<Plan, LowerError> {
                     let right_arity = right.arity();
                     let residual = residual.map(|residual| {
                         residual.remap_columns(&|index| {
-                            if index < left_arity { index + right_arity } else { index - left_arity }
+                            if index < left_arity {
+                                index + right_arity
+                            } else {
+                                index - left_arity
+                            }
                         })
                     });
                     let kind =
@@ -206,10 +207,7 @@ pub fn lower_plan(plan: &LogicalPlan) -> Result<Plan, LowerError> {
 /// subquery must be a global aggregate (exactly one row, always): it is cross-joined onto the
 /// input and the expressions refer to its column instead. Returns the (possibly joined) input,
 /// the rewritten expressions and the schema they refer to.
-fn with_scalar_subqueries(
-    input: &LogicalPlan,
-    exprs: &[DfExpr],
-) -> Result<(Plan, Vec<DfExpr>, DFSchema), LowerError> {
+fn with_scalar_subqueries(input: &LogicalPlan, exprs: &[DfExpr]) -> Result<(Plan, Vec<DfExpr>, DFSchema), LowerError> {
     use datafusion::common::tree_node::{Transformed, TreeNode};
     use datafusion::common::Column;
     let mut lowered = lower_plan(input)?;
@@ -226,9 +224,8 @@ fn with_scalar_subqueries(
             }
             let alias = format!("__weft_subquery_{subqueries}");
             subqueries += 1;
-            let sub_plan = lower_plan(&subquery.subquery).map_err(|error| {
-                datafusion::error::DataFusionError::External(Box::new(error))
-            })?;
+            let sub_plan = lower_plan(&subquery.subquery)
+                .map_err(|error| datafusion::error::DataFusionError::External(Box::new(error)))?;
             if !always_one_row(&sub_plan) {
                 return Err(datafusion::error::DataFusionError::External(Box::new(LowerError::Unsupported(
                     "a scalar subquery that is not a single aggregate without GROUP BY".into(),
@@ -314,11 +311,7 @@ fn lower_aggregate(expr: &DfExpr, schema: &DFSchema) -> Result<Aggregate, LowerE
     if let Some(filter) = &params.filter {
         // FILTER (WHERE p) feeds the aggregate NULL for rows that fail p.
         let then = arg.unwrap_or(Expr::Literal(Value::Int(1)));
-        arg = Some(Expr::Case {
-            operand: None,
-            when_then: vec![(lower_expr(filter, schema)?, then)],
-            otherwise: None,
-        });
+        arg = Some(Expr::Case { operand: None, when_then: vec![(lower_expr(filter, schema)?, then)], otherwise: None });
     }
     Ok(Aggregate { function, arg, distinct: params.distinct, float })
 }
