@@ -20,6 +20,11 @@ use std::time::{Duration, Instant};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use weft::{Database, Options, Value};
 
+/// mimalloc: dataflow batches allocate and free many small rows, where glibc's malloc spends
+/// a large share of the time (measured with `cargo bench --bench incremental`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const CUSTOMERS: usize = 10_000;
 const REGIONS: usize = 50;
 const REVENUE: &str = "SELECT c.region, sum(o.amount) AS total, count(*) AS n \

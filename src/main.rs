@@ -7,6 +7,11 @@ use std::path::PathBuf;
 use weft::output::{write_output, Format};
 use weft::{Database, Options};
 
+/// mimalloc: dataflow batches allocate and free many small rows, where glibc's malloc spends
+/// a large share of the time (measured with `cargo bench --bench incremental`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "weft", version, about = "SQL views kept up to date incrementally on differential dataflow")]
 struct Cli {
