@@ -374,21 +374,21 @@ fn render<'scope>(
             .0
             .as_collection(|row: &Row, _| row.clone()),
         Plan::Constant { rows, .. } => constant(scope, rows.clone()),
-        Plan::Project { input, exprs } => {
-            let exprs = exprs.clone();
-            evaluate(render(input, scope, traces, view), view, move |row: Row| eval_all(&exprs, &row).map(Some))
-        }
-        Plan::Filter { input, predicate } => {
-            let predicate = predicate.clone();
-            evaluate(render(input, scope, traces, view), view, move |row: Row| {
-                Ok(predicate.eval_predicate(&row)?.then_some(row))
-            })
+        Plan::Project { .. } | Plan::Filter { .. } => {
+            let (base, map) = peel(plan);
+            let base = render(base, scope, traces, view);
+            if map.is_identity() {
+                return base;
+            }
+            evaluate(base, view, move |row: Row| map.apply(row))
         }
         Plan::Join { left, right, kind, left_keys, right_keys, nulls_equal, residual } => {
             let left_arity = left.arity();
             let right_arity = right.arity();
-            let left = render(left, scope, traces, view);
-            let right = render(right, scope, traces, view);
+            let (left, left_map) = peel(left);
+            let (right, right_map) = peel(right);
+            let left = (render(left, scope, traces, view), left_map);
+            let right = (render(right, scope, traces, view), right_map);
             render_join(
                 left,
                 right,
@@ -405,7 +405,8 @@ fn render<'scope>(
             )
         }
         Plan::Reduce { input, group, aggregates } => {
-            let input = render(input, scope, traces, view);
+            let (input, map) = peel(input);
+            let input = (render(input, scope, traces, view), map);
             let output = if plan.accumulable() {
                 render_accumulable_reduce(input, group.clone(), aggregates.clone(), view)
             } else {
@@ -451,21 +452,103 @@ struct JoinSpec {
     right_arity: usize,
 }
 
+/// One step of a [`RowMap`].
+#[derive(Clone)]
+enum Step {
+    Filter(Expr),
+    Project(Vec<Expr>),
+}
+
+/// A chain of filters and projections applied row by row inside one operator (its consumer's,
+/// where possible): fewer operators means less scheduling and copying per update.
+#[derive(Clone, Default)]
+struct RowMap {
+    steps: Vec<Step>,
+}
+
+impl RowMap {
+    fn apply(&self, mut row: Row) -> Result<Option<Row>, EvalError> {
+        for step in &self.steps {
+            match step {
+                Step::Filter(predicate) => {
+                    if !predicate.eval_predicate(&row)? {
+                        return Ok(None);
+                    }
+                }
+                Step::Project(exprs) => row = eval_all(exprs, &row)?,
+            }
+        }
+        Ok(Some(row))
+    }
+
+    fn is_identity(&self) -> bool {
+        self.steps.is_empty()
+    }
+}
+
+/// Splits the chain of `Project` / `Filter` nodes off the top of `plan`: the plan beneath and
+/// the chain as a row map (innermost step first). Identity projections are dropped.
+fn peel(plan: &Plan) -> (&Plan, RowMap) {
+    let mut steps = Vec::new();
+    let mut current = plan;
+    loop {
+        match current {
+            Plan::Project { input, exprs } => {
+                let identity = exprs.len() == input.arity()
+                    && exprs.iter().enumerate().all(|(index, expr)| *expr == Expr::Column(index));
+                if !identity {
+                    steps.push(Step::Project(exprs.clone()));
+                }
+                current = input;
+            }
+            Plan::Filter { input, predicate } => {
+                steps.push(Step::Filter(predicate.clone()));
+                current = input;
+            }
+            _ => break,
+        }
+    }
+    steps.reverse();
+    (current, RowMap { steps })
+}
+
+/// A rendered collection with a row map still to apply.
+type Mapped<'scope> = (Collection<'scope>, RowMap);
+
+fn apply_map<'scope>(input: &Mapped<'scope>, view: &Arc<ViewState>) -> Collection<'scope> {
+    if input.1.is_identity() {
+        return input.0.clone();
+    }
+    let map = input.1.clone();
+    evaluate(input.0.clone(), view, move |row: Row| map.apply(row))
+}
+
 fn keyed<'scope>(
-    input: Collection<'scope>,
+    input: &Mapped<'scope>,
     keys: Vec<Expr>,
     nulls_equal: bool,
     view: &Arc<ViewState>,
 ) -> VecCollection<'scope, Time, (Row, Row), isize> {
     let view = view.clone();
+    let map = input.1.clone();
     input
+        .0
+        .clone()
         .inner
-        .flat_map(move |(row, time, diff)| match eval_all(&keys, &row) {
-            Ok(key) if nulls_equal || !key.iter().any(Value::is_null) => Some(((key, row), time, diff)),
-            Ok(_) => None,
-            Err(error) => {
-                view.record_error(&error, diff);
-                None
+        .flat_map(move |(row, time, diff)| {
+            let keyed = map.apply(row).and_then(|row| match row {
+                Some(row) => Ok(Some((eval_all(&keys, &row)?, row))),
+                None => Ok(None),
+            });
+            match keyed {
+                Ok(Some((key, row))) if nulls_equal || !key.iter().any(Value::is_null) => {
+                    Some(((key, row), time, diff))
+                }
+                Ok(_) => None,
+                Err(error) => {
+                    view.record_error(&error, diff);
+                    None
+                }
             }
         })
         .as_collection()
@@ -488,20 +571,23 @@ fn pad<'scope>(rows: Collection<'scope>, nulls: usize, nulls_first: bool) -> Col
 }
 
 fn render_join<'scope>(
-    left: Collection<'scope>,
-    right: Collection<'scope>,
+    left: Mapped<'scope>,
+    right: Mapped<'scope>,
     spec: JoinSpec,
     view: &Arc<ViewState>,
 ) -> Collection<'scope> {
-    let left_keyed = keyed(left.clone(), spec.left_keys, spec.nulls_equal, view);
-    let right_keyed = keyed(right.clone(), spec.right_keys, spec.nulls_equal, view);
+    let left_keyed = keyed(&left, spec.left_keys, spec.nulls_equal, view);
+    let right_keyed = keyed(&right, spec.right_keys, spec.nulls_equal, view);
+    // Outer, semi and anti joins also need the whole (mapped) inputs.
+    let left = || apply_map(&left, view);
+    let right = || apply_map(&right, view);
     let semi_without_residual = spec.residual.is_none() && matches!(spec.kind, JoinKind::LeftSemi | JoinKind::LeftAnti);
     if semi_without_residual {
         let keys = right_keyed.map(|(key, _)| key).distinct();
         let matched = left_keyed.semijoin(keys).map(|(_, row)| row);
         return match spec.kind {
             JoinKind::LeftSemi => matched,
-            _ => left.concat(matched.negate()),
+            _ => left().concat(matched.negate()),
         };
     }
     let mut joined = left_keyed.join_map(right_keyed, |_, left_row: &Row, right_row: &Row| {
@@ -520,14 +606,14 @@ fn render_join<'scope>(
         |all: Collection<'scope>, matched: Collection<'scope>| all.clone().concat(rows_in(all, matched).negate());
     match spec.kind {
         JoinKind::Inner => joined,
-        JoinKind::LeftSemi => rows_in(left, matched_left()),
-        JoinKind::LeftAnti => unmatched(left, matched_left()),
-        JoinKind::Left => joined.clone().concat(pad(unmatched(left, matched_left()), spec.right_arity, false)),
-        JoinKind::Right => joined.clone().concat(pad(unmatched(right, matched_right()), left_arity, true)),
+        JoinKind::LeftSemi => rows_in(left(), matched_left()),
+        JoinKind::LeftAnti => unmatched(left(), matched_left()),
+        JoinKind::Left => joined.clone().concat(pad(unmatched(left(), matched_left()), spec.right_arity, false)),
+        JoinKind::Right => joined.clone().concat(pad(unmatched(right(), matched_right()), left_arity, true)),
         JoinKind::Full => joined
             .clone()
-            .concat(pad(unmatched(left, matched_left()), spec.right_arity, false))
-            .concat(pad(unmatched(right, matched_right()), left_arity, true)),
+            .concat(pad(unmatched(left(), matched_left()), spec.right_arity, false))
+            .concat(pad(unmatched(right(), matched_right()), left_arity, true)),
     }
 }
 
@@ -613,16 +699,25 @@ fn empty_aggregate(aggregate: &Aggregate) -> Value {
 }
 
 fn render_accumulable_reduce<'scope>(
-    input: Collection<'scope>,
+    input: Mapped<'scope>,
     group: Vec<Expr>,
     aggregates: Vec<Aggregate>,
     view: &Arc<ViewState>,
 ) -> Collection<'scope> {
     let failures = view.clone();
     let args: Vec<Option<Expr>> = aggregates.iter().map(|aggregate| aggregate.arg.clone()).collect();
+    let (input, map) = input;
     let exploded: VecCollection<'scope, Time, Row, Accumulators> = input
         .inner
         .flat_map(move |(row, time, diff)| {
+            let row = match map.apply(row) {
+                Ok(Some(row)) => row,
+                Ok(None) => return None,
+                Err(error) => {
+                    failures.record_error(&error, diff);
+                    return None;
+                }
+            };
             let evaluated = eval_all(&group, &row).and_then(|key| {
                 let mut values = Vec::with_capacity(args.len());
                 for arg in &args {
@@ -715,7 +810,7 @@ fn fold<'a>(aggregate: &Aggregate, values: impl Iterator<Item = (&'a Value, isiz
 }
 
 fn render_rescan_reduce<'scope>(
-    input: Collection<'scope>,
+    input: Mapped<'scope>,
     group: Vec<Expr>,
     aggregates: Vec<Aggregate>,
     view: &Arc<ViewState>,
@@ -723,13 +818,21 @@ fn render_rescan_reduce<'scope>(
     let args: Vec<Expr> =
         aggregates.iter().map(|aggregate| aggregate.arg.clone().unwrap_or(Expr::Literal(Value::Bool(true)))).collect();
     let failures = view.clone();
+    let (input, map) = input;
     let keyed: VecCollection<'scope, Time, (Row, Row), isize> = input
         .inner
-        .flat_map(move |(row, time, diff)| match (eval_all(&group, &row), eval_all(&args, &row)) {
-            (Ok(key), Ok(values)) => Some(((key, values), time, diff)),
-            (Err(error), _) | (_, Err(error)) => {
-                failures.record_error(&error, diff);
-                None
+        .flat_map(move |(row, time, diff)| {
+            let evaluated = map.apply(row).and_then(|row| match row {
+                Some(row) => Ok(Some((eval_all(&group, &row)?, eval_all(&args, &row)?))),
+                None => Ok(None),
+            });
+            match evaluated {
+                Ok(Some((key, values))) => Some(((key, values), time, diff)),
+                Ok(None) => None,
+                Err(error) => {
+                    failures.record_error(&error, diff);
+                    None
+                }
             }
         })
         .as_collection();
