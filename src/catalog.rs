@@ -50,13 +50,13 @@ impl Relation {
 #[derive(Debug)]
 pub struct TableData {
     pub primary_key: Option<Vec<usize>>,
-    rows: RwLock<HashMap<Row, (Row, usize)>>,
+    rows: RwLock<HashMap<Row, (Row, usize), ahash::RandomState>>,
 }
 
 impl TableData {
     /// An empty table.
     pub fn new(primary_key: Option<Vec<usize>>) -> TableData {
-        TableData { primary_key, rows: RwLock::new(HashMap::new()) }
+        TableData { primary_key, rows: RwLock::new(HashMap::default()) }
     }
 
     /// The index key of a row.
@@ -70,8 +70,36 @@ impl TableData {
     /// Adds (`diff > 0`) or removes (`diff < 0`) `diff.abs()` copies of `row`. Fails, changing
     /// nothing, on a duplicate primary key or a missing row.
     pub fn apply(&self, row: &Row, diff: i64) -> Result<(), String> {
-        let key = self.key(row);
         let mut rows = self.rows.write().expect("table lock");
+        self.apply_locked(&mut rows, row, diff)
+    }
+
+    /// Applies `changes` in order under one lock. On the first failure, the changes applied so
+    /// far are undone and the failure is returned with its index.
+    pub fn apply_all<'a>(
+        &self,
+        changes: impl ExactSizeIterator<Item = (&'a Row, i64)> + Clone,
+    ) -> Result<(), (usize, String)> {
+        let mut rows = self.rows.write().expect("table lock");
+        rows.reserve(changes.len());
+        for (index, (row, diff)) in changes.clone().enumerate() {
+            if let Err(message) = self.apply_locked(&mut rows, row, diff) {
+                for (row, diff) in changes.take(index).collect::<Vec<_>>().into_iter().rev() {
+                    self.apply_locked(&mut rows, row, -diff).expect("undo of an applied change");
+                }
+                return Err((index, message));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_locked(
+        &self,
+        rows: &mut HashMap<Row, (Row, usize), ahash::RandomState>,
+        row: &Row,
+        diff: i64,
+    ) -> Result<(), String> {
+        let key = self.key(row);
         if diff > 0 {
             match rows.get_mut(&key) {
                 Some(_) if self.primary_key.is_some() => {

@@ -592,17 +592,15 @@ impl Database {
             checked.push(conform_row(relation, row)?);
         }
         let count = checked.len().max(deletes.len());
-        let mut applied: Vec<Change> = Vec::with_capacity(deletes.len() + checked.len());
-        let changes = deletes.into_iter().map(|row| (row, -1)).chain(checked.into_iter().map(|row| (row, 1)));
-        for (row, diff) in changes {
-            if let Err(message) = data.apply(&row, diff) {
-                for change in applied.iter().rev() {
-                    data.apply(&change.row, -(change.diff as i64)).expect("undo of an applied change");
-                }
-                return Err(Error::Constraint(format!("{name}: {message}")));
-            }
-            applied.push(Change { table: id, row, diff: diff as isize });
+        let changes: Vec<Change> = deletes
+            .into_iter()
+            .map(|row| Change { table: id, row, diff: -1 })
+            .chain(checked.into_iter().map(|row| Change { table: id, row, diff: 1 }))
+            .collect();
+        if let Err((_, message)) = data.apply_all(changes.iter().map(|change| (&change.row, change.diff as i64))) {
+            return Err(Error::Constraint(format!("{name}: {message}")));
         }
+        let applied = changes;
         self.pending.extend(applied);
         Ok(count)
     }
