@@ -119,7 +119,11 @@ pub struct Engine {
     guards: Option<timely::communication::WorkerGuards<()>>,
     time: Time,
     relations: HashMap<RelationId, Option<Arc<ViewState>>>,
+    spins: u32,
 }
+
+/// How many times a thread polls a channel before blocking on it (a few hundred microseconds).
+const SPIN_LIMIT: u32 = 20_000;
 
 impl Engine {
     /// Starts `workers` timely worker threads in this process.
@@ -134,15 +138,18 @@ impl Engine {
             receivers.push(Mutex::new(Some(receiver)));
         }
         let receivers = Arc::new(receivers);
+        // Spinning pays only while every spinning thread (the workers and the caller) has a core.
+        let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+        let spins = if workers < cores { SPIN_LIMIT } else { 0 };
         let reply_sender = Mutex::new(reply_sender);
         let guards = timely::execute(timely::Config::process(workers), move |worker| {
             let receiver =
                 receivers[worker.index()].lock().expect("receiver lock").take().expect("one receiver per worker");
             let replies = reply_sender.lock().expect("reply lock").clone();
-            run_worker(worker, receiver, replies);
+            run_worker(worker, receiver, replies, spins);
         })
         .map_err(|message| EngineError::Start { workers, message })?;
-        Ok(Engine { commands, replies, guards: Some(guards), time: 0, relations: HashMap::new() })
+        Ok(Engine { commands, replies, guards: Some(guards), time: 0, relations: HashMap::new(), spins })
     }
 
     /// The number of worker threads.
@@ -160,7 +167,7 @@ impl Engine {
             sender.send(make(worker)).map_err(|_| EngineError::WorkerDied)?;
         }
         for _ in &self.commands {
-            receive_soon(&self.replies).ok_or(EngineError::WorkerDied)?;
+            receive_soon(&self.replies, self.spins).ok_or(EngineError::WorkerDied)?;
         }
         Ok(())
     }
@@ -227,12 +234,11 @@ impl Drop for Engine {
     }
 }
 
-/// Receives from `channel`, spinning briefly before blocking: a commit's round trip to the
+/// Receives from `channel`, spinning `spins` times before blocking: a commit's round trip to the
 /// workers is then a few microseconds instead of two thread wake-ups. `None` once the sender
 /// is gone.
-fn receive_soon<T>(channel: &Receiver<T>) -> Option<T> {
-    const SPINS: u32 = 20_000;
-    for _ in 0..SPINS {
+fn receive_soon<T>(channel: &Receiver<T>, spins: u32) -> Option<T> {
+    for _ in 0..spins {
         match channel.try_recv() {
             Ok(message) => return Some(message),
             Err(std::sync::mpsc::TryRecvError::Empty) => std::hint::spin_loop(),
@@ -251,9 +257,9 @@ struct WorkerState {
     time: Time,
 }
 
-fn run_worker(worker: &mut Worker, commands: Receiver<Command>, replies: Sender<()>) {
+fn run_worker(worker: &mut Worker, commands: Receiver<Command>, replies: Sender<()>, spins: u32) {
     let mut state = WorkerState::default();
-    while let Some(command) = receive_soon(&commands) {
+    while let Some(command) = receive_soon(&commands, spins) {
         match command {
             Command::CreateTable { id } => {
                 let dataflow = worker.next_dataflow_index();
