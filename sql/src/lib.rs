@@ -39,6 +39,21 @@ pub enum SqlError {
     /// The async runtime could not start.
     #[error("could not start the query runtime: {0}")]
     Runtime(String),
+    /// DataFusion panicked on this statement (a bug); the database is unaffected.
+    #[error("internal error while planning or executing the statement: {0}")]
+    Panic(String),
+}
+
+/// Runs `work`, turning a panic inside DataFusion into an error for this statement only.
+fn guarded<T>(work: impl FnOnce() -> Result<T, SqlError>) -> Result<T, SqlError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|text| text.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(SqlError::Panic(message))
+    })
 }
 
 /// Parses SQL text into statements.
@@ -91,18 +106,18 @@ impl Planner {
     /// Plans a statement without optimizing it.
     pub fn logical_plan(&self, statement: Statement) -> Result<LogicalPlan, SqlError> {
         let state = self.context.state();
-        Ok(self.block_on(state.statement_to_plan(DfStatement::Statement(Box::new(statement))))?)
+        guarded(|| Ok(self.block_on(state.statement_to_plan(DfStatement::Statement(Box::new(statement))))?))
     }
 
     /// Plans and optimizes a statement.
     pub fn optimized_plan(&self, statement: Statement) -> Result<LogicalPlan, SqlError> {
         let plan = self.logical_plan(statement)?;
-        Ok(self.context.state().optimize(&plan)?)
+        guarded(|| Ok(self.context.state().optimize(&plan)?))
     }
 
     /// Executes a logical plan, collecting the result.
     pub fn execute(&self, plan: LogicalPlan) -> Result<Vec<RecordBatch>, SqlError> {
         let context = self.context.clone();
-        Ok(self.block_on(async move { context.execute_logical_plan(plan).await?.collect().await })?)
+        guarded(|| Ok(self.block_on(async move { context.execute_logical_plan(plan).await?.collect().await })?))
     }
 }
