@@ -13,7 +13,7 @@
 //! bytes, BOOLEAN to boolean, NULL to null, TIMESTAMP to integer nanoseconds.
 
 use crate::value::Value;
-use cid::Cid;
+pub use cid::Cid;
 use ipld_core::ipld::Ipld;
 use multihash_codetable::{Code, MultihashDigest};
 use std::collections::BTreeMap;

@@ -1,0 +1,304 @@
+//! weft's WebAssembly runtime for pure functions, on wasmtime.
+//!
+//! Calls are deterministic: NaNs are canonicalised, the guest gets no imports at all (no WASI,
+//! so no clock, randomness, files or network) and no threads. Every call runs in a fresh
+//! instance with a fuel budget and a memory cap, so a trap, an endless loop or a memory bomb
+//! fails that call alone. Modules are compiled once per module CID.
+//!
+//! ## ABI
+//! - `BIGINT` is an `i64`, `DOUBLE` an `f64`, `BOOLEAN` an `i32` (0 or 1), in parameters and
+//!   results alike.
+//! - `TEXT` and `BYTEA` arguments are written into guest memory: the guest exports `memory` and
+//!   `alloc(len: i32) -> i32`; the host calls `alloc`, copies the bytes there and passes the
+//!   pair `(ptr: i32, len: i32)` in place of the argument.
+//! - A `TEXT` or `BYTEA` result is returned as one `i64` holding `ptr << 32 | len` into the
+//!   guest's memory (TEXT must be UTF-8).
+//! - Functions are strict: a call with a NULL argument is not run and yields NULL.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use wasmtime::{Config, Engine, Instance, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, Trap, Val, ValType};
+use weft_engine::content::{module_cid, Invocation};
+use weft_engine::{ColumnType, Value};
+
+pub use weft_engine::content::Cid;
+
+/// Why a module could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The text is not valid WAT.
+    #[error("invalid WebAssembly text: {0}")]
+    Wat(String),
+    /// The binary does not validate or compile.
+    #[error("invalid WebAssembly module: {0}")]
+    Invalid(String),
+}
+
+/// Why a call failed. Each becomes an error receipt.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    #[error("module has no exported function {0}")]
+    MissingExport(String),
+    #[error("signature mismatch: {0}")]
+    Signature(String),
+    #[error("fuel exhausted after {0} units")]
+    OutOfFuel(u64),
+    #[error("memory limit of {0} bytes exceeded")]
+    OutOfMemory(usize),
+    #[error("trap: {0}")]
+    Trap(String),
+    #[error("bad result: {0}")]
+    Result(String),
+}
+
+/// Per-call budgets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Fuel units (roughly Wasm instructions) a call may use.
+    pub fuel: u64,
+    /// Linear memory a call may grow to, in bytes.
+    pub memory_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { fuel: 10_000_000, memory_bytes: 64 << 20 }
+    }
+}
+
+/// A compiled module and its CID.
+pub struct LoadedModule {
+    pub cid: Cid,
+    module: Module,
+}
+
+/// What a successful call returned.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallOutput {
+    pub value: Value,
+    pub fuel: u64,
+    pub duration_us: u64,
+}
+
+/// The declared types of a function.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signature {
+    pub params: Vec<ColumnType>,
+    pub result: ColumnType,
+}
+
+struct CallState {
+    limits: StoreLimits,
+}
+
+/// Compiles and runs pure Wasm functions.
+pub struct Runtime {
+    engine: Engine,
+    modules: Mutex<HashMap<Cid, Arc<LoadedModule>>>,
+}
+
+fn wasm_types(column_type: ColumnType) -> Vec<ValType> {
+    match column_type {
+        ColumnType::BigInt | ColumnType::Timestamp => vec![ValType::I64],
+        ColumnType::Double => vec![ValType::F64],
+        ColumnType::Boolean => vec![ValType::I32],
+        ColumnType::Text | ColumnType::Bytea => vec![ValType::I32, ValType::I32],
+    }
+}
+
+fn result_type(column_type: ColumnType) -> ValType {
+    match column_type {
+        ColumnType::Double => ValType::F64,
+        ColumnType::Boolean => ValType::I32,
+        _ => ValType::I64,
+    }
+}
+
+fn type_names(types: &[ValType]) -> String {
+    types.iter().map(|value_type| value_type.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+impl Runtime {
+    /// A runtime with deterministic settings.
+    pub fn new() -> Runtime {
+        let mut config = Config::new();
+        config.consume_fuel(true);
+        config.cranelift_nan_canonicalization(true);
+        // Threads are compiled out (wasmtime without its `threads` feature).
+        let engine = Engine::new(&config).expect("a valid wasmtime configuration");
+        Runtime { engine, modules: Mutex::new(HashMap::new()) }
+    }
+
+    /// Loads a module from WAT text or a Wasm binary; the CID is of the binary. Compiled once
+    /// per CID.
+    pub fn load(&self, source: &[u8]) -> Result<Arc<LoadedModule>, LoadError> {
+        let binary = wat::parse_bytes(source).map_err(|error| LoadError::Wat(error.to_string()))?;
+        let cid = module_cid(&binary);
+        if let Some(loaded) = self.modules.lock().expect("module cache").get(&cid) {
+            return Ok(loaded.clone());
+        }
+        let module = Module::new(&self.engine, &binary).map_err(|error| LoadError::Invalid(format!("{error:#}")))?;
+        let loaded = Arc::new(LoadedModule { cid, module });
+        self.modules.lock().expect("module cache").insert(cid, loaded.clone());
+        Ok(loaded)
+    }
+
+    /// The invocation a call denotes (its CID is the memo key).
+    pub fn invocation(module: &LoadedModule, function: &str, args: &[Value]) -> Invocation {
+        Invocation { module: module.cid, function: function.to_string(), args: args.to_vec() }
+    }
+
+    /// Calls `function` of `module` on `args` with the declared `signature`.
+    pub fn call(
+        &self,
+        module: &LoadedModule,
+        function: &str,
+        signature: &Signature,
+        args: &[Value],
+        limits: Limits,
+    ) -> Result<CallOutput, CallError> {
+        let started = Instant::now();
+        if args.len() != signature.params.len() {
+            return Err(CallError::Signature(format!(
+                "{function} takes {} arguments, got {}",
+                signature.params.len(),
+                args.len()
+            )));
+        }
+        if args.iter().any(Value::is_null) {
+            return Ok(CallOutput { value: Value::Null, fuel: 0, duration_us: 0 });
+        }
+        let state = CallState {
+            limits: StoreLimitsBuilder::new().memory_size(limits.memory_bytes).trap_on_grow_failure(true).build(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        store.set_fuel(limits.fuel).expect("fuel is enabled");
+        let fuel_used = |store: &Store<CallState>| limits.fuel - store.get_fuel().unwrap_or(0);
+        let classify = |store: &Store<CallState>, error: wasmtime::Error| {
+            if let Some(trap) = error.downcast_ref::<Trap>() {
+                if *trap == Trap::OutOfFuel {
+                    return CallError::OutOfFuel(fuel_used(store));
+                }
+            }
+            let message = format!("{error:#}");
+            if message.contains("memory") && (message.contains("limit") || message.contains("grow")) {
+                return CallError::OutOfMemory(limits.memory_bytes);
+            }
+            CallError::Trap(message)
+        };
+        let linker: Linker<CallState> = Linker::new(&self.engine);
+        let instance: Instance =
+            linker.instantiate(&mut store, &module.module).map_err(|error| classify(&store, error))?;
+        let func =
+            instance.get_func(&mut store, function).ok_or_else(|| CallError::MissingExport(function.to_string()))?;
+        let expected_params: Vec<ValType> = signature.params.iter().flat_map(|param| wasm_types(*param)).collect();
+        let expected_result = result_type(signature.result);
+        let func_type = func.ty(&store);
+        let actual_params: Vec<ValType> = func_type.params().collect();
+        let actual_results: Vec<ValType> = func_type.results().collect();
+        let matches = actual_params.len() == expected_params.len()
+            && actual_params.iter().zip(&expected_params).all(|(a, b)| ValType::eq(a, b))
+            && actual_results.len() == 1
+            && ValType::eq(&actual_results[0], &expected_result);
+        if !matches {
+            return Err(CallError::Signature(format!(
+                "{function} is ({}) -> ({}) in the module, but declared ({}) -> ({expected_result})",
+                type_names(&actual_params),
+                type_names(&actual_results),
+                type_names(&expected_params),
+            )));
+        }
+        let mut params = Vec::with_capacity(expected_params.len());
+        for (arg, column_type) in args.iter().zip(&signature.params) {
+            match (arg, column_type) {
+                (Value::Int(i), ColumnType::BigInt) | (Value::Timestamp(i), ColumnType::Timestamp) => {
+                    params.push(Val::I64(*i))
+                }
+                (Value::Float(f), ColumnType::Double) => params.push(Val::F64(f.to_bits())),
+                (Value::Int(i), ColumnType::Double) => params.push(Val::F64((*i as f64).to_bits())),
+                (Value::Bool(b), ColumnType::Boolean) => params.push(Val::I32(i32::from(*b))),
+                (Value::Text(_) | Value::Bytes(_), ColumnType::Text | ColumnType::Bytea) => {
+                    let bytes = match arg {
+                        Value::Text(text) => text.as_bytes(),
+                        Value::Bytes(bytes) => bytes.as_slice(),
+                        _ => unreachable!("matched above"),
+                    };
+                    let pointer =
+                        self.write_guest_bytes(&mut store, &instance, bytes).map_err(|error| match error {
+                            CallError::Trap(message) => CallError::Trap(message),
+                            other => other,
+                        })?;
+                    params.push(Val::I32(pointer));
+                    params.push(Val::I32(bytes.len() as i32));
+                }
+                (arg, column_type) => {
+                    return Err(CallError::Signature(format!("argument {arg} is not a {column_type}")));
+                }
+            }
+        }
+        let mut results = [Val::I64(0)];
+        func.call(&mut store, &params, &mut results).map_err(|error| classify(&store, error))?;
+        let value = match (signature.result, &results[0]) {
+            (ColumnType::BigInt, Val::I64(i)) => Value::Int(*i),
+            (ColumnType::Timestamp, Val::I64(i)) => Value::Timestamp(*i),
+            (ColumnType::Double, Val::F64(bits)) => Value::float(f64::from_bits(*bits)),
+            (ColumnType::Boolean, Val::I32(i)) => Value::Bool(*i != 0),
+            (ColumnType::Text | ColumnType::Bytea, Val::I64(packed)) => {
+                let bytes = self.read_guest_bytes(&mut store, &instance, *packed)?;
+                if signature.result == ColumnType::Text {
+                    Value::Text(
+                        String::from_utf8(bytes).map_err(|_| CallError::Result("TEXT result is not UTF-8".into()))?,
+                    )
+                } else {
+                    Value::Bytes(bytes)
+                }
+            }
+            (_, other) => return Err(CallError::Result(format!("unexpected result {other:?}"))),
+        };
+        Ok(CallOutput { value, fuel: fuel_used(&store), duration_us: started.elapsed().as_micros() as u64 })
+    }
+
+    fn write_guest_bytes(
+        &self,
+        store: &mut Store<CallState>,
+        instance: &Instance,
+        bytes: &[u8],
+    ) -> Result<i32, CallError> {
+        let alloc = instance
+            .get_typed_func::<i32, i32>(&mut *store, "alloc")
+            .map_err(|_| CallError::MissingExport("alloc (needed for TEXT and BYTEA arguments)".into()))?;
+        let memory =
+            instance.get_memory(&mut *store, "memory").ok_or_else(|| CallError::MissingExport("memory".into()))?;
+        let pointer = alloc
+            .call(&mut *store, bytes.len() as i32)
+            .map_err(|error| CallError::Trap(format!("alloc: {error:#}")))?;
+        memory
+            .write(&mut *store, pointer as u32 as usize, bytes)
+            .map_err(|_| CallError::Trap(format!("alloc returned {pointer}, outside memory")))?;
+        Ok(pointer)
+    }
+
+    fn read_guest_bytes(
+        &self,
+        store: &mut Store<CallState>,
+        instance: &Instance,
+        packed: i64,
+    ) -> Result<Vec<u8>, CallError> {
+        let memory =
+            instance.get_memory(&mut *store, "memory").ok_or_else(|| CallError::MissingExport("memory".into()))?;
+        let pointer = (packed as u64 >> 32) as usize;
+        let length = (packed as u64 & 0xffff_ffff) as usize;
+        let data = memory.data(&*store);
+        data.get(pointer..pointer.saturating_add(length))
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| CallError::Result(format!("result ({pointer}, {length}) is outside memory")))
+    }
+}
+
+impl Default for Runtime {
+    fn default() -> Runtime {
+        Runtime::new()
+    }
+}

@@ -1,0 +1,75 @@
+//! The Wasm runtime on guests written as WAT in the tree: arithmetic, TEXT through guest memory,
+//! and every failure a call can have (fuel, memory, trap, invalid module, missing export,
+//! signature mismatch), each confined to its call.
+
+use weft_engine::{ColumnType, Value};
+use weft_wasm::{CallError, Limits, Runtime, Signature};
+
+const MATH: &str = include_str!("../../examples/wasm/math.wat");
+const TEXT: &str = include_str!("../../examples/wasm/text.wat");
+
+const BOMBS: &str = r#"
+(module
+  (memory (export "memory") 1)
+  (func (export "spin") (param i64) (result i64)
+    (loop $forever (br $forever))
+    i64.const 0)
+  (func (export "grow") (param i64) (result i64)
+    (loop $more
+      (br_if $more (i32.ne (memory.grow (i32.const 16)) (i32.const -1))))
+    unreachable)
+  (func (export "boom") (param i64) (result i64)
+    unreachable))
+"#;
+
+fn signature(params: &[ColumnType], result: ColumnType) -> Signature {
+    Signature { params: params.to_vec(), result }
+}
+
+#[test]
+fn numbers_and_text_cross_the_abi() {
+    let runtime = Runtime::new();
+    let math = runtime.load(MATH.as_bytes()).unwrap();
+    let add_one = signature(&[ColumnType::BigInt], ColumnType::BigInt);
+    let output = runtime.call(&math, "add_one", &add_one, &[Value::Int(42)], Limits::default()).unwrap();
+    assert_eq!(output.value, Value::Int(43));
+    assert!(output.fuel > 0);
+    let half = signature(&[ColumnType::Double], ColumnType::Double);
+    assert_eq!(
+        runtime.call(&math, "half", &half, &[Value::float(3.0)], Limits::default()).unwrap().value,
+        Value::float(1.5)
+    );
+    assert_eq!(runtime.call(&math, "add_one", &add_one, &[Value::Null], Limits::default()).unwrap().value, Value::Null);
+    // The same source is the same module: compiled once, same CID.
+    assert_eq!(runtime.load(MATH.as_bytes()).unwrap().cid, math.cid);
+    assert!(math.cid.to_string().starts_with("bafkrei"));
+
+    let text = runtime.load(TEXT.as_bytes()).unwrap();
+    let slug = signature(&[ColumnType::Text], ColumnType::Text);
+    let output =
+        runtime.call(&text, "slug", &slug, &[Value::Text("Hello, World 42".into())], Limits::default()).unwrap();
+    assert_eq!(output.value, Value::Text("hello--world-42".into()));
+}
+
+#[test]
+fn every_failure_is_an_error_for_that_call_only() {
+    let runtime = Runtime::new();
+    let bombs = runtime.load(BOMBS.as_bytes()).unwrap();
+    let unary = signature(&[ColumnType::BigInt], ColumnType::BigInt);
+    let limits = Limits { fuel: 100_000, memory_bytes: 1 << 20 };
+    assert!(matches!(runtime.call(&bombs, "spin", &unary, &[Value::Int(1)], limits), Err(CallError::OutOfFuel(_))));
+    let grow = runtime.call(&bombs, "grow", &unary, &[Value::Int(1)], limits);
+    assert_eq!(grow, Err(CallError::OutOfMemory(1 << 20)));
+    assert!(matches!(runtime.call(&bombs, "boom", &unary, &[Value::Int(1)], limits), Err(CallError::Trap(_))));
+    assert_eq!(
+        runtime.call(&bombs, "nope", &unary, &[Value::Int(1)], limits),
+        Err(CallError::MissingExport("nope".into()))
+    );
+    let wrong = signature(&[ColumnType::Double], ColumnType::BigInt);
+    assert!(matches!(runtime.call(&bombs, "boom", &wrong, &[Value::float(1.0)], limits), Err(CallError::Signature(_))));
+    assert!(runtime.load(b"(module (func (result i32) i64.const 1))").is_err(), "does not validate");
+    assert!(runtime.load(b"(module (func").is_err(), "not WAT");
+    // After all that, the runtime still runs calls.
+    let math = runtime.load(MATH.as_bytes()).unwrap();
+    assert_eq!(runtime.call(&math, "add_one", &unary, &[Value::Int(1)], limits).unwrap().value, Value::Int(2));
+}
