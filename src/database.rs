@@ -9,6 +9,8 @@
 
 use crate::catalog::{Relation, RelationKind, TableData, ViewSource};
 use crate::fastpath;
+use crate::functions::{Memo, StoredReceipt};
+use crate::identity::Identity;
 use crate::wal::{Record, Wal, WalError};
 use datafusion::arrow::array::StringArray;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -21,6 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use weft_engine::content::{Outcome, Receipt};
 use weft_engine::expr::{cast, BinaryOp};
 use weft_engine::{Change, ColumnType, Engine, EngineError, Expr, Plan, RelationId, Row, Value};
 use weft_sql::convert::{batch_rows, column_type, schema_of};
@@ -75,6 +78,23 @@ pub enum Error {
     /// Another process has the data directory open.
     #[error("data directory {0} is in use by another weft process")]
     Locked(PathBuf),
+    /// A Wasm module could not be loaded.
+    #[error(transparent)]
+    Wasm(#[from] weft_wasm::LoadError),
+    /// Content addressing failed.
+    #[error(transparent)]
+    Content(#[from] weft_engine::content::ContentError),
+    /// The node key failed.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+}
+
+/// The result of [`Database::invoke`].
+pub struct Invoked {
+    /// The receipt (new, or recorded by an earlier call).
+    pub stored: StoredReceipt,
+    /// Whether the receipt was already recorded, so nothing ran.
+    pub hit: bool,
 }
 
 /// What a statement returns.
@@ -98,6 +118,9 @@ pub struct Database {
     /// Changes of the open `BEGIN` block, or of the statement being executed.
     pending: Vec<Change>,
     in_transaction: bool,
+    identity: Identity,
+    runtime: weft_wasm::Runtime,
+    memo: Memo,
     _lock: File,
 }
 
@@ -160,6 +183,7 @@ impl Database {
             return Err(Error::Locked(directory.clone()));
         }
         let (wal, records) = Wal::open(&directory.join("wal"), options.sync)?;
+        let identity = Identity::load_or_create(&directory.join("node.key"))?;
         let mut database = Database {
             engine: Engine::start(options.workers)?,
             planner: Planner::new()?,
@@ -170,6 +194,9 @@ impl Database {
             wal,
             pending: Vec::new(),
             in_transaction: false,
+            identity,
+            runtime: weft_wasm::Runtime::new(),
+            memo: Memo::default(),
             _lock: lock,
         };
         database.replay(records)?;
@@ -187,7 +214,9 @@ impl Database {
         // proportional to the data, not to the number of past transactions.
         let mut batch: Vec<Change> = Vec::new();
         for record in records {
-            if !matches!(record, Record::Commit { .. }) && !batch.is_empty() {
+            if matches!(record, Record::CreateTable { .. } | Record::CreateView { .. } | Record::Drop { .. })
+                && !batch.is_empty()
+            {
                 self.engine.commit(std::mem::take(&mut batch))?;
             }
             match record {
@@ -202,6 +231,9 @@ impl Database {
                     self.install_view(id, name, &query, sql, None)?;
                 }
                 Record::Drop { id } => self.uninstall(id)?,
+                Record::Receipt { invocation, receipt, signature } => {
+                    self.memo.insert(StoredReceipt::decode(&invocation, &receipt, signature)?)
+                }
                 Record::Commit { changes } => {
                     for (table, row, diff) in changes {
                         let data = self.table_by_id(table)?;
@@ -252,8 +284,69 @@ impl Database {
                 }
             }
         }
+        for stored in self.memo.receipts() {
+            records.push(Record::Receipt {
+                invocation: stored.invocation.encode()?,
+                receipt: stored.encoded.clone(),
+                signature: stored.signature.clone(),
+            });
+        }
         self.wal.rewrite(&records)?;
         Ok(())
+    }
+
+    /// The did:key of this node, which signs its receipts.
+    pub fn node_did(&self) -> &str {
+        self.identity.did()
+    }
+
+    /// Calls `function` of the module in `source` (WAT or Wasm) on `args`, at most once per
+    /// invocation: a recorded receipt is returned without running anything. A failing call
+    /// yields an error receipt, recorded like any other.
+    pub fn invoke(
+        &mut self,
+        source: &[u8],
+        function: &str,
+        args: Vec<Value>,
+        returns: Option<ColumnType>,
+        limits: weft_wasm::Limits,
+    ) -> Result<Invoked, Error> {
+        let module = self.runtime.load(source)?;
+        let invocation = weft_wasm::Runtime::invocation(&module, function, &args);
+        let invocation_cid = invocation.cid()?;
+        if let Some(stored) = self.memo.lookup(&invocation_cid) {
+            let stored = stored.clone();
+            self.memo.hits += 1;
+            return Ok(Invoked { stored, hit: true });
+        }
+        self.memo.misses += 1;
+        let params = args.iter().map(|arg| arg.column_type().unwrap_or(ColumnType::BigInt)).collect();
+        let result =
+            returns.or_else(|| weft_wasm::Runtime::result_type(&module, function)).unwrap_or(ColumnType::BigInt);
+        let signature = weft_wasm::Signature { params, result };
+        let (out, fuel, duration_us) = match self.runtime.call(&module, function, &signature, &args, limits) {
+            Ok(output) => (Outcome::Ok(output.value), output.fuel, output.duration_us),
+            Err(error) => (Outcome::Error(error.to_string()), 0, 0),
+        };
+        let receipt = Receipt { ran: invocation_cid, out, fuel, duration_us, issuer: self.identity.did().to_string() };
+        let stored = StoredReceipt::issue(invocation, receipt, &self.identity)?;
+        self.wal.append(&[Record::Receipt {
+            invocation: stored.invocation.encode()?,
+            receipt: stored.encoded.clone(),
+            signature: stored.signature.clone(),
+        }])?;
+        self.memo.insert(stored.clone());
+        Ok(Invoked { stored, hit: false })
+    }
+
+    /// A receipt by its CID.
+    pub fn receipt(&self, cid: &weft_engine::content::Cid) -> Option<&StoredReceipt> {
+        self.memo.receipt(cid)
+    }
+
+    /// Memo hits and misses of this process.
+    pub fn memo_counts(&self) -> (u64, u64) {
+        (self.memo.hits, self.memo.misses)
     }
 
     fn table_by_id(&self, id: RelationId) -> Result<Arc<TableData>, Error> {

@@ -9,6 +9,8 @@ pub mod catalog;
 pub mod copy;
 pub mod database;
 pub mod fastpath;
+pub mod functions;
+pub mod identity;
 pub mod output;
 pub mod wal;
 

@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use weft::output::{write_output, Format};
-use weft::{Database, Options};
+use weft::{ColumnType, Database, Options, Value};
 
 /// mimalloc: dataflow batches allocate and free many small rows, where glibc's malloc spends
 /// a large share of the time (measured with `cargo bench --bench incremental`).
@@ -40,6 +40,31 @@ enum Command {
         format: Format,
         /// A file of SQL statements to run.
         file: Option<PathBuf>,
+    },
+    /// Call a pure Wasm function once: a repeated invocation is a memo hit and runs nothing.
+    Invoke {
+        /// The module (`.wat` text or `.wasm` binary).
+        module: PathBuf,
+        /// The exported function.
+        function: String,
+        /// Arguments: integers, decimals, true/false, null, or text (JSON strings or bare words).
+        args: Vec<String>,
+        /// The result type, when the export's Wasm result type is not enough (TEXT, BYTEA).
+        #[arg(long, value_parser = parse_type)]
+        returns: Option<ColumnType>,
+        /// Fuel budget of the call.
+        #[arg(long, default_value_t = weft_wasm::Limits::default().fuel)]
+        fuel: u64,
+        /// Memory cap of the call, in MiB.
+        #[arg(long, default_value_t = 64)]
+        memory_mb: usize,
+    },
+    /// Print a receipt as DAG-JSON; `--verify` also checks the issuer's signature.
+    Receipt {
+        /// The receipt's CID.
+        cid: String,
+        #[arg(long)]
+        verify: bool,
     },
     /// Run a SQL script, echoing each statement before its result (the demo).
     Run {
@@ -84,10 +109,69 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             run_script(&mut database, &sql, format, false, &mut out)
         }
         Command::Sql { format, .. } => shell(&mut database, format, &mut out),
+        Command::Invoke { module, function, args, returns, fuel, memory_mb } => {
+            let source = std::fs::read(&module).with_context(|| format!("reading {}", module.display()))?;
+            let args = args.iter().map(|arg| parse_argument(arg)).collect();
+            let limits = weft_wasm::Limits { fuel, memory_bytes: memory_mb << 20 };
+            let invoked = database.invoke(&source, &function, args, returns, limits)?;
+            let (result, error) = weft::functions::outcome_json(&invoked.stored.receipt.out);
+            let mut line = serde_json::json!({
+                "out": result,
+                "invocation": invoked.stored.receipt.ran.to_string(),
+                "receipt": invoked.stored.cid.to_string(),
+                "memo": if invoked.hit { "hit" } else { "miss" },
+            });
+            if let Some(message) = &error {
+                line["error"] = message.clone().into();
+            }
+            writeln!(out, "{line}")?;
+            match error {
+                Some(message) => anyhow::bail!("{function}: {message} (invocation {})", invoked.stored.receipt.ran),
+                None => Ok(()),
+            }
+        }
+        Command::Receipt { cid, verify } => {
+            let cid = weft_engine::content::parse_cid(&cid)?;
+            let stored = database.receipt(&cid).with_context(|| format!("no receipt {cid} in this data directory"))?;
+            let json = weft::functions::dag_json(&weft_engine::content::decode(&stored.encoded)?);
+            writeln!(out, "{json}")?;
+            if verify {
+                weft::identity::verify(&stored.receipt.issuer, &stored.cid.to_bytes(), &stored.signature)?;
+                eprintln!("verified: signed by {}", stored.receipt.issuer);
+            }
+            Ok(())
+        }
         Command::Run { file, format } => {
             let sql = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             run_script(&mut database, &sql, format, true, &mut out)
         }
+    }
+}
+
+/// Parses a SQL type name for `--returns`.
+fn parse_type(text: &str) -> Result<ColumnType, String> {
+    Ok(match text.to_ascii_uppercase().as_str() {
+        "BIGINT" => ColumnType::BigInt,
+        "DOUBLE" => ColumnType::Double,
+        "TEXT" => ColumnType::Text,
+        "BYTEA" => ColumnType::Bytea,
+        "BOOLEAN" => ColumnType::Boolean,
+        "TIMESTAMP" => ColumnType::Timestamp,
+        other => return Err(format!("unknown type {other}")),
+    })
+}
+
+/// Reads a command-line argument as a value: JSON scalars, else bare text.
+fn parse_argument(text: &str) -> Value {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Null) => Value::Null,
+        Ok(serde_json::Value::Bool(b)) => Value::Bool(b),
+        Ok(serde_json::Value::Number(number)) => match number.as_i64() {
+            Some(int) => Value::Int(int),
+            None => Value::float(number.as_f64().unwrap_or(f64::NAN)),
+        },
+        Ok(serde_json::Value::String(text)) => Value::Text(text),
+        _ => Value::Text(text.to_string()),
     }
 }
 

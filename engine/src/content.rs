@@ -183,6 +183,72 @@ impl Receipt {
     }
 }
 
+fn field<'a>(map: &'a BTreeMap<String, Ipld>, key: &str) -> Result<&'a Ipld, ContentError> {
+    map.get(key).ok_or_else(|| ContentError::Encoding(format!("missing field {key}")))
+}
+
+fn as_map(ipld: &Ipld) -> Result<&BTreeMap<String, Ipld>, ContentError> {
+    match ipld {
+        Ipld::Map(map) => Ok(map),
+        _ => Err(ContentError::Encoding("expected a map".into())),
+    }
+}
+
+fn as_string(ipld: &Ipld) -> Result<&str, ContentError> {
+    match ipld {
+        Ipld::String(text) => Ok(text),
+        _ => Err(ContentError::Encoding("expected a string".into())),
+    }
+}
+
+fn as_u64(ipld: &Ipld) -> Result<u64, ContentError> {
+    match ipld {
+        Ipld::Integer(i) => u64::try_from(*i).map_err(|_| ContentError::Encoding("expected a count".into())),
+        _ => Err(ContentError::Encoding("expected an integer".into())),
+    }
+}
+
+impl Invocation {
+    /// Reads an invocation back from its instruction.
+    pub fn from_ipld(ipld: &Ipld) -> Result<Invocation, ContentError> {
+        let map = as_map(ipld)?;
+        let resource = as_string(field(map, "rsc")?)?;
+        let module = parse_cid(resource.strip_prefix("ipfs://").unwrap_or(resource))?;
+        let input = as_map(field(map, "input")?)?;
+        let function = as_string(field(input, "func")?)?.to_string();
+        let args = match field(input, "args")? {
+            Ipld::List(args) => args.iter().map(ipld_to_value).collect::<Result<_, _>>()?,
+            _ => return Err(ContentError::Encoding("args must be a list".into())),
+        };
+        Ok(Invocation { module, function, args })
+    }
+}
+
+impl Receipt {
+    /// Reads a receipt back from its IPLD form.
+    pub fn from_ipld(ipld: &Ipld) -> Result<Receipt, ContentError> {
+        let map = as_map(ipld)?;
+        let ran = match field(map, "ran")? {
+            Ipld::Link(cid) => *cid,
+            _ => return Err(ContentError::Encoding("ran must be a link".into())),
+        };
+        let out = as_map(field(map, "out")?)?;
+        let out = match (out.get("ok"), out.get("error")) {
+            (Some(value), _) => Outcome::Ok(ipld_to_value(value)?),
+            (None, Some(message)) => Outcome::Error(as_string(message)?.to_string()),
+            _ => return Err(ContentError::Encoding("out needs ok or error".into())),
+        };
+        let meta = as_map(field(map, "meta")?)?;
+        Ok(Receipt {
+            ran,
+            out,
+            fuel: as_u64(field(meta, "fuel")?)?,
+            duration_us: as_u64(field(meta, "duration_us")?)?,
+            issuer: as_string(field(map, "iss")?)?.to_string(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +319,10 @@ mod tests {
             Ipld::Map(map) => assert_eq!(map["ran"], Ipld::Link(ran)),
             _ => panic!("receipt is a map"),
         }
+        assert_eq!(Receipt::from_ipld(&decode(&receipt.encode().unwrap()).unwrap()).unwrap(), receipt);
+        let invocation =
+            Invocation { module: parse_cid(MODULE).unwrap(), function: "f".into(), args: vec![Value::Int(1)] };
+        assert_eq!(Invocation::from_ipld(&invocation.instruction()).unwrap(), invocation);
         assert_eq!(module_cid(b"").codec(), RAW_CODEC);
     }
 }

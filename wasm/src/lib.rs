@@ -144,6 +144,21 @@ impl Runtime {
         Ok(loaded)
     }
 
+    /// The weft type of an export's single result (`i64` as BIGINT, `f64` as DOUBLE, `i32` as
+    /// BOOLEAN), if the module exports such a function.
+    pub fn result_type(module: &LoadedModule, function: &str) -> Option<ColumnType> {
+        let wasmtime::ExternType::Func(func) = module.module.get_export(function)? else {
+            return None;
+        };
+        let results: Vec<ValType> = func.results().collect();
+        match results.as_slice() {
+            [ValType::I64] => Some(ColumnType::BigInt),
+            [ValType::F64] => Some(ColumnType::Double),
+            [ValType::I32] => Some(ColumnType::Boolean),
+            _ => None,
+        }
+    }
+
     /// The invocation a call denotes (its CID is the memo key).
     pub fn invocation(module: &LoadedModule, function: &str, args: &[Value]) -> Invocation {
         Invocation { module: module.cid, function: function.to_string(), args: args.to_vec() }

@@ -1,0 +1,101 @@
+//! The node's identity: an ed25519 key generated into the data directory on first start, named
+//! by its `did:key`, which signs every receipt this node issues.
+
+use cid::multibase::{self, Base};
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use std::io::Read;
+use std::path::Path;
+
+/// Multicodec prefix of an ed25519 public key (0xed, as an unsigned varint).
+const ED25519_PUBLIC_KEY_PREFIX: [u8; 2] = [0xed, 0x01];
+
+/// Errors of key handling and signatures.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("node key {path}: {message}")]
+    Key { path: String, message: String },
+    #[error("{0} is not an ed25519 did:key")]
+    NotDidKey(String),
+    #[error("signature does not verify: {0}")]
+    BadSignature(String),
+}
+
+/// This node's signing key.
+pub struct Identity {
+    key: SigningKey,
+    did: String,
+}
+
+impl Identity {
+    /// Loads `path`, or creates it with a fresh key from the operating system's randomness.
+    pub fn load_or_create(path: &Path) -> Result<Identity, IdentityError> {
+        let error = |message: String| IdentityError::Key { path: path.display().to_string(), message };
+        let secret: [u8; 32] = if path.exists() {
+            std::fs::read(path)
+                .map_err(|e| error(e.to_string()))?
+                .try_into()
+                .map_err(|_| error("expected 32 bytes".into()))?
+        } else {
+            let mut secret = [0u8; 32];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut random| random.read_exact(&mut secret))
+                .map_err(|e| error(format!("reading /dev/urandom: {e}")))?;
+            std::fs::write(path, secret).map_err(|e| error(e.to_string()))?;
+            secret
+        };
+        let key = SigningKey::from_bytes(&secret);
+        let did = did_key(&key.verifying_key());
+        Ok(Identity { key, did })
+    }
+
+    /// The node's `did:key:z6Mk...`.
+    pub fn did(&self) -> &str {
+        &self.did
+    }
+
+    /// Signs `message` (a receipt's CID bytes).
+    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
+        self.key.sign(message).to_bytes().to_vec()
+    }
+}
+
+/// The `did:key` of an ed25519 public key.
+pub fn did_key(key: &VerifyingKey) -> String {
+    let mut bytes = ED25519_PUBLIC_KEY_PREFIX.to_vec();
+    bytes.extend_from_slice(key.as_bytes());
+    format!("did:key:{}", multibase::encode(Base::Base58Btc, bytes))
+}
+
+/// Checks that `signature` over `message` was made by the key `did` names.
+pub fn verify(did: &str, message: &[u8], signature: &[u8]) -> Result<(), IdentityError> {
+    let not_did = || IdentityError::NotDidKey(did.to_string());
+    let encoded = did.strip_prefix("did:key:").ok_or_else(not_did)?;
+    let (_, bytes) = multibase::decode(encoded).map_err(|_| not_did())?;
+    let key_bytes: [u8; 32] =
+        bytes.strip_prefix(&ED25519_PUBLIC_KEY_PREFIX[..]).and_then(|key| key.try_into().ok()).ok_or_else(not_did)?;
+    let key = VerifyingKey::from_bytes(&key_bytes).map_err(|_| not_did())?;
+    let signature = Signature::from_slice(signature).map_err(|error| IdentityError::BadSignature(error.to_string()))?;
+    key.verify(message, &signature).map_err(|error| IdentityError::BadSignature(error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_persist_and_signatures_verify() {
+        let directory = std::env::temp_dir().join(format!("weft-identity-{}", std::process::id()));
+        std::fs::create_dir_all(&directory).unwrap();
+        let path = directory.join("node.key");
+        let _ = std::fs::remove_file(&path);
+        let first = Identity::load_or_create(&path).unwrap();
+        let again = Identity::load_or_create(&path).unwrap();
+        assert_eq!(first.did(), again.did());
+        assert!(first.did().starts_with("did:key:z6Mk"), "{}", first.did());
+        let signature = first.sign(b"receipt");
+        verify(first.did(), b"receipt", &signature).unwrap();
+        assert!(verify(first.did(), b"other", &signature).is_err());
+        assert!(verify("did:web:example", b"receipt", &signature).is_err());
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+}

@@ -1,0 +1,86 @@
+//! Pure function calls outside views: one run per invocation, memoised across restarts, every
+//! outcome (also a failure) a signed receipt in the log.
+
+use weft::{Database, Options, Value};
+use weft_engine::content::Outcome;
+use weft_wasm::Limits;
+
+const MATH: &[u8] = include_bytes!("../examples/wasm/math.wat");
+const TEXT: &[u8] = include_bytes!("../examples/wasm/text.wat");
+const SPIN: &[u8] = b"(module (func (export \"spin\") (param i64) (result i64) (loop $l (br $l)) i64.const 0))";
+
+#[test]
+fn invocations_run_once_and_receipts_survive_restarts() {
+    let directory = std::env::temp_dir().join(format!("weft-functions-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&directory);
+    let options = Options { data_dir: directory.clone(), workers: 1, sync: true };
+    let (receipt_cid, did) = {
+        let mut database = Database::open(options.clone()).unwrap();
+        let first = database.invoke(MATH, "add_one", vec![Value::Int(42)], None, Limits::default()).unwrap();
+        assert!(!first.hit);
+        assert_eq!(first.stored.receipt.out, Outcome::Ok(Value::Int(43)));
+        let again = database.invoke(MATH, "add_one", vec![Value::Int(42)], None, Limits::default()).unwrap();
+        assert!(again.hit);
+        assert_eq!(again.stored.cid, first.stored.cid);
+        let other = database.invoke(MATH, "add_one", vec![Value::Int(7)], None, Limits::default()).unwrap();
+        assert!(!other.hit && other.stored.receipt.ran != first.stored.receipt.ran);
+        let text = database
+            .invoke(TEXT, "slug", vec![Value::Text("A b".into())], Some(weft::ColumnType::Text), Limits::default())
+            .unwrap();
+        assert_eq!(text.stored.receipt.out, Outcome::Ok(Value::Text("a-b".into())));
+        let limits = Limits { fuel: 10_000, memory_bytes: 1 << 20 };
+        let spin = database.invoke(SPIN, "spin", vec![Value::Int(1)], None, limits).unwrap();
+        assert!(matches!(&spin.stored.receipt.out, Outcome::Error(message) if message.contains("fuel")));
+        assert_eq!(database.memo_counts(), (1, 4));
+        (first.stored.cid, database.node_did().to_string())
+    };
+    let mut database = Database::open(options).unwrap();
+    assert_eq!(database.node_did(), did, "the node key persists");
+    for (source, function, arg) in [(MATH, "add_one", 42), (MATH, "add_one", 7), (SPIN, "spin", 1)] {
+        let limits = Limits { fuel: 10_000, memory_bytes: 1 << 20 };
+        assert!(database.invoke(source, function, vec![Value::Int(arg)], None, limits).unwrap().hit);
+    }
+    assert_eq!(database.memo_counts(), (3, 0), "nothing ran after the restart");
+    let stored = database.receipt(&receipt_cid).expect("receipt by CID").clone();
+    weft::identity::verify(&stored.receipt.issuer, &stored.cid.to_bytes(), &stored.signature).unwrap();
+    assert!(weft::identity::verify(&stored.receipt.issuer, b"tampered", &stored.signature).is_err());
+    database.checkpoint().unwrap();
+    drop(database);
+    let database = Database::open(Options { data_dir: directory.clone(), workers: 1, sync: true }).unwrap();
+    assert!(database.receipt(&receipt_cid).is_some(), "receipts survive a checkpoint");
+    drop(database);
+    std::fs::remove_dir_all(&directory).unwrap();
+}
+
+#[test]
+fn the_invoke_command_prints_one_json_line() {
+    let directory = std::env::temp_dir().join(format!("weft-invoke-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&directory);
+    let module = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/wasm/math.wat");
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+            .arg("--data-dir")
+            .arg(&directory)
+            .args(args)
+            .output()
+            .unwrap();
+        (output.status.success(), String::from_utf8_lossy(&output.stdout).to_string())
+    };
+    let (ok, first) = run(&["invoke", module, "add_one", "42"]);
+    assert!(ok);
+    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(first["out"], 43);
+    assert_eq!(first["memo"], "miss");
+    let (_, second) = run(&["invoke", module, "add_one", "42"]);
+    let second: serde_json::Value = serde_json::from_str(&second).unwrap();
+    assert_eq!(second["memo"], "hit");
+    assert_eq!(second["receipt"], first["receipt"]);
+    let (ok, receipt) = run(&["receipt", first["receipt"].as_str().unwrap(), "--verify"]);
+    assert!(ok);
+    let receipt: serde_json::Value = serde_json::from_str(&receipt).unwrap();
+    assert_eq!(receipt["ran"]["/"], first["invocation"]);
+    assert_eq!(receipt["out"]["ok"], 43);
+    let (ok, _) = run(&["invoke", module, "missing_export", "1"]);
+    assert!(!ok, "an error receipt exits non-zero");
+    std::fs::remove_dir_all(&directory).unwrap();
+}
