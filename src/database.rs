@@ -22,7 +22,7 @@ use datafusion::sql::sqlparser::ast::{
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use weft_engine::content::{Outcome, Receipt};
 use weft_engine::expr::{cast, BinaryOp};
 use weft_engine::{Change, ColumnType, Engine, EngineError, Expr, Plan, RelationId, Row, Value};
@@ -120,7 +120,7 @@ pub struct Database {
     in_transaction: bool,
     identity: Identity,
     runtime: weft_wasm::Runtime,
-    memo: Memo,
+    memo: Arc<RwLock<Memo>>,
     _lock: File,
 }
 
@@ -196,9 +196,10 @@ impl Database {
             in_transaction: false,
             identity,
             runtime: weft_wasm::Runtime::new(),
-            memo: Memo::default(),
+            memo: Arc::new(RwLock::new(Memo::default())),
             _lock: lock,
         };
+        crate::functions::register_system_tables(&database.planner, &database.memo)?;
         database.replay(records)?;
         Ok(database)
     }
@@ -231,8 +232,8 @@ impl Database {
                     self.install_view(id, name, &query, sql, None)?;
                 }
                 Record::Drop { id } => self.uninstall(id)?,
-                Record::Receipt { invocation, receipt, signature } => {
-                    self.memo.insert(StoredReceipt::decode(&invocation, &receipt, signature)?)
+                Record::Receipt { invocation, receipt, signature, first_seen_ns } => {
+                    self.memo_mut().insert(StoredReceipt::decode(&invocation, &receipt, signature, first_seen_ns)?)
                 }
                 Record::Commit { changes } => {
                     for (table, row, diff) in changes {
@@ -284,12 +285,8 @@ impl Database {
                 }
             }
         }
-        for stored in self.memo.receipts() {
-            records.push(Record::Receipt {
-                invocation: stored.invocation.encode()?,
-                receipt: stored.encoded.clone(),
-                signature: stored.signature.clone(),
-            });
+        for stored in self.memo.read().expect("memo lock").receipts() {
+            records.push(stored.record()?);
         }
         self.wal.rewrite(&records)?;
         Ok(())
@@ -314,12 +311,12 @@ impl Database {
         let module = self.runtime.load(source)?;
         let invocation = weft_wasm::Runtime::invocation(&module, function, &args);
         let invocation_cid = invocation.cid()?;
-        if let Some(stored) = self.memo.lookup(&invocation_cid) {
-            let stored = stored.clone();
-            self.memo.hits += 1;
+        let recorded = self.memo.read().expect("memo lock").lookup(&invocation_cid).cloned();
+        if let Some(stored) = recorded {
+            self.memo_mut().hits += 1;
             return Ok(Invoked { stored, hit: true });
         }
-        self.memo.misses += 1;
+        self.memo_mut().misses += 1;
         let params = args.iter().map(|arg| arg.column_type().unwrap_or(ColumnType::BigInt)).collect();
         let result =
             returns.or_else(|| weft_wasm::Runtime::result_type(&module, function)).unwrap_or(ColumnType::BigInt);
@@ -330,23 +327,24 @@ impl Database {
         };
         let receipt = Receipt { ran: invocation_cid, out, fuel, duration_us, issuer: self.identity.did().to_string() };
         let stored = StoredReceipt::issue(invocation, receipt, &self.identity)?;
-        self.wal.append(&[Record::Receipt {
-            invocation: stored.invocation.encode()?,
-            receipt: stored.encoded.clone(),
-            signature: stored.signature.clone(),
-        }])?;
-        self.memo.insert(stored.clone());
+        self.wal.append(&[stored.record()?])?;
+        self.memo_mut().insert(stored.clone());
         Ok(Invoked { stored, hit: false })
     }
 
     /// A receipt by its CID.
-    pub fn receipt(&self, cid: &weft_engine::content::Cid) -> Option<&StoredReceipt> {
-        self.memo.receipt(cid)
+    pub fn receipt(&self, cid: &weft_engine::content::Cid) -> Option<StoredReceipt> {
+        self.memo.read().expect("memo lock").receipt(cid).cloned()
+    }
+
+    fn memo_mut(&self) -> std::sync::RwLockWriteGuard<'_, Memo> {
+        self.memo.write().expect("memo lock")
     }
 
     /// Memo hits and misses of this process.
     pub fn memo_counts(&self) -> (u64, u64) {
-        (self.memo.hits, self.memo.misses)
+        let memo = self.memo.read().expect("memo lock");
+        (memo.hits, memo.misses)
     }
 
     fn table_by_id(&self, id: RelationId) -> Result<Arc<TableData>, Error> {

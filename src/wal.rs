@@ -26,7 +26,7 @@ pub enum Record {
     Commit { changes: Vec<(RelationId, Row, i64)> },
     /// A receipt: the invocation's instruction and the receipt, both DAG-CBOR, and the node's
     /// signature over the receipt's CID.
-    Receipt { invocation: Vec<u8>, receipt: Vec<u8>, signature: Vec<u8> },
+    Receipt { invocation: Vec<u8>, receipt: Vec<u8>, signature: Vec<u8>, first_seen_ns: i64 },
 }
 
 /// Errors of the log.

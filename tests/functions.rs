@@ -32,6 +32,25 @@ fn invocations_run_once_and_receipts_survive_restarts() {
         let spin = database.invoke(SPIN, "spin", vec![Value::Int(1)], None, limits).unwrap();
         assert!(matches!(&spin.stored.receipt.out, Outcome::Error(message) if message.contains("fuel")));
         assert_eq!(database.memo_counts(), (1, 4));
+        // The same facts as SQL relations.
+        let rows = database
+            .query("SELECT i.func, r.ok, r.out FROM weft.receipts r JOIN weft.invocations i ON r.ran = i.cid ORDER BY i.func, r.out")
+            .unwrap();
+        let text = |value: &str| Value::Text(value.into());
+        assert_eq!(
+            rows,
+            vec![
+                vec![text("add_one"), Value::Bool(true), text("43")],
+                vec![text("add_one"), Value::Bool(true), text("8")],
+                vec![text("slug"), Value::Bool(true), text("\"a-b\"")],
+                vec![text("spin"), Value::Bool(false), Value::Null],
+            ]
+        );
+        assert_eq!(
+            database.query("SELECT hits, misses, receipts FROM weft.memo_stats").unwrap(),
+            vec![vec![Value::Int(1), Value::Int(4), Value::Int(4)]]
+        );
+        assert!(database.execute("CREATE VIEW r AS SELECT * FROM weft.receipts").is_err());
         (first.stored.cid, database.node_did().to_string())
     };
     let mut database = Database::open(options).unwrap();

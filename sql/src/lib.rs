@@ -77,7 +77,11 @@ impl Planner {
             .enable_all()
             .build()
             .map_err(|error| SqlError::Runtime(error.to_string()))?;
-        Ok(Planner { context: SessionContext::new_with_config(config), runtime })
+        let context = SessionContext::new_with_config(config);
+        if let Some(catalog) = context.catalog("datafusion") {
+            catalog.register_schema("weft", Arc::new(datafusion::catalog::MemorySchemaProvider::new()))?;
+        }
+        Ok(Planner { context, runtime })
     }
 
     /// The DataFusion session (for callers that read files or build data frames).

@@ -62,6 +62,9 @@ pub fn lower_plan(plan: &LogicalPlan) -> Result<Plan, LowerError> {
             let Some(relation) = provider.downcast_ref::<RelationProvider>() else {
                 return unsupported(format!("table {} is not a weft table or view", scan.table_name));
             };
+            if relation.id == RelationProvider::SYSTEM {
+                return unsupported(format!("system table {} in a view (query it with SELECT)", scan.table_name));
+            }
             let source_schema = scan.source.schema();
             let mut lowered =
                 Plan::Get { id: relation.id, name: scan.table_name.to_string(), arity: source_schema.fields().len() };

@@ -35,6 +35,9 @@ pub struct RelationProvider {
 }
 
 impl RelationProvider {
+    /// The id of system relations, which are read-only and cannot be maintained in views.
+    pub const SYSTEM: RelationId = RelationId::MAX;
+
     /// A provider reading `source`, whose rows have `schema`.
     pub fn new(id: RelationId, is_view: bool, schema: SchemaRef, source: Arc<dyn RowSource>) -> RelationProvider {
         RelationProvider { id, is_view, schema, source }
