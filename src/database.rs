@@ -9,7 +9,7 @@
 
 use crate::catalog::{Relation, RelationKind, TableData, ViewSource};
 use crate::fastpath;
-use crate::functions::{Memo, StoredReceipt};
+use crate::functions::{FunctionCatalog, FunctionDefinition, FunctionStatement, Memo, StoredReceipt, WasmFunction};
 use crate::identity::Identity;
 use crate::wal::{Record, Wal, WalError};
 use datafusion::arrow::array::StringArray;
@@ -22,7 +22,7 @@ use datafusion::sql::sqlparser::ast::{
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use weft_engine::content::{Outcome, Receipt};
 use weft_engine::expr::{cast, BinaryOp};
 use weft_engine::{Change, ColumnType, Engine, EngineError, Expr, Plan, RelationId, Row, Value};
@@ -118,9 +118,14 @@ pub struct Database {
     /// Changes of the open `BEGIN` block, or of the statement being executed.
     pending: Vec<Change>,
     in_transaction: bool,
-    identity: Identity,
-    runtime: weft_wasm::Runtime,
+    identity: Arc<Identity>,
+    runtime: Arc<weft_wasm::Runtime>,
     memo: Arc<RwLock<Memo>>,
+    /// Defined functions, and their ids in the engine's function registry.
+    functions: Arc<RwLock<FunctionCatalog>>,
+    function_ids: HashMap<String, weft_engine::functions::FunctionId>,
+    /// Receipts issued by calls inside views and queries, not yet in the log.
+    issued: Arc<Mutex<Vec<StoredReceipt>>>,
     _lock: File,
 }
 
@@ -194,12 +199,15 @@ impl Database {
             wal,
             pending: Vec::new(),
             in_transaction: false,
-            identity,
-            runtime: weft_wasm::Runtime::new(),
+            identity: Arc::new(identity),
+            runtime: Arc::new(weft_wasm::Runtime::new()),
             memo: Arc::new(RwLock::new(Memo::default())),
+            functions: Arc::default(),
+            function_ids: HashMap::new(),
+            issued: Arc::default(),
             _lock: lock,
         };
-        crate::functions::register_system_tables(&database.planner, &database.memo)?;
+        crate::functions::register_system_tables(&database.planner, &database.memo, &database.functions)?;
         database.replay(records)?;
         Ok(database)
     }
@@ -211,13 +219,19 @@ impl Database {
 
     fn replay(&mut self, records: Vec<Record>) -> Result<(), Error> {
         let frames = records.len();
+        // Receipts first: rebuilding views must find every call already in the memo.
+        let (receipts, records): (Vec<Record>, Vec<Record>) =
+            records.into_iter().partition(|record| matches!(record, Record::Receipt { .. }));
+        for record in receipts {
+            if let Record::Receipt { invocation, receipt, signature, first_seen_ns } = record {
+                self.memo_mut().insert(StoredReceipt::decode(&invocation, &receipt, signature, first_seen_ns)?);
+            }
+        }
         // Consecutive commits are applied to the engine as one timestamp: restart cost is then
         // proportional to the data, not to the number of past transactions.
         let mut batch: Vec<Change> = Vec::new();
         for record in records {
-            if matches!(record, Record::CreateTable { .. } | Record::CreateView { .. } | Record::Drop { .. })
-                && !batch.is_empty()
-            {
+            if !matches!(record, Record::Commit { .. }) && !batch.is_empty() {
                 self.engine.commit(std::mem::take(&mut batch))?;
             }
             match record {
@@ -232,9 +246,9 @@ impl Database {
                     self.install_view(id, name, &query, sql, None)?;
                 }
                 Record::Drop { id } => self.uninstall(id)?,
-                Record::Receipt { invocation, receipt, signature, first_seen_ns } => {
-                    self.memo_mut().insert(StoredReceipt::decode(&invocation, &receipt, signature, first_seen_ns)?)
-                }
+                Record::Receipt { .. } => {}
+                Record::CreateFunction { definition } => self.install_function(definition)?,
+                Record::DropFunction { name } => self.uninstall_function(&name)?,
                 Record::Commit { changes } => {
                     for (table, row, diff) in changes {
                         let data = self.table_by_id(table)?;
@@ -262,7 +276,13 @@ impl Database {
         }
         let mut relations: Vec<&Relation> = self.relations.values().collect();
         relations.sort_by_key(|relation| relation.id);
-        let mut records = Vec::new();
+        let mut records: Vec<Record> = self
+            .functions
+            .read()
+            .expect("function catalog")
+            .values()
+            .map(|definition| Record::CreateFunction { definition: definition.clone() })
+            .collect();
         for relation in &relations {
             records.push(match &relation.kind {
                 RelationKind::Table(data) => Record::CreateTable {
@@ -313,10 +333,10 @@ impl Database {
         let invocation_cid = invocation.cid()?;
         let recorded = self.memo.read().expect("memo lock").lookup(&invocation_cid).cloned();
         if let Some(stored) = recorded {
-            self.memo_mut().hits += 1;
+            self.memo_mut().hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(Invoked { stored, hit: true });
         }
-        self.memo_mut().misses += 1;
+        self.memo_mut().misses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let params = args.iter().map(|arg| arg.column_type().unwrap_or(ColumnType::BigInt)).collect();
         let result =
             returns.or_else(|| weft_wasm::Runtime::result_type(&module, function)).unwrap_or(ColumnType::BigInt);
@@ -344,7 +364,7 @@ impl Database {
     /// Memo hits and misses of this process.
     pub fn memo_counts(&self) -> (u64, u64) {
         let memo = self.memo.read().expect("memo lock");
-        (memo.hits, memo.misses)
+        (memo.hits.load(std::sync::atomic::Ordering::Relaxed), memo.misses.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     fn table_by_id(&self, id: RelationId) -> Result<Arc<TableData>, Error> {
@@ -452,12 +472,110 @@ impl Database {
     /// Executes every statement in `sql`, returning one output per statement. Execution stops at
     /// the first error; statements before it keep their effects.
     pub fn execute(&mut self, sql: &str) -> Result<Vec<Output>, Error> {
-        let statements = weft_sql::parse(sql)?;
-        let mut outputs = Vec::with_capacity(statements.len());
-        for statement in statements {
-            outputs.push(self.execute_statement(statement)?);
+        let mut outputs = Vec::new();
+        for text in crate::functions::split_statements(sql) {
+            if let Some(statement) = crate::functions::parse_function_statement(&text) {
+                let statement =
+                    statement.map_err(|message| Error::Catalog(format!("in function statement: {message}")))?;
+                outputs.push(self.execute_function_statement(statement)?);
+                continue;
+            }
+            for statement in weft_sql::parse(&text)? {
+                outputs.push(self.execute_statement(statement)?);
+            }
         }
         Ok(outputs)
+    }
+
+    fn execute_function_statement(&mut self, statement: FunctionStatement) -> Result<Output, Error> {
+        if self.in_transaction {
+            return Err(Error::Unsupported("CREATE and DROP inside BEGIN ... COMMIT".into()));
+        }
+        match statement {
+            FunctionStatement::Create { mut definition, path, or_replace } => {
+                let exists = self.function_ids.contains_key(&definition.name);
+                if exists && !or_replace {
+                    return catalog_error(format!("function {} already exists", definition.name));
+                }
+                definition.source = std::fs::read(&path)
+                    .map_err(|error| Error::File { path: PathBuf::from(&path), message: error.to_string() })?;
+                if exists {
+                    self.drop_function(&definition.name, false)?;
+                }
+                self.install_function(definition.clone())?;
+                self.wal.append(&[Record::CreateFunction { definition }])?;
+                Ok(Output::Status("CREATE FUNCTION".into()))
+            }
+            FunctionStatement::Drop { name, if_exists } => {
+                self.drop_function(&name, if_exists)?;
+                Ok(Output::Status("DROP FUNCTION".into()))
+            }
+        }
+    }
+
+    fn drop_function(&mut self, name: &str, if_exists: bool) -> Result<(), Error> {
+        let Some(id) = self.function_ids.get(name).copied() else {
+            if if_exists {
+                return Ok(());
+            }
+            return catalog_error(format!("function {name} does not exist"));
+        };
+        if let Some(view) = self.relations.values().find(|relation| match &relation.kind {
+            RelationKind::View { plan, .. } => plan_calls(plan, id),
+            RelationKind::Table(_) => false,
+        }) {
+            return catalog_error(format!("cannot drop function {name}: view {} calls it", view.name));
+        }
+        self.wal.append(&[Record::DropFunction { name: name.to_string() }])?;
+        self.uninstall_function(name)
+    }
+
+    fn install_function(&mut self, definition: FunctionDefinition) -> Result<(), Error> {
+        let module = self.runtime.load(&definition.source)?;
+        if weft_wasm::Runtime::result_type(&module, &definition.export).is_none() {
+            return catalog_error(format!("module has no exported function {} returning one value", definition.export));
+        }
+        let callable = Arc::new(WasmFunction {
+            definition: definition.clone(),
+            module,
+            runtime: self.runtime.clone(),
+            memo: self.memo.clone(),
+            identity: self.identity.clone(),
+            issued: self.issued.clone(),
+            running: Mutex::new(()),
+        });
+        let id = weft_engine::functions::register(callable.clone());
+        self.planner.register_function(weft_sql::WeftUdf::new(
+            id,
+            &definition.name,
+            definition.params.clone(),
+            definition.result,
+            callable,
+        ));
+        self.function_ids.insert(definition.name.clone(), id);
+        self.functions.write().expect("function catalog").insert(definition.name.clone(), definition);
+        Ok(())
+    }
+
+    fn uninstall_function(&mut self, name: &str) -> Result<(), Error> {
+        let Some(id) = self.function_ids.remove(name) else {
+            return catalog_error(format!("function {name} does not exist"));
+        };
+        self.planner.deregister_function(name);
+        weft_engine::functions::unregister(id);
+        self.functions.write().expect("function catalog").remove(name);
+        Ok(())
+    }
+
+    /// Logs the receipts that calls inside views and queries issued.
+    fn log_issued_receipts(&mut self) -> Result<(), Error> {
+        let issued = std::mem::take(&mut *self.issued.lock().expect("issued receipts"));
+        if issued.is_empty() {
+            return Ok(());
+        }
+        let records = issued.iter().map(StoredReceipt::record).collect::<Result<Vec<_>, _>>()?;
+        self.wal.append(&records)?;
+        Ok(())
     }
 
     /// Executes a query and returns its rows (a convenience for tests and tools).
@@ -494,6 +612,7 @@ impl Database {
                 Err(_) => self.rollback_pending(),
             }
         }
+        self.log_issued_receipts()?;
         result
     }
 
@@ -954,6 +1073,11 @@ impl Database {
     }
 }
 
+/// Whether `plan` calls function `id` anywhere.
+fn plan_calls(plan: &Plan, id: weft_engine::functions::FunctionId) -> bool {
+    format!("{plan:?}").contains(&format!("Udf {{ id: {id},"))
+}
+
 /// The rows of `INSERT ... VALUES` when every entry is a literal.
 fn literal_rows(query: &ast::Query) -> Option<Vec<Row>> {
     if query.with.is_some() || query.order_by.is_some() || query.limit_clause.is_some() {
@@ -1050,6 +1174,9 @@ fn substitute(outer: &Expr, inner: &[Expr]) -> Expr {
         },
         Expr::Call { function, args } => {
             Expr::Call { function: *function, args: args.iter().map(|arg| substitute(arg, inner)).collect() }
+        }
+        Expr::Udf { id, name, args } => {
+            Expr::Udf { id: *id, name: name.clone(), args: args.iter().map(|arg| substitute(arg, inner)).collect() }
         }
     }
 }

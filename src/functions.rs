@@ -10,7 +10,8 @@ use crate::wal::Record;
 use cid::Cid;
 use ipld_core::ipld::Ipld;
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use weft_engine::content::{self, ContentError, Invocation, Outcome, Receipt};
 use weft_engine::Value;
 use weft_engine::{ColumnType, Row};
@@ -76,8 +77,10 @@ impl StoredReceipt {
 pub struct Memo {
     by_invocation: HashMap<Cid, StoredReceipt>,
     invocation_of_receipt: HashMap<Cid, Cid>,
-    pub hits: u64,
-    pub misses: u64,
+    /// Calls answered from a recorded receipt.
+    pub hits: AtomicU64,
+    /// Calls that ran.
+    pub misses: AtomicU64,
 }
 
 impl Memo {
@@ -148,6 +151,7 @@ pub fn outcome_json(outcome: &Outcome) -> (serde_json::Value, Option<String>) {
 /// Which system relation a [`SystemTable`] shows.
 #[derive(Clone, Copy, Debug)]
 enum SystemRelation {
+    Functions,
     Invocations,
     Receipts,
     MemoStats,
@@ -158,6 +162,7 @@ enum SystemRelation {
 struct SystemTable {
     relation: SystemRelation,
     memo: Arc<RwLock<Memo>>,
+    functions: Arc<RwLock<FunctionCatalog>>,
 }
 
 impl std::fmt::Debug for Memo {
@@ -174,6 +179,20 @@ impl RowSource for SystemTable {
     fn rows(&self) -> Result<Vec<Row>, String> {
         let memo = self.memo.read().map_err(|_| "memo lock poisoned".to_string())?;
         Ok(match self.relation {
+            SystemRelation::Functions => self
+                .functions
+                .read()
+                .map_err(|_| "function catalog lock poisoned".to_string())?
+                .values()
+                .map(|definition| {
+                    vec![
+                        text(definition.name.clone()),
+                        text(crate::functions::module_cid_of(&definition.source).to_string()),
+                        text(definition.export.clone()),
+                        text(definition.signature_text()),
+                    ]
+                })
+                .collect(),
             SystemRelation::Invocations => memo
                 .receipts()
                 .map(|stored| {
@@ -206,19 +225,28 @@ impl RowSource for SystemTable {
                 })
                 .collect(),
             SystemRelation::MemoStats => vec![vec![
-                Value::Int(memo.hits as i64),
-                Value::Int(memo.misses as i64),
+                Value::Int(memo.hits.load(Ordering::Relaxed) as i64),
+                Value::Int(memo.misses.load(Ordering::Relaxed) as i64),
                 Value::Int(memo.by_invocation.len() as i64),
             ]],
         })
     }
 }
 
-/// Registers `weft.invocations`, `weft.receipts` and `weft.memo_stats` with the planner.
-pub fn register_system_tables(planner: &weft_sql::Planner, memo: &Arc<RwLock<Memo>>) -> Result<(), weft_sql::SqlError> {
+/// Registers `weft.functions`, `weft.invocations`, `weft.receipts` and `weft.memo_stats`.
+pub fn register_system_tables(
+    planner: &weft_sql::Planner,
+    memo: &Arc<RwLock<Memo>>,
+    functions: &Arc<RwLock<FunctionCatalog>>,
+) -> Result<(), weft_sql::SqlError> {
     use ColumnType::*;
     type Columns = Vec<(&'static str, ColumnType)>;
-    let tables: [(&str, SystemRelation, Columns); 3] = [
+    let tables: [(&str, SystemRelation, Columns); 4] = [
+        (
+            "weft.functions",
+            SystemRelation::Functions,
+            vec![("name", Text), ("module", Text), ("export", Text), ("signature", Text)],
+        ),
         (
             "weft.invocations",
             SystemRelation::Invocations,
@@ -255,10 +283,336 @@ pub fn register_system_tables(planner: &weft_sql::Planner, memo: &Arc<RwLock<Mem
     for (name, relation, columns) in tables {
         let columns: Vec<(String, ColumnType)> =
             columns.into_iter().map(|(column, column_type)| (column.to_string(), column_type)).collect();
-        let source = Arc::new(SystemTable { relation, memo: memo.clone() });
+        let source = Arc::new(SystemTable { relation, memo: memo.clone(), functions: functions.clone() });
         let provider =
             RelationProvider::new(RelationProvider::SYSTEM, false, weft_sql::convert::schema_of(&columns), source);
         planner.register(name, Arc::new(provider))?;
     }
     Ok(())
+}
+
+/// Defined functions by name.
+pub type FunctionCatalog = std::collections::BTreeMap<String, FunctionDefinition>;
+
+/// `CREATE FUNCTION name(types) RETURNS type LANGUAGE wasm AS 'file' [EXPORT 'f']
+/// [WITH (fuel = n, memory_mb = n)] [ON ERROR NULL]`, with the module's bytes (so a restart
+/// needs no file).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FunctionDefinition {
+    pub name: String,
+    pub source: Vec<u8>,
+    pub export: String,
+    pub params: Vec<ColumnType>,
+    pub result: ColumnType,
+    pub fuel: u64,
+    pub memory_bytes: usize,
+    pub on_error_null: bool,
+}
+
+impl FunctionDefinition {
+    /// `(BIGINT, TEXT) -> TEXT`.
+    pub fn signature_text(&self) -> String {
+        let params: Vec<&str> = self.params.iter().map(|param| param.sql_name()).collect();
+        format!("({}) -> {}", params.join(", "), self.result.sql_name())
+    }
+}
+
+/// The module CID of WAT or Wasm source (of the binary; the CID of the text if it is not WAT).
+pub fn module_cid_of(source: &[u8]) -> Cid {
+    match wat::parse_bytes(source) {
+        Ok(binary) => content::module_cid(&binary),
+        Err(_) => content::module_cid(source),
+    }
+}
+
+/// A defined Wasm function, called from views and queries: each distinct invocation runs at
+/// most once; its receipt is recorded in the memo and queued for the log.
+pub struct WasmFunction {
+    pub definition: FunctionDefinition,
+    pub module: Arc<weft_wasm::LoadedModule>,
+    pub runtime: Arc<weft_wasm::Runtime>,
+    pub memo: Arc<RwLock<Memo>>,
+    pub identity: Arc<Identity>,
+    /// Receipts issued since the log last took them.
+    pub issued: Arc<Mutex<Vec<StoredReceipt>>>,
+    /// Held while a missed invocation runs, so two workers never run the same one.
+    pub running: Mutex<()>,
+}
+
+impl std::fmt::Debug for WasmFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WasmFunction({})", self.definition.name)
+    }
+}
+
+impl weft_engine::functions::Callable for WasmFunction {
+    fn call(&self, args: &[Value]) -> Result<Value, weft_engine::EvalError> {
+        if args.iter().any(Value::is_null) {
+            return Ok(Value::Null);
+        }
+        let definition = &self.definition;
+        let invocation =
+            Invocation { module: self.module.cid, function: definition.export.clone(), args: args.to_vec() };
+        let failed = |message: String| weft_engine::EvalError(format!("function {}: {message}", definition.name));
+        let cid = invocation.cid().map_err(|error| failed(error.to_string()))?;
+        let recorded = self.memo.read().expect("memo lock").lookup(&cid).map(|stored| stored.receipt.out.clone());
+        let out = match recorded {
+            Some(out) => {
+                self.memo.read().expect("memo lock").hits.fetch_add(1, Ordering::Relaxed);
+                out
+            }
+            None => {
+                let _running = self.running.lock().expect("running lock");
+                // Another worker may have run it while this one waited.
+                let recorded =
+                    self.memo.read().expect("memo lock").lookup(&cid).map(|stored| stored.receipt.out.clone());
+                if let Some(out) = recorded {
+                    self.memo.read().expect("memo lock").hits.fetch_add(1, Ordering::Relaxed);
+                    return self.finish(out, &cid);
+                }
+                let signature = weft_wasm::Signature { params: definition.params.clone(), result: definition.result };
+                let limits = weft_wasm::Limits { fuel: definition.fuel, memory_bytes: definition.memory_bytes };
+                let (out, fuel, duration_us) =
+                    match self.runtime.call(&self.module, &definition.export, &signature, args, limits) {
+                        Ok(output) => (Outcome::Ok(output.value), output.fuel, output.duration_us),
+                        Err(error) => (Outcome::Error(error.to_string()), 0, 0),
+                    };
+                let receipt =
+                    Receipt { ran: cid, out: out.clone(), fuel, duration_us, issuer: self.identity.did().to_string() };
+                let stored = StoredReceipt::issue(invocation, receipt, &self.identity)
+                    .map_err(|error| failed(error.to_string()))?;
+                let mut memo = self.memo.write().expect("memo lock");
+                memo.misses.fetch_add(1, Ordering::Relaxed);
+                memo.insert(stored.clone());
+                self.issued.lock().expect("issued receipts").push(stored);
+                out
+            }
+        };
+        self.finish(out, &cid)
+    }
+}
+
+impl WasmFunction {
+    fn finish(&self, out: Outcome, cid: &Cid) -> Result<Value, weft_engine::EvalError> {
+        match out {
+            Outcome::Ok(value) => Ok(value),
+            Outcome::Error(_) if self.definition.on_error_null => Ok(Value::Null),
+            Outcome::Error(message) => {
+                Err(weft_engine::EvalError(format!("function {}: {message} (invocation {cid})", self.definition.name)))
+            }
+        }
+    }
+}
+
+/// Splits SQL text into statements at semicolons outside quotes and comments.
+pub fn split_statements(sql: &str) -> Vec<String> {
+    let mut statements = Vec::new();
+    let mut current = String::new();
+    let mut chars = sql.chars().peekable();
+    let mut quote: Option<char> = None;
+    while let Some(c) = chars.next() {
+        match quote {
+            Some(open) => {
+                current.push(c);
+                if c == open {
+                    quote = None;
+                }
+            }
+            None => match c {
+                '\'' | '"' => {
+                    quote = Some(c);
+                    current.push(c);
+                }
+                '-' if chars.peek() == Some(&'-') => {
+                    for c in chars.by_ref() {
+                        if c == '\n' {
+                            current.push('\n');
+                            break;
+                        }
+                    }
+                }
+                ';' => {
+                    if !current.trim().is_empty() {
+                        statements.push(current.trim().to_string());
+                    }
+                    current.clear();
+                }
+                c => current.push(c),
+            },
+        }
+    }
+    if !current.trim().is_empty() {
+        statements.push(current.trim().to_string());
+    }
+    statements
+}
+
+/// Words, quoted strings and punctuation of a function statement.
+fn tokens(sql: &str) -> Result<Vec<String>, String> {
+    let mut tokens = Vec::new();
+    let mut chars = sql.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        if c.is_whitespace() {
+            chars.next();
+        } else if c == '\'' {
+            chars.next();
+            let mut text = String::from("'");
+            loop {
+                match chars.next() {
+                    Some('\'') if chars.peek() == Some(&'\'') => {
+                        chars.next();
+                        text.push('\'');
+                    }
+                    Some('\'') => break,
+                    Some(c) => text.push(c),
+                    None => return Err("unterminated string".into()),
+                }
+            }
+            tokens.push(text);
+        } else if c.is_alphanumeric() || c == '_' || c == '.' {
+            let mut word = String::new();
+            while let Some(&c) = chars.peek() {
+                if c.is_alphanumeric() || c == '_' || c == '.' {
+                    word.push(c);
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            tokens.push(word);
+        } else {
+            tokens.push(c.to_string());
+            chars.next();
+        }
+    }
+    Ok(tokens)
+}
+
+/// A parsed function statement.
+pub enum FunctionStatement {
+    Create { definition: FunctionDefinition, path: String, or_replace: bool },
+    Drop { name: String, if_exists: bool },
+}
+
+fn column_type_named(word: &str) -> Result<ColumnType, String> {
+    Ok(match word.to_ascii_uppercase().as_str() {
+        "BIGINT" | "INT" | "INTEGER" | "INT8" => ColumnType::BigInt,
+        "DOUBLE" | "FLOAT" | "FLOAT8" | "REAL" => ColumnType::Double,
+        "TEXT" | "VARCHAR" => ColumnType::Text,
+        "BYTEA" => ColumnType::Bytea,
+        "BOOLEAN" | "BOOL" => ColumnType::Boolean,
+        "TIMESTAMP" => ColumnType::Timestamp,
+        other => return Err(format!("unknown type {other}")),
+    })
+}
+
+/// Parses `CREATE [OR REPLACE] FUNCTION ...` or `DROP FUNCTION [IF EXISTS] name`; `None` when
+/// the statement is something else.
+pub fn parse_function_statement(sql: &str) -> Option<Result<FunctionStatement, String>> {
+    let tokens = tokens(sql).ok()?;
+    let upper: Vec<String> = tokens.iter().map(|token| token.to_ascii_uppercase()).collect();
+    let word = |index: usize| upper.get(index).map(String::as_str).unwrap_or("");
+    match (word(0), word(1), word(2), word(3)) {
+        ("DROP", "FUNCTION", "IF", "EXISTS") => {
+            Some(Ok(FunctionStatement::Drop { name: tokens.get(4)?.to_lowercase(), if_exists: true }))
+        }
+        ("DROP", "FUNCTION", ..) => {
+            Some(Ok(FunctionStatement::Drop { name: tokens.get(2)?.to_lowercase(), if_exists: false }))
+        }
+        ("CREATE", "FUNCTION", ..) => Some(parse_create(&tokens, &upper, 2, false)),
+        ("CREATE", "OR", "REPLACE", "FUNCTION") => Some(parse_create(&tokens, &upper, 4, true)),
+        _ => None,
+    }
+}
+
+fn parse_create(
+    tokens: &[String],
+    upper: &[String],
+    start: usize,
+    or_replace: bool,
+) -> Result<FunctionStatement, String> {
+    let mut at = start;
+    let next = |at: &mut usize| -> Result<(String, String), String> {
+        let token = tokens.get(*at).cloned().ok_or("unexpected end of CREATE FUNCTION")?;
+        let upper = upper[*at].clone();
+        *at += 1;
+        Ok((token, upper))
+    };
+    let expect = |at: &mut usize, word: &str| -> Result<(), String> {
+        let (_, found) = next(at)?;
+        if found == word {
+            Ok(())
+        } else {
+            Err(format!("expected {word}, found {found}"))
+        }
+    };
+    let string = |at: &mut usize, what: &str| -> Result<String, String> {
+        let (token, _) = next(at)?;
+        token.strip_prefix('\'').map(str::to_string).ok_or(format!("expected a quoted {what}"))
+    };
+    let (name, _) = next(&mut at)?;
+    let name = name.to_lowercase();
+    expect(&mut at, "(")?;
+    let mut params = Vec::new();
+    loop {
+        let (token, upper_token) = next(&mut at)?;
+        match upper_token.as_str() {
+            ")" => break,
+            "," => continue,
+            _ => params.push(column_type_named(&token)?),
+        }
+    }
+    expect(&mut at, "RETURNS")?;
+    let result = column_type_named(&next(&mut at)?.0)?;
+    expect(&mut at, "LANGUAGE")?;
+    let (_, language) = next(&mut at)?;
+    if language != "WASM" {
+        return Err(format!("LANGUAGE {language} is not supported (use LANGUAGE wasm)"));
+    }
+    expect(&mut at, "AS")?;
+    let path = string(&mut at, "module path")?;
+    let mut definition = FunctionDefinition {
+        export: name.clone(),
+        name,
+        source: Vec::new(),
+        params,
+        result,
+        fuel: weft_wasm::Limits::default().fuel,
+        memory_bytes: weft_wasm::Limits::default().memory_bytes,
+        on_error_null: false,
+    };
+    while at < tokens.len() {
+        let (_, clause) = next(&mut at)?;
+        match clause.as_str() {
+            "EXPORT" => definition.export = string(&mut at, "export name")?,
+            "WITH" => {
+                expect(&mut at, "(")?;
+                loop {
+                    let (key, upper_key) = next(&mut at)?;
+                    match upper_key.as_str() {
+                        ")" => break,
+                        "," => continue,
+                        _ => {
+                            expect(&mut at, "=")?;
+                            let (value, _) = next(&mut at)?;
+                            let number: u64 =
+                                value.parse().map_err(|_| format!("{key} needs a number, got {value}"))?;
+                            match upper_key.as_str() {
+                                "FUEL" => definition.fuel = number,
+                                "MEMORY_MB" => definition.memory_bytes = (number as usize) << 20,
+                                _ => return Err(format!("unknown option {key} (use fuel or memory_mb)")),
+                            }
+                        }
+                    }
+                }
+            }
+            "ON" => {
+                expect(&mut at, "ERROR")?;
+                expect(&mut at, "NULL")?;
+                definition.on_error_null = true;
+            }
+            other => return Err(format!("unexpected {other} in CREATE FUNCTION")),
+        }
+    }
+    Ok(FunctionStatement::Create { definition, path, or_replace })
 }

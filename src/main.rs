@@ -183,14 +183,14 @@ fn run_script(
     echo: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let statements = weft_sql::parse(sql)?;
-    for statement in statements {
+    for statement in weft::functions::split_statements(sql) {
         if echo {
             writeln!(out, "weft> {statement};")?;
         }
-        let text = statement.to_string();
-        let output = database.execute_statement(statement).with_context(|| format!("in statement: {text}"))?;
-        write_output(out, &output, format)?;
+        let outputs = database.execute(&statement).with_context(|| format!("in statement: {statement}"))?;
+        for output in &outputs {
+            write_output(out, output, format)?;
+        }
         if echo {
             writeln!(out)?;
         }

@@ -27,6 +27,10 @@ pub enum Record {
     /// A receipt: the invocation's instruction and the receipt, both DAG-CBOR, and the node's
     /// signature over the receipt's CID.
     Receipt { invocation: Vec<u8>, receipt: Vec<u8>, signature: Vec<u8>, first_seen_ns: i64 },
+    /// `CREATE FUNCTION`, with the module's bytes.
+    CreateFunction { definition: crate::functions::FunctionDefinition },
+    /// `DROP FUNCTION`.
+    DropFunction { name: String },
 }
 
 /// Errors of the log.

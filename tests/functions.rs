@@ -103,3 +103,92 @@ fn the_invoke_command_prints_one_json_line() {
     assert!(!ok, "an error receipt exits non-zero");
     std::fs::remove_dir_all(&directory).unwrap();
 }
+
+fn memo_counts(database: &mut Database) -> (i64, i64) {
+    match database.query("SELECT hits, misses FROM weft.memo_stats").unwrap().as_slice() {
+        [row] => match (&row[0], &row[1]) {
+            (Value::Int(hits), Value::Int(misses)) => (*hits, *misses),
+            _ => panic!("counts are BIGINT"),
+        },
+        _ => panic!("one row of counts"),
+    }
+}
+
+#[test]
+fn functions_in_views_run_each_invocation_once_across_rebuilds_and_restarts() {
+    let directory = std::env::temp_dir().join(format!("weft-functions-views-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&directory);
+    let options = Options { data_dir: directory.clone(), workers: 2, sync: false };
+    let math = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/wasm/math.wat");
+    let text = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/wasm/text.wat");
+    {
+        let mut database = Database::open(options.clone()).unwrap();
+        database
+            .execute(&format!(
+                "CREATE TABLE t (id BIGINT PRIMARY KEY, amount BIGINT, name TEXT);
+                 CREATE FUNCTION add_one(BIGINT) RETURNS BIGINT LANGUAGE wasm AS '{math}';
+                 CREATE FUNCTION slugify(TEXT) RETURNS TEXT LANGUAGE wasm AS '{text}' EXPORT 'slug';
+                 CREATE MATERIALIZED VIEW bumped AS SELECT id, add_one(amount) AS a, slugify(name) AS s FROM t;"
+            ))
+            .unwrap();
+        let values: Vec<String> = (0..20).map(|id| format!("({id}, {}, 'Name {}')", id % 5, id % 3)).collect();
+        database.execute(&format!("INSERT INTO t VALUES {}", values.join(", "))).unwrap();
+        // 5 distinct amounts and 3 distinct names: 8 invocations, whatever the row count.
+        assert_eq!(memo_counts(&mut database).1, 8);
+        let rows = database.query("SELECT a, s FROM bumped WHERE id = 7").unwrap();
+        assert_eq!(rows, vec![vec![Value::Int(3), Value::Text("name-1".into())]]);
+        // The same view again: all hits.
+        database.execute("CREATE VIEW again AS SELECT id, add_one(amount) AS a FROM t").unwrap();
+        assert_eq!(memo_counts(&mut database).1, 8);
+    }
+    let mut database = Database::open(options).unwrap();
+    assert_eq!(memo_counts(&mut database).1, 0, "rebuilding views after a restart runs nothing");
+    database.execute("UPDATE t SET amount = 100 WHERE id = 0").unwrap();
+    assert_eq!(memo_counts(&mut database).1, 1, "a changed row runs exactly its new invocation");
+    database.execute("DELETE FROM t WHERE id < 10").unwrap();
+    assert_eq!(memo_counts(&mut database).1, 1, "deletions run nothing");
+    assert_eq!(
+        database.query("SELECT count(*) FROM weft.receipts").unwrap(),
+        vec![vec![Value::Int(9)]],
+        "receipts are never deleted"
+    );
+    assert!(database.execute("DROP FUNCTION add_one").is_err(), "views still call it");
+    drop(database);
+    std::fs::remove_dir_all(&directory).unwrap();
+}
+
+#[test]
+fn failing_calls_name_the_function_and_invocation_or_yield_null() {
+    let directory = std::env::temp_dir().join(format!("weft-functions-errors-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&directory);
+    std::fs::create_dir_all(&directory).unwrap();
+    let module = directory.join("trap.wat");
+    std::fs::write(&module, "(module (func (export \"check\") (param i64) (result i64) (if (i64.lt_s (local.get 0) (i64.const 0)) (then unreachable)) (local.get 0)))").unwrap();
+    let module = module.display();
+    let mut database = Database::open(Options { data_dir: directory.join("data"), workers: 1, sync: false }).unwrap();
+    database
+        .execute(&format!(
+            "CREATE TABLE t (x BIGINT);
+             CREATE FUNCTION strict_check(BIGINT) RETURNS BIGINT LANGUAGE wasm AS '{module}' EXPORT 'check';
+             CREATE FUNCTION lenient_check(BIGINT) RETURNS BIGINT LANGUAGE wasm AS '{module}' EXPORT 'check' ON ERROR NULL;
+             CREATE VIEW strict AS SELECT strict_check(x) AS y FROM t;
+             CREATE VIEW lenient AS SELECT lenient_check(x) AS y FROM t;
+             INSERT INTO t VALUES (1), (-1);"
+        ))
+        .unwrap();
+    let error = database.query("SELECT * FROM strict").unwrap_err().to_string();
+    assert!(error.contains("strict_check") && error.contains("bafyrmi") && error.contains("trap"), "{error}");
+    let mut lenient = database.query("SELECT y FROM lenient").unwrap();
+    lenient.sort();
+    assert_eq!(lenient, vec![vec![Value::Null], vec![Value::Int(1)]]);
+    // The engine goes on: removing the bad row makes the strict view readable again.
+    database.execute("DELETE FROM t WHERE x < 0").unwrap();
+    assert_eq!(database.query("SELECT y FROM strict").unwrap(), vec![vec![Value::Int(1)]]);
+    assert!(database.execute("CREATE FUNCTION f(BIGINT) RETURNS BIGINT LANGUAGE wasm AS '/no/such.wat'").is_err());
+    assert!(database
+        .execute(&format!("CREATE FUNCTION g(BIGINT) RETURNS BIGINT LANGUAGE wasm AS '{module}' EXPORT 'nope'"))
+        .is_err());
+    assert!(database.execute("CREATE FUNCTION h(BIGINT) RETURNS BIGINT LANGUAGE python AS 'x.py'").is_err());
+    drop(database);
+    std::fs::remove_dir_all(&directory).unwrap();
+}

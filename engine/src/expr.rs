@@ -43,6 +43,8 @@ pub enum Expr {
     InList { expr: Box<Expr>, list: Vec<Expr>, negated: bool },
     /// A scalar function call.
     Call { function: Function, args: Vec<Expr> },
+    /// A call of a user-defined function registered in [`crate::functions`].
+    Udf { id: crate::functions::FunctionId, name: String, args: Vec<Expr> },
 }
 
 /// Unary operators.
@@ -260,6 +262,10 @@ impl Expr {
                 let values = args.iter().map(|arg| arg.eval(row)).collect::<Result<Vec<_>, _>>()?;
                 call(*function, values)
             }
+            Expr::Udf { id, args, .. } => {
+                let values = args.iter().map(|arg| arg.eval(row)).collect::<Result<Vec<_>, _>>()?;
+                crate::functions::call(*id, &values)
+            }
         }
     }
 
@@ -306,7 +312,7 @@ impl Expr {
                     item.visit_columns_mut(visit);
                 }
             }
-            Expr::Call { args, .. } => {
+            Expr::Call { args, .. } | Expr::Udf { args, .. } => {
                 for arg in args {
                     arg.visit_columns_mut(visit);
                 }
@@ -762,6 +768,10 @@ impl fmt::Display for Expr {
             Expr::Call { function, args } => {
                 let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
                 write!(f, "{}({})", format!("{function:?}").to_lowercase(), args.join(", "))
+            }
+            Expr::Udf { name, args, .. } => {
+                let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+                write!(f, "{name}({})", args.join(", "))
             }
         }
     }

@@ -6,6 +6,7 @@
 pub mod content;
 pub mod dataflow;
 pub mod expr;
+pub mod functions;
 pub mod plan;
 pub mod value;
 

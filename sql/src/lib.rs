@@ -8,10 +8,12 @@
 pub mod convert;
 pub mod lower;
 pub mod provider;
+pub mod udf;
 
 pub use convert::ConvertError;
 pub use lower::{lower_expr, lower_plan, LowerError};
 pub use provider::{RelationProvider, RowSource};
+pub use udf::WeftUdf;
 
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
@@ -99,6 +101,16 @@ impl Planner {
         self.context.deregister_table(name)?;
         self.context.register_table(name, provider)?;
         Ok(())
+    }
+
+    /// Makes a user-defined function callable from SQL (replacing one of the same name).
+    pub fn register_function(&self, udf: WeftUdf) {
+        self.context.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(udf));
+    }
+
+    /// Removes a user-defined function.
+    pub fn deregister_function(&self, name: &str) {
+        self.context.deregister_udf(name);
     }
 
     /// Removes a relation from the catalog.

@@ -409,6 +409,13 @@ pub fn lower_expr(expr: &DfExpr, schema: &DFSchema) -> Result<Expr, LowerError> 
             Expr::Cast { expr: boxed(expr, schema)?, to: column_type(field.data_type())?, r#try: true }
         }
         DfExpr::ScalarFunction(ScalarFunction { func, args }) => {
+            if let Some(udf) = func.inner().downcast_ref::<crate::udf::WeftUdf>() {
+                return Ok(Expr::Udf {
+                    id: udf.id,
+                    name: udf.name.clone(),
+                    args: args.iter().map(|arg| lower_expr(arg, schema)).collect::<Result<_, _>>()?,
+                });
+            }
             let Some(function) = Function::from_name(func.name()) else {
                 return unsupported(format!("function {}", func.name()));
             };
