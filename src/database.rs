@@ -223,8 +223,8 @@ impl Database {
         let (receipts, records): (Vec<Record>, Vec<Record>) =
             records.into_iter().partition(|record| matches!(record, Record::Receipt { .. }));
         for record in receipts {
-            if let Record::Receipt { invocation, receipt, signature, first_seen_ns } = record {
-                self.memo_mut().insert(StoredReceipt::decode(&invocation, &receipt, signature, first_seen_ns)?);
+            if let Record::Receipt { invocation, receipt, proof, first_seen_ns } = record {
+                self.memo_mut().insert(StoredReceipt::decode(&invocation, &receipt, proof, first_seen_ns)?);
             }
         }
         // Consecutive commits are applied to the engine as one timestamp: restart cost is then
@@ -346,9 +346,9 @@ impl Database {
             Err(error) => (Outcome::Error(error.to_string()), 0, 0),
         };
         let receipt = Receipt { ran: invocation_cid, out, fuel, duration_us, issuer: self.identity.did().to_string() };
-        let stored = StoredReceipt::issue(invocation, receipt, &self.identity)?;
-        self.wal.append(&[stored.record()?])?;
+        let stored = StoredReceipt::issue(invocation, receipt)?;
         self.memo_mut().insert(stored.clone());
+        let stored = self.sign_and_log(vec![stored])?.pop().expect("one receipt");
         Ok(Invoked { stored, hit: false })
     }
 
@@ -570,12 +570,27 @@ impl Database {
     /// Logs the receipts that calls inside views and queries issued.
     fn log_issued_receipts(&mut self) -> Result<(), Error> {
         let issued = std::mem::take(&mut *self.issued.lock().expect("issued receipts"));
-        if issued.is_empty() {
-            return Ok(());
+        if !issued.is_empty() {
+            self.sign_and_log(issued)?;
         }
-        let records = issued.iter().map(StoredReceipt::record).collect::<Result<Vec<_>, _>>()?;
-        self.wal.append(&records)?;
         Ok(())
+    }
+
+    /// Signs receipts with one signature over their Merkle root, records the proofs in the memo
+    /// and appends the receipts to the log.
+    fn sign_and_log(&mut self, mut receipts: Vec<StoredReceipt>) -> Result<Vec<StoredReceipt>, Error> {
+        let leaves: Vec<Vec<u8>> = receipts.iter().map(|stored| stored.cid.to_bytes()).collect();
+        let proofs = self.identity.sign_batch(&leaves);
+        {
+            let mut memo = self.memo_mut();
+            for (stored, proof) in receipts.iter_mut().zip(proofs) {
+                memo.set_proof(&stored.receipt.ran, proof.clone());
+                stored.proof = Some(proof);
+            }
+        }
+        let records = receipts.iter().map(StoredReceipt::record).collect::<Result<Vec<_>, _>>()?;
+        self.wal.append(&records)?;
+        Ok(receipts)
     }
 
     /// Executes a query and returns its rows (a convenience for tests and tools).

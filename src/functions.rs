@@ -5,7 +5,7 @@
 //! a restart, is a memo hit that returns the recorded outcome without running anything.
 //! Receipts are facts: nothing ever deletes one.
 
-use crate::identity::Identity;
+use crate::identity::{Identity, Proof};
 use crate::wal::Record;
 use cid::Cid;
 use ipld_core::ipld::Ipld;
@@ -17,29 +17,28 @@ use weft_engine::Value;
 use weft_engine::{ColumnType, Row};
 use weft_sql::{RelationProvider, RowSource};
 
-/// A receipt as stored: its CID, its decoded form, its DAG-CBOR bytes and the node's signature
-/// over the CID.
+/// A receipt as stored: its CID, its decoded form, its DAG-CBOR bytes and, once the statement
+/// that issued it ends, the node's signature proof.
 #[derive(Clone, Debug)]
 pub struct StoredReceipt {
     pub cid: Cid,
     pub receipt: Receipt,
     pub invocation: Invocation,
     pub encoded: Vec<u8>,
-    pub signature: Vec<u8>,
+    pub proof: Option<Proof>,
     /// When this node first ran the invocation (nanoseconds since the epoch).
     pub first_seen_ns: i64,
 }
 
 impl StoredReceipt {
-    /// Builds, addresses and signs the receipt of `invocation`.
-    pub fn issue(invocation: Invocation, receipt: Receipt, identity: &Identity) -> Result<StoredReceipt, ContentError> {
+    /// Builds and addresses the receipt of `invocation` (signed later, in a batch).
+    pub fn issue(invocation: Invocation, receipt: Receipt) -> Result<StoredReceipt, ContentError> {
         let encoded = receipt.encode()?;
         let cid = content::dag_cbor_cid(&encoded);
-        let signature = identity.sign(&cid.to_bytes());
         let first_seen_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_nanos() as i64);
-        Ok(StoredReceipt { cid, receipt, invocation, encoded, signature, first_seen_ns })
+        Ok(StoredReceipt { cid, receipt, invocation, encoded, proof: None, first_seen_ns })
     }
 
     /// The log record of this receipt.
@@ -47,7 +46,7 @@ impl StoredReceipt {
         Ok(Record::Receipt {
             invocation: self.invocation.encode()?,
             receipt: self.encoded.clone(),
-            signature: self.signature.clone(),
+            proof: self.proof.clone().ok_or_else(|| ContentError::Encoding("receipt is not signed yet".into()))?,
             first_seen_ns: self.first_seen_ns,
         })
     }
@@ -56,7 +55,7 @@ impl StoredReceipt {
     pub fn decode(
         invocation: &[u8],
         receipt: &[u8],
-        signature: Vec<u8>,
+        proof: Proof,
         first_seen_ns: i64,
     ) -> Result<StoredReceipt, ContentError> {
         let invocation = Invocation::from_ipld(&content::decode(invocation)?)?;
@@ -66,7 +65,7 @@ impl StoredReceipt {
             receipt: decoded,
             invocation,
             encoded: receipt.to_vec(),
-            signature,
+            proof: Some(proof),
             first_seen_ns,
         })
     }
@@ -92,6 +91,13 @@ impl Memo {
     /// A receipt by its own CID.
     pub fn receipt(&self, cid: &Cid) -> Option<&StoredReceipt> {
         self.by_invocation.get(self.invocation_of_receipt.get(cid)?)
+    }
+
+    /// Attaches the signature proof to the receipt of `invocation`.
+    pub fn set_proof(&mut self, invocation: &Cid, proof: Proof) {
+        if let Some(stored) = self.by_invocation.get_mut(invocation) {
+            stored.proof = Some(proof);
+        }
     }
 
     /// Records a receipt.
@@ -379,8 +385,7 @@ impl weft_engine::functions::Callable for WasmFunction {
                     };
                 let receipt =
                     Receipt { ran: cid, out: out.clone(), fuel, duration_us, issuer: self.identity.did().to_string() };
-                let stored = StoredReceipt::issue(invocation, receipt, &self.identity)
-                    .map_err(|error| failed(error.to_string()))?;
+                let stored = StoredReceipt::issue(invocation, receipt).map_err(|error| failed(error.to_string()))?;
                 let mut memo = self.memo.write().expect("memo lock");
                 memo.misses.fetch_add(1, Ordering::Relaxed);
                 memo.insert(stored.clone());

@@ -59,6 +59,77 @@ impl Identity {
     }
 }
 
+/// A receipt's signature: the node signs the Merkle root of all receipt CIDs it issued in one
+/// statement (one signature per batch, not per call); each receipt keeps its inclusion path.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Proof {
+    /// The Merkle root the signature covers.
+    pub root: [u8; 32],
+    /// Sibling hashes from the leaf up; `true` where the sibling is on the left.
+    pub path: Vec<(bool, [u8; 32])>,
+    /// ed25519 signature over `root`.
+    pub signature: Vec<u8>,
+}
+
+fn leaf_hash(leaf: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update([0u8]);
+    hasher.update(leaf);
+    hasher.finalize().into()
+}
+
+fn node_hash(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update([1u8]);
+    hasher.update(left);
+    hasher.update(right);
+    hasher.finalize().into()
+}
+
+impl Identity {
+    /// Signs a batch of leaves (receipt CID bytes) with one signature over their Merkle root,
+    /// returning each leaf's proof, in order.
+    pub fn sign_batch(&self, leaves: &[Vec<u8>]) -> Vec<Proof> {
+        if leaves.is_empty() {
+            return Vec::new();
+        }
+        let mut level: Vec<[u8; 32]> = leaves.iter().map(|leaf| leaf_hash(leaf)).collect();
+        let mut paths: Vec<Vec<(bool, [u8; 32])>> = vec![Vec::new(); leaves.len()];
+        // positions[i]: where leaf i's ancestor sits in the current level.
+        let mut positions: Vec<usize> = (0..leaves.len()).collect();
+        while level.len() > 1 {
+            for (leaf, position) in positions.iter_mut().enumerate() {
+                let sibling = *position ^ 1;
+                if sibling < level.len() {
+                    paths[leaf].push((sibling < *position, level[sibling]));
+                }
+                *position /= 2;
+            }
+            level = level
+                .chunks(2)
+                .map(|pair| if pair.len() == 2 { node_hash(&pair[0], &pair[1]) } else { pair[0] })
+                .collect();
+        }
+        let root = level[0];
+        let signature = self.sign(&root);
+        paths.into_iter().map(|path| Proof { root, path, signature: signature.clone() }).collect()
+    }
+}
+
+/// Checks that `leaf` is under a root signed by the key `did` names.
+pub fn verify_proof(did: &str, leaf: &[u8], proof: &Proof) -> Result<(), IdentityError> {
+    let mut hash = leaf_hash(leaf);
+    for (sibling_is_left, sibling) in &proof.path {
+        hash = if *sibling_is_left { node_hash(sibling, &hash) } else { node_hash(&hash, sibling) };
+    }
+    if hash != proof.root {
+        return Err(IdentityError::BadSignature("the receipt is not under the signed root".into()));
+    }
+    verify(did, &proof.root, &proof.signature)
+}
+
 /// The `did:key` of an ed25519 public key.
 pub fn did_key(key: &VerifyingKey) -> String {
     let mut bytes = ED25519_PUBLIC_KEY_PREFIX.to_vec();
@@ -96,6 +167,13 @@ mod tests {
         verify(first.did(), b"receipt", &signature).unwrap();
         assert!(verify(first.did(), b"other", &signature).is_err());
         assert!(verify("did:web:example", b"receipt", &signature).is_err());
+        let leaves: Vec<Vec<u8>> = (0..7u8).map(|leaf| vec![leaf; 3]).collect();
+        let proofs = first.sign_batch(&leaves);
+        for (leaf, proof) in leaves.iter().zip(&proofs) {
+            verify_proof(first.did(), leaf, proof).unwrap();
+        }
+        assert!(verify_proof(first.did(), &leaves[1], &proofs[2]).is_err(), "a proof is for its own leaf");
+        assert!(proofs.windows(2).all(|pair| pair[0].signature == pair[1].signature), "one signature per batch");
         std::fs::remove_dir_all(&directory).unwrap();
     }
 }

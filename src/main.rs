@@ -136,7 +136,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let json = weft::functions::dag_json(&weft_engine::content::decode(&stored.encoded)?);
             writeln!(out, "{json}")?;
             if verify {
-                weft::identity::verify(&stored.receipt.issuer, &stored.cid.to_bytes(), &stored.signature)?;
+                let proof = stored.proof.as_ref().context("the receipt is not signed yet")?;
+                weft::identity::verify_proof(&stored.receipt.issuer, &stored.cid.to_bytes(), proof)?;
                 eprintln!("verified: signed by {}", stored.receipt.issuer);
             }
             Ok(())

@@ -24,9 +24,9 @@ pub enum Record {
     Drop { id: RelationId },
     /// One committed transaction: rows inserted (`diff > 0`) and deleted (`diff < 0`).
     Commit { changes: Vec<(RelationId, Row, i64)> },
-    /// A receipt: the invocation's instruction and the receipt, both DAG-CBOR, and the node's
-    /// signature over the receipt's CID.
-    Receipt { invocation: Vec<u8>, receipt: Vec<u8>, signature: Vec<u8>, first_seen_ns: i64 },
+    /// A receipt: the invocation's instruction and the receipt, both DAG-CBOR, and the proof of
+    /// the node's signature over the receipt's CID.
+    Receipt { invocation: Vec<u8>, receipt: Vec<u8>, proof: crate::identity::Proof, first_seen_ns: i64 },
     /// `CREATE FUNCTION`, with the module's bytes.
     CreateFunction { definition: crate::functions::FunctionDefinition },
     /// `DROP FUNCTION`.

@@ -61,8 +61,9 @@ fn invocations_run_once_and_receipts_survive_restarts() {
     }
     assert_eq!(database.memo_counts(), (3, 0), "nothing ran after the restart");
     let stored = database.receipt(&receipt_cid).expect("receipt by CID").clone();
-    weft::identity::verify(&stored.receipt.issuer, &stored.cid.to_bytes(), &stored.signature).unwrap();
-    assert!(weft::identity::verify(&stored.receipt.issuer, b"tampered", &stored.signature).is_err());
+    let proof = stored.proof.as_ref().expect("logged receipts are signed");
+    weft::identity::verify_proof(&stored.receipt.issuer, &stored.cid.to_bytes(), proof).unwrap();
+    assert!(weft::identity::verify_proof(&stored.receipt.issuer, b"tampered", proof).is_err());
     database.checkpoint().unwrap();
     drop(database);
     let database = Database::open(Options { data_dir: directory.clone(), workers: 1, sync: true }).unwrap();
