@@ -935,8 +935,8 @@ impl Database {
             }
             Some((predicate, exprs))
         })();
-        let row_local_plan = match direct {
-            Some(direct) => Some(direct),
+        let (predicate, exprs) = match direct {
+            Some(direct) => direct,
             None => {
                 let mut select: Vec<String> = relation.columns.iter().map(|(column, _)| quote(column)).collect();
                 select.extend(extra.iter().map(|expr| expr.to_string()));
@@ -947,8 +947,9 @@ impl Database {
                 let statement = weft_sql::parse(&sql)?.pop().expect("one statement");
                 let plan = self.planner.optimized_plan(statement)?;
                 match lower_plan(&plan).ok().and_then(|lowered| row_local(&lowered, relation.id)) {
-                    Some(local) => Some(local),
+                    Some(local) => local,
                     None => {
+                        // Not row by row (a subquery, say): let DataFusion find the rows.
                         let batches = self.planner.execute(plan)?;
                         let mut found = Vec::new();
                         for batch in &batches {
@@ -959,42 +960,37 @@ impl Database {
                 }
             }
         };
-        {
-            if let Some((predicate, exprs)) = row_local_plan {
-                let evaluate = |row: &Row| -> Result<Option<(Row, Row)>, Error> {
-                    if let Some(predicate) = &predicate {
-                        if !predicate.eval_predicate(row).map_err(|error| Error::Constraint(error.to_string()))? {
-                            return Ok(None);
-                        }
-                    }
-                    let values = weft_engine::expr::eval_all(&exprs, row)
-                        .map_err(|error| Error::Constraint(error.to_string()))?;
-                    Ok(Some(split(values)))
-                };
-                let mut found = Vec::new();
-                if let Some(key) = point_lookup(predicate.as_ref(), data.primary_key.as_deref(), &relation.columns) {
-                    if let Some(row) = data.get(&key) {
-                        found.extend(evaluate(&row)?);
-                    }
-                } else {
-                    let mut failure = None;
-                    data.for_each(|row, count| {
-                        if failure.is_none() {
-                            match evaluate(row) {
-                                Ok(Some(pair)) => found.extend(std::iter::repeat_n(pair, count)),
-                                Ok(None) => {}
-                                Err(error) => failure = Some(error),
-                            }
-                        }
-                    });
-                    if let Some(error) = failure {
-                        return Err(error);
-                    }
+        let evaluate = |row: &Row| -> Result<Option<(Row, Row)>, Error> {
+            if let Some(predicate) = &predicate {
+                if !predicate.eval_predicate(row).map_err(|error| Error::Constraint(error.to_string()))? {
+                    return Ok(None);
                 }
-                return Ok(found);
             }
+            let values =
+                weft_engine::expr::eval_all(&exprs, row).map_err(|error| Error::Constraint(error.to_string()))?;
+            Ok(Some(split(values)))
+        };
+        let mut found = Vec::new();
+        if let Some(key) = point_lookup(predicate.as_ref(), data.primary_key.as_deref(), &relation.columns) {
+            if let Some(row) = data.get(&key) {
+                found.extend(evaluate(&row)?);
+            }
+            return Ok(found);
         }
-        unreachable!("every path above returns")
+        let mut failure = None;
+        data.for_each(|row, count| {
+            if failure.is_none() {
+                match evaluate(row) {
+                    Ok(Some(pair)) => found.extend(std::iter::repeat_n(pair, count)),
+                    Ok(None) => {}
+                    Err(error) => failure = Some(error),
+                }
+            }
+        });
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(found),
+        }
     }
 
     fn update(&mut self, update: ast::Update) -> Result<Output, Error> {
@@ -1090,7 +1086,7 @@ impl Database {
 
 /// Whether `plan` calls function `id` anywhere.
 fn plan_calls(plan: &Plan, id: weft_engine::functions::FunctionId) -> bool {
-    format!("{plan:?}").contains(&format!("Udf {{ id: {id},"))
+    plan.any_expr(&|expr| matches!(expr, Expr::Udf { id: called, .. } if *called == id))
 }
 
 /// The rows of `INSERT ... VALUES` when every entry is a literal.

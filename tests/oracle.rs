@@ -214,6 +214,9 @@ fn fixed_seeds_match_datafusion() {
     }
 }
 
+/// A replay helper, not part of the suite: `WEFT_ORACLE_SEED=n WEFT_ORACLE_WORKERS=w
+/// WEFT_ORACLE_DUMP=1 cargo test --test oracle debug_seed -- --ignored --nocapture` reruns one
+/// seed and prints its statements and, on divergence, the tables.
 #[test]
 #[ignore]
 fn debug_seed() {

@@ -281,6 +281,26 @@ impl Expr {
         expr
     }
 
+    /// Whether `test` holds for this expression or any expression inside it.
+    pub fn any(&self, test: &dyn Fn(&Expr) -> bool) -> bool {
+        if test(self) {
+            return true;
+        }
+        match self {
+            Expr::Column(_) | Expr::Literal(_) => false,
+            Expr::Unary { expr, .. } | Expr::Cast { expr, .. } => expr.any(test),
+            Expr::Binary { left, right, .. } => left.any(test) || right.any(test),
+            Expr::Like { expr, pattern, .. } => expr.any(test) || pattern.any(test),
+            Expr::Case { operand, when_then, otherwise } => {
+                operand.as_ref().is_some_and(|operand| operand.any(test))
+                    || when_then.iter().any(|(when, then)| when.any(test) || then.any(test))
+                    || otherwise.as_ref().is_some_and(|otherwise| otherwise.any(test))
+            }
+            Expr::InList { expr, list, .. } => expr.any(test) || list.iter().any(|item| item.any(test)),
+            Expr::Call { args, .. } | Expr::Udf { args, .. } => args.iter().any(|arg| arg.any(test)),
+        }
+    }
+
     fn visit_columns_mut(&mut self, visit: &mut dyn FnMut(&mut usize)) {
         match self {
             Expr::Column(index) => visit(index),

@@ -120,6 +120,31 @@ impl Plan {
         ids
     }
 
+    /// Whether `test` holds for any expression anywhere in the plan.
+    pub fn any_expr(&self, test: &dyn Fn(&Expr) -> bool) -> bool {
+        let here = |exprs: &[Expr]| exprs.iter().any(|expr| expr.any(test));
+        match self {
+            Plan::Get { .. } | Plan::Constant { .. } => false,
+            Plan::Project { input, exprs } => here(exprs) || input.any_expr(test),
+            Plan::Filter { input, predicate } => predicate.any(test) || input.any_expr(test),
+            Plan::Join { left, right, left_keys, right_keys, residual, .. } => {
+                here(left_keys)
+                    || here(right_keys)
+                    || residual.as_ref().is_some_and(|residual| residual.any(test))
+                    || left.any_expr(test)
+                    || right.any_expr(test)
+            }
+            Plan::Reduce { input, group, aggregates } => {
+                here(group)
+                    || aggregates.iter().any(|aggregate| aggregate.arg.as_ref().is_some_and(|arg| arg.any(test)))
+                    || input.any_expr(test)
+            }
+            Plan::Distinct { input } => input.any_expr(test),
+            Plan::Union { inputs } => inputs.iter().any(|input| input.any_expr(test)),
+            Plan::TopK { input, order, .. } => order.iter().any(|key| key.expr.any(test)) || input.any_expr(test),
+        }
+    }
+
     fn collect_dependencies(&self, ids: &mut Vec<RelationId>) {
         match self {
             Plan::Get { id, .. } => ids.push(*id),
