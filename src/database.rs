@@ -535,7 +535,9 @@ impl Database {
         if weft_wasm::Runtime::result_type(&module, &definition.export).is_none() {
             return catalog_error(format!("module has no exported function {} returning one value", definition.export));
         }
+        let template = weft_engine::content::InvocationTemplate::new(module.cid, &definition.export)?;
         let callable = Arc::new(WasmFunction {
+            template,
             definition: definition.clone(),
             module,
             runtime: self.runtime.clone(),

@@ -343,6 +343,8 @@ pub struct WasmFunction {
     pub issued: Arc<Mutex<Vec<StoredReceipt>>>,
     /// Held while a missed invocation runs, so two workers never run the same one.
     pub running: Mutex<()>,
+    /// Encodes this function's invocations from their arguments alone.
+    pub template: content::InvocationTemplate,
 }
 
 impl std::fmt::Debug for WasmFunction {
@@ -357,10 +359,8 @@ impl weft_engine::functions::Callable for WasmFunction {
             return Ok(Value::Null);
         }
         let definition = &self.definition;
-        let invocation =
-            Invocation { module: self.module.cid, function: definition.export.clone(), args: args.to_vec() };
         let failed = |message: String| weft_engine::EvalError(format!("function {}: {message}", definition.name));
-        let cid = invocation.cid().map_err(|error| failed(error.to_string()))?;
+        let cid = self.template.cid(args).map_err(|error| failed(error.to_string()))?;
         let recorded = self.memo.read().expect("memo lock").lookup(&cid).map(|stored| stored.receipt.out.clone());
         let out = match recorded {
             Some(out) => {
@@ -376,6 +376,8 @@ impl weft_engine::functions::Callable for WasmFunction {
                     self.memo.read().expect("memo lock").hits.fetch_add(1, Ordering::Relaxed);
                     return self.finish(out, &cid);
                 }
+                let invocation =
+                    Invocation { module: self.module.cid, function: definition.export.clone(), args: args.to_vec() };
                 let signature = weft_wasm::Signature { params: definition.params.clone(), result: definition.result };
                 let limits = weft_wasm::Limits { fuel: definition.fuel, memory_bytes: definition.memory_bytes };
                 let (out, fuel, duration_us) =
