@@ -99,3 +99,22 @@ fn copy_round_trips_through_every_format() {
     assert_eq!(count, "n\n3\n");
     std::fs::remove_dir_all(&directory).unwrap();
 }
+
+#[test]
+fn the_functions_demo_runs_and_reruns_nothing() {
+    let directory = temporary_directory("functions-demo");
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/functions.sql");
+    let output = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("--data-dir")
+        .arg(directory.join("data"))
+        .args(["run", demo])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(out.contains("| 1  | 12         | blue-chair |"), "{out}");
+    // 10, 4, 11 and two distinct titles: five receipts, whatever the row count.
+    assert!(out.contains("| receipts |") && out.contains("| 5        |"), "{out}");
+    std::fs::remove_dir_all(&directory).unwrap();
+}
