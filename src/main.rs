@@ -115,15 +115,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let limits = weft_wasm::Limits { fuel, memory_bytes: memory_mb << 20 };
             let invoked = database.invoke(&source, &function, args, returns, limits)?;
             let (result, error) = weft::functions::outcome_json(&invoked.stored.receipt.out);
-            let mut line = serde_json::json!({
-                "out": result,
-                "invocation": invoked.stored.receipt.ran.to_string(),
-                "receipt": invoked.stored.cid.to_string(),
-                "memo": if invoked.hit { "hit" } else { "miss" },
-            });
+            // Keys in the documented order: out, invocation, receipt, memo (then error).
+            let mut line = format!(
+                "{{\"out\":{result},\"invocation\":\"{}\",\"receipt\":\"{}\",\"memo\":\"{}\"",
+                invoked.stored.receipt.ran,
+                invoked.stored.cid,
+                if invoked.hit { "hit" } else { "miss" },
+            );
             if let Some(message) = &error {
-                line["error"] = message.clone().into();
+                line.push_str(&format!(",\"error\":{}", serde_json::Value::from(message.clone())));
             }
+            line.push('}');
             writeln!(out, "{line}")?;
             match error {
                 Some(message) => anyhow::bail!("{function}: {message} (invocation {})", invoked.stored.receipt.ran),

@@ -156,11 +156,6 @@ fn err<T>(message: impl Into<String>) -> Result<T, EvalError> {
 }
 
 impl Expr {
-    /// A column reference.
-    pub fn column(index: usize) -> Expr {
-        Expr::Column(index)
-    }
-
     /// Evaluates the expression on `row`.
     pub fn eval(&self, row: &[Value]) -> EvalResult {
         match self {
