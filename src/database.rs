@@ -223,8 +223,8 @@ impl Database {
         let (receipts, records): (Vec<Record>, Vec<Record>) =
             records.into_iter().partition(|record| matches!(record, Record::Receipt { .. }));
         for record in receipts {
-            if let Record::Receipt { invocation, receipt, proof, first_seen_ns } = record {
-                self.memo_mut().insert(StoredReceipt::decode(&invocation, &receipt, proof, first_seen_ns)?);
+            if let Record::Receipt { invocation, receipt, proof, first_seen_ns, worker } = record {
+                self.memo_mut().insert(StoredReceipt::decode(&invocation, &receipt, proof, first_seen_ns, worker)?);
             }
         }
         // Consecutive commits are applied to the engine as one timestamp: restart cost is then

@@ -28,6 +28,8 @@ pub struct StoredReceipt {
     pub proof: Option<Proof>,
     /// When this node first ran the invocation (nanoseconds since the epoch).
     pub first_seen_ns: i64,
+    /// The timely worker that ran it (0 outside dataflows).
+    pub worker: u32,
 }
 
 impl StoredReceipt {
@@ -38,7 +40,8 @@ impl StoredReceipt {
         let first_seen_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_nanos() as i64);
-        Ok(StoredReceipt { cid, receipt, invocation, encoded, proof: None, first_seen_ns })
+        let worker = weft_engine::dataflow::current_worker().unwrap_or(0) as u32;
+        Ok(StoredReceipt { cid, receipt, invocation, encoded, proof: None, first_seen_ns, worker })
     }
 
     /// The log record of this receipt.
@@ -48,6 +51,7 @@ impl StoredReceipt {
             receipt: self.encoded.clone(),
             proof: self.proof.clone().ok_or_else(|| ContentError::Encoding("receipt is not signed yet".into()))?,
             first_seen_ns: self.first_seen_ns,
+            worker: self.worker,
         })
     }
 
@@ -57,6 +61,7 @@ impl StoredReceipt {
         receipt: &[u8],
         proof: Proof,
         first_seen_ns: i64,
+        worker: u32,
     ) -> Result<StoredReceipt, ContentError> {
         let invocation = Invocation::from_ipld(&content::decode(invocation)?)?;
         let decoded = Receipt::from_ipld(&content::decode(receipt)?)?;
@@ -67,6 +72,7 @@ impl StoredReceipt {
             encoded: receipt.to_vec(),
             proof: Some(proof),
             first_seen_ns,
+            worker,
         })
     }
 }
@@ -225,7 +231,7 @@ impl RowSource for SystemTable {
                         error.map_or(Value::Null, Value::Text),
                         Value::Int(stored.receipt.fuel as i64),
                         Value::Int(stored.receipt.duration_us as i64),
-                        Value::Int(0),
+                        Value::Int(i64::from(stored.worker)),
                         text(stored.receipt.issuer.clone()),
                     ]
                 })

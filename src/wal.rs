@@ -26,7 +26,7 @@ pub enum Record {
     Commit { changes: Vec<(RelationId, Row, i64)> },
     /// A receipt: the invocation's instruction and the receipt, both DAG-CBOR, and the proof of
     /// the node's signature over the receipt's CID.
-    Receipt { invocation: Vec<u8>, receipt: Vec<u8>, proof: crate::identity::Proof, first_seen_ns: i64 },
+    Receipt { invocation: Vec<u8>, receipt: Vec<u8>, proof: crate::identity::Proof, first_seen_ns: i64, worker: u32 },
     /// `CREATE FUNCTION`, with the module's bytes.
     CreateFunction { definition: crate::functions::FunctionDefinition },
     /// `DROP FUNCTION`.

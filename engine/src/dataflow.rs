@@ -257,7 +257,17 @@ struct WorkerState {
     time: Time,
 }
 
+thread_local! {
+    static CURRENT_WORKER: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// The index of the timely worker running on this thread, if any (for provenance).
+pub fn current_worker() -> Option<usize> {
+    CURRENT_WORKER.with(|worker| worker.get())
+}
+
 fn run_worker(worker: &mut Worker, commands: Receiver<Command>, replies: Sender<()>, spins: u32) {
+    CURRENT_WORKER.with(|current| current.set(Some(worker.index())));
     let mut state = WorkerState::default();
     while let Some(command) = receive_soon(&commands, spins) {
         match command {
