@@ -298,6 +298,31 @@ mod tests {
             invocation.cid().unwrap().to_string(),
             "bafyrmif5hyt5y4evb5ahrqn5dnfs7vylierhlk63nlxwax4wywnh63oovi"
         );
+        // More vectors from the same Python packages (dag_cbor.encode, multihash sha3-256).
+        let vectors = [
+            (
+                "slug",
+                vec![Value::Text("Hello World".into())],
+                "bafyrmia23azr6agxzybbhz3hiy5hok4d2ha3gchhzx7qonq2ijvjau3swm",
+            ),
+            (
+                "mix",
+                vec![
+                    Value::Int(-7),
+                    Value::float(1.5),
+                    Value::Null,
+                    Value::Bool(true),
+                    Value::Bytes(vec![0x00, 0xff]),
+                    Value::Text("é".into()),
+                ],
+                "bafyrmicm3kywm5ytssit3oxwincghzu6mq4i2luy5zyqx267vjhxmrwjia",
+            ),
+            ("zero", vec![], "bafyrmifyyglruu7tb2kln5c6if5f4bgly3guvoymz4hsc6l4ib55ln62dm"),
+        ];
+        for (function, args, expected) in vectors {
+            let invocation = Invocation { module: parse_cid(MODULE).unwrap(), function: function.into(), args };
+            assert_eq!(invocation.cid().unwrap().to_string(), expected, "{function}");
+        }
     }
 
     #[test]
