@@ -67,10 +67,11 @@ impl Default for Limits {
     }
 }
 
-/// A compiled module and its CID.
+/// A compiled module, pre-linked (with no imports) for fast instantiation, and its CID.
 pub struct LoadedModule {
     pub cid: Cid,
     module: Module,
+    pre: wasmtime::InstancePre<CallState>,
 }
 
 /// What a successful call returned.
@@ -139,7 +140,10 @@ impl Runtime {
             return Ok(loaded.clone());
         }
         let module = Module::new(&self.engine, &binary).map_err(|error| LoadError::Invalid(format!("{error:#}")))?;
-        let loaded = Arc::new(LoadedModule { cid, module });
+        let linker: Linker<CallState> = Linker::new(&self.engine);
+        // Guests get no imports at all: a module that asks for any fails here.
+        let pre = linker.instantiate_pre(&module).map_err(|error| LoadError::Invalid(format!("{error:#}")))?;
+        let loaded = Arc::new(LoadedModule { cid, module, pre });
         self.modules.lock().expect("module cache").insert(cid, loaded.clone());
         Ok(loaded)
     }
@@ -203,9 +207,7 @@ impl Runtime {
             }
             CallError::Trap(message)
         };
-        let linker: Linker<CallState> = Linker::new(&self.engine);
-        let instance: Instance =
-            linker.instantiate(&mut store, &module.module).map_err(|error| classify(&store, error))?;
+        let instance: Instance = module.pre.instantiate(&mut store).map_err(|error| classify(&store, error))?;
         let func =
             instance.get_func(&mut store, function).ok_or_else(|| CallError::MissingExport(function.to_string()))?;
         let expected_params: Vec<ValType> = signature.params.iter().flat_map(|param| wasm_types(*param)).collect();

@@ -69,6 +69,8 @@ fn every_failure_is_an_error_for_that_call_only() {
     assert!(matches!(runtime.call(&bombs, "boom", &wrong, &[Value::float(1.0)], limits), Err(CallError::Signature(_))));
     assert!(runtime.load(b"(module (func (result i32) i64.const 1))").is_err(), "does not validate");
     assert!(runtime.load(b"(module (func").is_err(), "not WAT");
+    let clock = runtime.load(b"(module (import \"wasi\" \"clock\" (func)))").err().expect("imports are refused");
+    assert!(clock.to_string().contains("import"), "{clock}");
     // After all that, the runtime still runs calls.
     let math = runtime.load(MATH.as_bytes()).unwrap();
     assert_eq!(runtime.call(&math, "add_one", &unary, &[Value::Int(1)], limits).unwrap().value, Value::Int(2));
