@@ -220,7 +220,9 @@ fn shell(database: &mut Database, format: Format, out: &mut dyn Write) -> anyhow
         }
         buffer.push_str(&line);
         buffer.push('\n');
-        if !line.trim_end().ends_with(';') {
+        // A statement ends at a `;` that closes a line outside any string literal.
+        let open_quote = buffer.matches('\'').count() % 2 == 1;
+        if open_quote || !line.trim_end().ends_with(';') {
             continue;
         }
         let sql = std::mem::take(&mut buffer);

@@ -118,3 +118,28 @@ fn the_functions_demo_runs_and_reruns_nothing() {
     assert!(out.contains("| receipts |") && out.contains("| 5        |"), "{out}");
     std::fs::remove_dir_all(&directory).unwrap();
 }
+
+#[test]
+fn the_shell_reads_statements_across_lines_and_survives_errors() {
+    use std::io::Write;
+    let directory = temporary_directory("shell");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .arg("--data-dir")
+        .arg(directory.join("data"))
+        .args(["sql", "--format", "csv"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"CREATE TABLE t (s TEXT);\nINSERT INTO t VALUES ('a;\nb');\nSELECT nonsense FROM;\nSELECT length(s) AS n\n  FROM t;\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(out.contains("ERROR:"), "{out}");
+    assert!(out.ends_with("n\n4\n"), "{out}");
+    std::fs::remove_dir_all(&directory).unwrap();
+}
