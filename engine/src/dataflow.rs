@@ -473,6 +473,8 @@ struct JoinSpec {
 enum Step {
     Filter(Expr),
     Project(Vec<Expr>),
+    /// A projection of distinct columns: values are moved, not copied.
+    Select(Vec<usize>),
 }
 
 /// A chain of filters and projections applied row by row inside one operator (its consumer's,
@@ -492,6 +494,9 @@ impl RowMap {
                     }
                 }
                 Step::Project(exprs) => row = eval_all(exprs, &row)?,
+                Step::Select(columns) => {
+                    row = columns.iter().map(|column| std::mem::replace(&mut row[*column], Value::Null)).collect()
+                }
             }
         }
         Ok(Some(row))
@@ -513,7 +518,19 @@ fn peel(plan: &Plan) -> (&Plan, RowMap) {
                 let identity = exprs.len() == input.arity()
                     && exprs.iter().enumerate().all(|(index, expr)| *expr == Expr::Column(index));
                 if !identity {
-                    steps.push(Step::Project(exprs.clone()));
+                    let columns: Option<Vec<usize>> = exprs
+                        .iter()
+                        .map(|expr| if let Expr::Column(index) = expr { Some(*index) } else { None })
+                        .collect();
+                    let distinct = columns.as_ref().is_some_and(|columns| {
+                        let mut sorted = columns.clone();
+                        sorted.sort_unstable();
+                        sorted.windows(2).all(|pair| pair[0] != pair[1])
+                    });
+                    steps.push(match columns {
+                        Some(columns) if distinct => Step::Select(columns),
+                        _ => Step::Project(exprs.clone()),
+                    });
                 }
                 current = input;
             }
