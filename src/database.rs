@@ -331,12 +331,11 @@ impl Database {
         let module = self.runtime.load(source)?;
         let invocation = weft_wasm::Runtime::invocation(&module, function, &args);
         let invocation_cid = invocation.cid()?;
-        let recorded = self.memo.read().expect("memo lock").lookup(&invocation_cid).cloned();
+        let recorded = self.memo.read().expect("memo lock").recall(&invocation_cid).cloned();
         if let Some(stored) = recorded {
-            self.memo_mut().hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(Invoked { stored, hit: true });
         }
-        self.memo_mut().misses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.memo.read().expect("memo lock").count_miss();
         let params = args.iter().map(|arg| arg.column_type().unwrap_or(ColumnType::BigInt)).collect();
         let result =
             returns.or_else(|| weft_wasm::Runtime::result_type(&module, function)).unwrap_or(ColumnType::BigInt);

@@ -89,14 +89,23 @@ pub struct Memo {
 }
 
 impl Memo {
-    /// The receipt of an invocation, if it ran before.
-    pub fn lookup(&self, invocation: &Cid) -> Option<&StoredReceipt> {
-        self.by_invocation.get(invocation)
-    }
-
     /// A receipt by its own CID.
     pub fn receipt(&self, cid: &Cid) -> Option<&StoredReceipt> {
         self.by_invocation.get(self.invocation_of_receipt.get(cid)?)
+    }
+
+    /// The recorded receipt of an invocation, counted as a memo hit when there is one.
+    pub fn recall(&self, invocation: &Cid) -> Option<&StoredReceipt> {
+        let found = self.by_invocation.get(invocation);
+        if found.is_some() {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        found
+    }
+
+    /// Counts a call that had to run.
+    pub fn count_miss(&self) {
+        self.misses.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Attaches the signature proof to the receipt of `invocation`.
@@ -367,19 +376,13 @@ impl weft_engine::functions::Callable for WasmFunction {
         let definition = &self.definition;
         let failed = |message: String| weft_engine::EvalError(format!("function {}: {message}", definition.name));
         let cid = self.template.cid(args).map_err(|error| failed(error.to_string()))?;
-        let recorded = self.memo.read().expect("memo lock").lookup(&cid).map(|stored| stored.receipt.out.clone());
-        let out = match recorded {
-            Some(out) => {
-                self.memo.read().expect("memo lock").hits.fetch_add(1, Ordering::Relaxed);
-                out
-            }
+        let recall = || self.memo.read().expect("memo lock").recall(&cid).map(|stored| stored.receipt.out.clone());
+        let out = match recall() {
+            Some(out) => out,
             None => {
                 let _running = self.running.lock().expect("running lock");
                 // Another worker may have run it while this one waited.
-                let recorded =
-                    self.memo.read().expect("memo lock").lookup(&cid).map(|stored| stored.receipt.out.clone());
-                if let Some(out) = recorded {
-                    self.memo.read().expect("memo lock").hits.fetch_add(1, Ordering::Relaxed);
+                if let Some(out) = recall() {
                     return self.finish(out, &cid);
                 }
                 let invocation =
@@ -395,7 +398,7 @@ impl weft_engine::functions::Callable for WasmFunction {
                     Receipt { ran: cid, out: out.clone(), fuel, duration_us, issuer: self.identity.did().to_string() };
                 let stored = StoredReceipt::issue(invocation, receipt).map_err(|error| failed(error.to_string()))?;
                 let mut memo = self.memo.write().expect("memo lock");
-                memo.misses.fetch_add(1, Ordering::Relaxed);
+                memo.count_miss();
                 memo.insert(stored.clone());
                 self.issued.lock().expect("issued receipts").push(stored);
                 out
