@@ -108,7 +108,6 @@ pub enum Output {
 
 /// An open weft database.
 pub struct Database {
-    options: Options,
     planner: Planner,
     engine: Engine,
     relations: BTreeMap<String, Relation>,
@@ -192,7 +191,6 @@ impl Database {
         let mut database = Database {
             engine: Engine::start(options.workers)?,
             planner: Planner::new()?,
-            options,
             relations: BTreeMap::new(),
             names: HashMap::new(),
             next_id: 1,
@@ -210,11 +208,6 @@ impl Database {
         crate::functions::register_system_tables(&database.planner, &database.memo, &database.functions)?;
         database.replay(records)?;
         Ok(database)
-    }
-
-    /// The options the database was opened with.
-    pub fn options(&self) -> &Options {
-        &self.options
     }
 
     fn replay(&mut self, records: Vec<Record>) -> Result<(), Error> {
@@ -380,11 +373,6 @@ impl Database {
         self.relations.get(name)
     }
 
-    /// Every table and view, by name.
-    pub fn relations(&self) -> impl Iterator<Item = &Relation> {
-        self.relations.values()
-    }
-
     fn table(&self, name: &str) -> Result<&Relation, Error> {
         match self.relations.get(name) {
             Some(relation) if relation.table().is_some() => Ok(relation),
@@ -487,9 +475,7 @@ impl Database {
     }
 
     fn execute_function_statement(&mut self, statement: FunctionStatement) -> Result<Output, Error> {
-        if self.in_transaction {
-            return Err(Error::Unsupported("CREATE and DROP inside BEGIN ... COMMIT".into()));
-        }
+        self.refuse_ddl_in_transaction()?;
         match statement {
             FunctionStatement::Create { mut definition, path, or_replace } => {
                 let exists = self.function_ids.contains_key(&definition.name);
@@ -617,19 +603,32 @@ impl Database {
 
     /// Executes one parsed statement.
     pub fn execute_statement(&mut self, statement: Statement) -> Result<Output, Error> {
-        let ddl = matches!(statement, Statement::CreateTable(_) | Statement::CreateView(_) | Statement::Drop { .. });
-        if ddl && self.in_transaction {
-            return Err(Error::Unsupported("CREATE and DROP inside BEGIN ... COMMIT".into()));
+        if matches!(statement, Statement::CreateTable(_) | Statement::CreateView(_) | Statement::Drop { .. }) {
+            self.refuse_ddl_in_transaction()?;
         }
         let result = self.dispatch(statement);
+        let result = self.autocommit(result)?;
+        self.log_issued_receipts()?;
+        result
+    }
+
+    fn refuse_ddl_in_transaction(&self) -> Result<(), Error> {
+        if self.in_transaction {
+            return Err(Error::Unsupported("CREATE and DROP inside BEGIN ... COMMIT".into()));
+        }
+        Ok(())
+    }
+
+    /// Outside `BEGIN`, commits the changes of a statement that succeeded and undoes those of
+    /// one that failed. The outer error is a failed commit; the inner result is the statement's.
+    fn autocommit<T>(&mut self, result: Result<T, Error>) -> Result<Result<T, Error>, Error> {
         if !self.in_transaction {
             match &result {
                 Ok(_) => self.commit_pending()?,
                 Err(_) => self.rollback_pending(),
             }
         }
-        self.log_issued_receipts()?;
-        result
+        Ok(result)
     }
 
     fn dispatch(&mut self, statement: Statement) -> Result<Output, Error> {
@@ -1075,13 +1074,7 @@ impl Database {
     /// cast to the column types.
     pub fn insert_rows(&mut self, name: &str, rows: Vec<Row>) -> Result<usize, Error> {
         let result = self.change_table(name, Vec::new(), rows);
-        if !self.in_transaction {
-            match &result {
-                Ok(_) => self.commit_pending()?,
-                Err(_) => self.rollback_pending(),
-            }
-        }
-        result
+        self.autocommit(result)?
     }
 }
 

@@ -226,24 +226,23 @@ fn shell(database: &mut Database, format: Format, out: &mut dyn Write) -> anyhow
             continue;
         }
         let sql = std::mem::take(&mut buffer);
-        match database.execute(&sql) {
-            Ok(outputs) => {
-                for output in &outputs {
-                    write_output(out, output, format)?;
-                }
-            }
-            Err(error) => writeln!(out, "ERROR: {error}")?,
-        }
+        execute_and_print(database, &sql, format, out)?;
     }
     if !buffer.trim().is_empty() {
-        match database.execute(&buffer) {
-            Ok(outputs) => {
-                for output in &outputs {
-                    write_output(out, output, format)?;
-                }
+        execute_and_print(database, &buffer, format, out)?;
+    }
+    Ok(())
+}
+
+/// Runs `sql` in the shell: results are printed, and an error is printed without stopping.
+fn execute_and_print(database: &mut Database, sql: &str, format: Format, out: &mut dyn Write) -> anyhow::Result<()> {
+    match database.execute(sql) {
+        Ok(outputs) => {
+            for output in &outputs {
+                write_output(out, output, format)?;
             }
-            Err(error) => writeln!(out, "ERROR: {error}")?,
         }
+        Err(error) => writeln!(out, "ERROR: {error}")?,
     }
     Ok(())
 }

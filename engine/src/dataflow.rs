@@ -157,11 +157,6 @@ impl Engine {
         self.commands.len()
     }
 
-    /// The timestamp the next commit will have.
-    pub fn time(&self) -> Time {
-        self.time
-    }
-
     fn broadcast(&self, mut make: impl FnMut(usize) -> Command) -> Result<(), EngineError> {
         for (worker, sender) in self.commands.iter().enumerate() {
             sender.send(make(worker)).map_err(|_| EngineError::WorkerDied)?;
@@ -217,11 +212,6 @@ impl Engine {
         self.broadcast(|worker| Command::Commit { time, changes: std::mem::take(&mut shares[worker]) })?;
         self.time += 1;
         Ok(time)
-    }
-
-    /// The maintained state of a view.
-    pub fn view(&self, id: RelationId) -> Option<Arc<ViewState>> {
-        self.relations.get(&id).cloned().flatten()
     }
 }
 
