@@ -382,11 +382,7 @@ fn render<'scope>(
         Plan::Constant { rows, .. } => constant(scope, rows.clone()),
         Plan::Project { .. } | Plan::Filter { .. } => {
             let (base, map) = peel(plan);
-            let base = render(base, scope, traces, view);
-            if map.is_identity() {
-                return base;
-            }
-            evaluate(base, view, move |row: Row| map.apply(row))
+            apply_map(&(render(base, scope, traces, view), map), view)
         }
         Plan::Join { left, right, kind, left_keys, right_keys, nulls_equal, residual } => {
             let left_arity = left.arity();
