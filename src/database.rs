@@ -11,6 +11,7 @@ use crate::catalog::{Relation, RelationKind, TableData, ViewSource};
 use crate::fastpath;
 use crate::functions::{FunctionCatalog, FunctionDefinition, FunctionStatement, Memo, StoredReceipt, WasmFunction};
 use crate::identity::Identity;
+use crate::server::catalog::{ListedRelation, Listing};
 use crate::wal::{Record, Wal, WalError};
 use datafusion::arrow::array::StringArray;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -25,7 +26,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use weft_engine::content::{Outcome, Receipt};
 use weft_engine::expr::{cast, BinaryOp};
-use weft_engine::{Change, ColumnType, Engine, EngineError, Expr, Plan, RelationId, Row, Value};
+use weft_engine::{
+    Change, ColumnType, Engine, EngineError, Expr, Gate, Plan, RelationId, Row, Subscription, Value, ViewState,
+};
 use weft_sql::convert::{batch_rows, column_type, schema_of};
 use weft_sql::{lower_plan, ConvertError, Planner, RelationProvider, RowSource, SqlError};
 
@@ -125,7 +128,82 @@ pub struct Database {
     function_ids: HashMap<String, weft_engine::functions::FunctionId>,
     /// Receipts issued by calls inside views and queries, not yet in the log.
     issued: Arc<Mutex<Vec<StoredReceipt>>>,
+    /// Held by the open transaction from its first change until it commits or rolls back.
+    gate: Arc<Gate>,
+    writing: bool,
+    /// The relations as catalog queries (`pg_catalog`) list them.
+    listing: Listing,
     _lock: File,
+}
+
+/// Runs queries on any thread, concurrently with the database's writer: each query reads one
+/// complete timestamp of every relation it names. Made by [`Database::reader`].
+#[derive(Clone)]
+pub struct Reader {
+    planner: Planner,
+    gate: Arc<Gate>,
+    issued: Arc<Mutex<Vec<StoredReceipt>>>,
+}
+
+impl Reader {
+    /// Whether `statement` only reads, so a [`Reader`] can run it.
+    pub fn can_run(statement: &Statement) -> bool {
+        matches!(
+            statement,
+            Statement::Query(_)
+                | Statement::ShowTables { .. }
+                | Statement::ShowColumns { .. }
+                | Statement::ShowVariable { .. }
+        )
+    }
+
+    /// Runs a query (see [`Reader::can_run`]).
+    pub fn query(&self, statement: Statement) -> Result<Output, Error> {
+        if !Reader::can_run(&statement) {
+            return Err(Error::Unsupported("a statement that changes the database, on a read-only handle".into()));
+        }
+        run_query(&self.planner, statement, Some(&self.gate))
+    }
+
+    /// The columns `statement` returns and the types of its `$n` parameters (where DataFusion
+    /// can infer them), without running it.
+    pub fn describe(&self, statement: Statement) -> Result<(SchemaRef, Vec<Option<DataType>>), Error> {
+        let plan = self.planner.logical_plan(statement)?;
+        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        let found = plan.get_parameter_types().map_err(SqlError::from)?;
+        let mut types = Vec::new();
+        for (name, data_type) in found {
+            if let Some(index) = name.strip_prefix('$').and_then(|number| number.parse::<usize>().ok()) {
+                if index >= 1 {
+                    if types.len() < index {
+                        types.resize(index, None);
+                    }
+                    types[index - 1] = data_type;
+                }
+            }
+        }
+        Ok((schema, types))
+    }
+
+    /// Whether queries issued receipts (new function calls) that [`Database::log_issued_receipts`]
+    /// should log.
+    pub fn has_unlogged_receipts(&self) -> bool {
+        !self.issued.lock().expect("issued receipts").is_empty()
+    }
+
+    /// The current contents of a view and a stream of its later changes.
+    pub fn subscribe(&self, view: &ViewState) -> Result<Subscription, Error> {
+        let _reading = self.gate.read();
+        Ok(view.subscribe()?)
+    }
+}
+
+/// Plans and executes a query on DataFusion over the current tables and maintained views.
+fn run_query(planner: &Planner, statement: Statement, gate: Option<&Gate>) -> Result<Output, Error> {
+    let plan = planner.optimized_plan(statement)?;
+    let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+    let batches = planner.execute(plan, gate)?;
+    Ok(Output::Rows { schema, batches })
 }
 
 fn catalog_error<T>(message: impl Into<String>) -> Result<T, Error> {
@@ -203,9 +281,13 @@ impl Database {
             functions: Arc::default(),
             function_ids: HashMap::new(),
             issued: Arc::default(),
+            gate: Arc::new(Gate::new()),
+            writing: false,
+            listing: Listing::default(),
             _lock: lock,
         };
         crate::functions::register_system_tables(&database.planner, &database.memo, &database.functions)?;
+        crate::server::catalog::register_pg_catalog(&database.planner, &database.listing)?;
         database.replay(records)?;
         Ok(database)
     }
@@ -395,6 +477,7 @@ impl Database {
         self.names.insert(id, name.clone());
         self.next_id = self.next_id.max(id + 1);
         self.relations.insert(name.clone(), Relation { id, name, columns, schema, kind: RelationKind::Table(data) });
+        self.refresh_listing();
         Ok(())
     }
 
@@ -443,7 +526,26 @@ impl Database {
             name.clone(),
             Relation { id, name, columns, schema, kind: RelationKind::View { sql, plan: lowered, state } },
         );
+        self.refresh_listing();
         Ok(())
+    }
+
+    fn refresh_listing(&self) {
+        let listed = self
+            .relations
+            .values()
+            .map(|relation| ListedRelation {
+                id: relation.id,
+                name: relation.name.clone(),
+                is_view: relation.table().is_none(),
+                columns: relation.columns.clone(),
+                definition: match &relation.kind {
+                    RelationKind::View { sql, .. } => Some(sql.clone()),
+                    RelationKind::Table(_) => None,
+                },
+            })
+            .collect();
+        *self.listing.write().expect("catalog listing") = listed;
     }
 
     fn uninstall(&mut self, id: RelationId) -> Result<(), Error> {
@@ -451,6 +553,7 @@ impl Database {
             return catalog_error(format!("unknown relation id {id}"));
         };
         self.relations.remove(&name);
+        self.refresh_listing();
         self.planner.deregister(&name)?;
         self.engine.drop_relation(id)?;
         Ok(())
@@ -555,7 +658,7 @@ impl Database {
     }
 
     /// Logs the receipts that calls inside views and queries issued.
-    fn log_issued_receipts(&mut self) -> Result<(), Error> {
+    pub fn log_issued_receipts(&mut self) -> Result<(), Error> {
         let issued = std::mem::take(&mut *self.issued.lock().expect("issued receipts"));
         if !issued.is_empty() {
             self.sign_and_log(issued)?;
@@ -676,10 +779,56 @@ impl Database {
 
     /// Runs a query on DataFusion over the current tables and maintained views.
     pub(crate) fn select(&mut self, statement: Statement) -> Result<Output, Error> {
-        let plan = self.planner.optimized_plan(statement)?;
-        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
-        let batches = self.planner.execute(plan)?;
-        Ok(Output::Rows { schema, batches })
+        run_query(&self.planner, statement, self.read_gate())
+    }
+
+    /// The gate a read must pass: none inside this database's own open write, which already
+    /// excludes every other writer and must see its own changes.
+    fn read_gate(&self) -> Option<&Gate> {
+        (!self.writing).then_some(&*self.gate)
+    }
+
+    /// A handle that runs queries on other threads while this database goes on writing.
+    pub fn reader(&self) -> Reader {
+        Reader { planner: self.planner.clone(), gate: self.gate.clone(), issued: self.issued.clone() }
+    }
+
+    /// Whether a `BEGIN` block is open.
+    pub fn in_transaction(&self) -> bool {
+        self.in_transaction
+    }
+
+    /// The columns and maintained state of view `name`.
+    pub fn view(&self, name: &str) -> Result<(Vec<(String, ColumnType)>, Arc<ViewState>), Error> {
+        match self.relations.get(name) {
+            Some(Relation { columns, kind: RelationKind::View { state, .. }, .. }) => {
+                Ok((columns.clone(), state.clone()))
+            }
+            Some(_) => catalog_error(format!("{name} is a table; only views can be subscribed to")),
+            None => catalog_error(format!("view {name} does not exist")),
+        }
+    }
+
+    /// Each view's name, row count and open subscriptions, and the number of tables.
+    pub fn catalog_figures(&self) -> (Vec<(String, usize, usize)>, usize) {
+        let mut views = Vec::new();
+        let mut tables = 0;
+        for relation in self.relations.values() {
+            match &relation.kind {
+                RelationKind::View { state, .. } => {
+                    views.push((relation.name.clone(), state.len(), state.subscriber_count()))
+                }
+                RelationKind::Table(_) => tables += 1,
+            }
+        }
+        (views, tables)
+    }
+
+    /// The current contents of view `name` and a stream of its later changes.
+    pub fn subscribe(&self, name: &str) -> Result<(Vec<(String, ColumnType)>, Subscription), Error> {
+        let (columns, state) = self.view(name)?;
+        let _reading = self.read_gate().map(Gate::read);
+        Ok((columns, state.subscribe()?))
     }
 
     pub(crate) fn planner(&self) -> &Planner {
@@ -816,6 +965,10 @@ impl Database {
         for row in inserts {
             checked.push(conform_row(relation, row)?);
         }
+        if !self.writing {
+            self.gate.begin_write();
+            self.writing = true;
+        }
         let count = checked.len().max(deletes.len());
         let changes: Vec<Change> = deletes
             .into_iter()
@@ -825,20 +978,22 @@ impl Database {
         if let Err((_, message)) = data.apply_all(changes.iter().map(|change| (&change.row, change.diff as i64))) {
             return Err(Error::Constraint(format!("{name}: {message}")));
         }
-        let applied = changes;
-        self.pending.extend(applied);
+        self.pending.extend(changes);
         Ok(count)
     }
 
     fn commit_pending(&mut self) -> Result<(), Error> {
         if self.pending.is_empty() {
+            self.end_write();
             return Ok(());
         }
         if let Err(error) = self.wal.append_commit(&self.pending) {
             self.rollback_pending();
             return Err(error.into());
         }
-        self.engine.commit(std::mem::take(&mut self.pending))?;
+        let committed = self.engine.commit(std::mem::take(&mut self.pending));
+        self.end_write();
+        committed?;
         Ok(())
     }
 
@@ -847,6 +1002,14 @@ impl Database {
             if let Ok(data) = self.table_by_id(change.table) {
                 data.apply(&change.row, -(change.diff as i64)).expect("undo of an applied change");
             }
+        }
+        self.end_write();
+    }
+
+    /// Lets readers in again after a commit or rollback.
+    fn end_write(&mut self) {
+        if std::mem::take(&mut self.writing) {
+            self.gate.end_write();
         }
     }
 
@@ -950,7 +1113,7 @@ impl Database {
                     Some(local) => local,
                     None => {
                         // Not row by row (a subquery, say): let DataFusion find the rows.
-                        let batches = self.planner.execute(plan)?;
+                        let batches = self.planner.execute(plan, self.read_gate())?;
                         let mut found = Vec::new();
                         for batch in &batches {
                             found.extend(batch_rows(batch)?.into_iter().map(split));

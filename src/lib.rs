@@ -12,7 +12,8 @@ pub mod fastpath;
 pub mod functions;
 pub mod identity;
 pub mod output;
+pub mod server;
 pub mod wal;
 
-pub use database::{Database, Error, Options, Output};
+pub use database::{Database, Error, Options, Output, Reader};
 pub use weft_engine::{ColumnType, Row, Value};

@@ -66,6 +66,18 @@ enum Command {
         #[arg(long)]
         verify: bool,
     },
+    /// Serve the database to PostgreSQL clients (psql, psycopg, JDBC) and over HTTP.
+    Serve {
+        /// PostgreSQL wire protocol address.
+        #[arg(long, default_value = "127.0.0.1:6875")]
+        pg: Option<std::net::SocketAddr>,
+        /// HTTP address (`/query`, `/subscribe/<view>`, `/metrics`).
+        #[arg(long, default_value = "127.0.0.1:6876")]
+        http: Option<std::net::SocketAddr>,
+        /// Password clients must give (needed to listen beyond loopback).
+        #[arg(long, env = "WEFT_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+    },
     /// Run a SQL script, echoing each statement before its result (the demo).
     Run {
         /// The script.
@@ -147,6 +159,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { file, format } => {
             let sql = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             run_script(&mut database, &sql, format, true, &mut out)
+        }
+        Command::Serve { pg, http, password } => {
+            let options = weft::server::ServeOptions { pg, http, password };
+            Ok(weft::server::serve(database, options)?)
         }
     }
 }

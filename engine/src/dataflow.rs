@@ -23,6 +23,7 @@ use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use timely::dataflow::operators::vec::Map;
@@ -62,17 +63,43 @@ pub struct Change {
     pub diff: isize,
 }
 
-/// The readable contents of one view, maintained by the workers.
+/// The readable contents of one view, maintained by the workers, and the subscriptions to its
+/// changes.
 #[derive(Debug, Default)]
 pub struct ViewState {
     name: String,
     rows: Mutex<HashMap<Row, isize>>,
     errors: Mutex<BTreeMap<String, isize>>,
+    /// The changes of the timestamp being applied; kept only while someone subscribes.
+    pending: Mutex<Vec<(Row, isize)>>,
+    subscribers: Mutex<Vec<Sender<ViewChanges>>>,
+    subscribed: AtomicBool,
+    /// The latest timestamp the rows are complete for.
+    time: AtomicU64,
+}
+
+/// The consolidated changes of one view at one timestamp, in the order timestamps commit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ViewChanges {
+    pub time: Time,
+    /// Rows with their change in multiplicity (never zero).
+    pub updates: Vec<(Row, isize)>,
+}
+
+/// A view's contents at one timestamp and a stream of its changes after that timestamp.
+#[derive(Debug)]
+pub struct Subscription {
+    /// The timestamp of `snapshot`.
+    pub time: Time,
+    /// The view's rows and multiplicities at `time`.
+    pub snapshot: Vec<(Row, isize)>,
+    /// Every later timestamp at which the view changed, in order. Ends when the view is dropped.
+    pub changes: Receiver<ViewChanges>,
 }
 
 impl ViewState {
-    fn new(name: &str) -> ViewState {
-        ViewState { name: name.to_string(), ..ViewState::default() }
+    fn new(name: &str, time: Time) -> ViewState {
+        ViewState { name: name.to_string(), time: AtomicU64::new(time), ..ViewState::default() }
     }
 
     /// The view's rows with their multiplicities, or the first evaluation error that currently
@@ -85,6 +112,26 @@ impl ViewState {
         Ok(rows.iter().map(|(row, count)| (row.clone(), *count)).collect())
     }
 
+    /// The latest timestamp the view's rows are complete for.
+    pub fn time(&self) -> Time {
+        self.time.load(AtomicOrdering::SeqCst)
+    }
+
+    /// The view's current contents and a stream of all its later changes. The caller must hold
+    /// the commit [`Gate`](crate::gate::Gate) as a reader, so no commit is half applied.
+    pub fn subscribe(&self) -> Result<Subscription, EngineError> {
+        let snapshot = self.snapshot()?;
+        let (sender, changes) = channel();
+        self.subscribers.lock().expect("subscribers lock").push(sender);
+        self.subscribed.store(true, AtomicOrdering::SeqCst);
+        Ok(Subscription { time: self.time(), snapshot, changes })
+    }
+
+    /// The number of open subscriptions.
+    pub fn subscriber_count(&self) -> usize {
+        self.subscribers.lock().expect("subscribers lock").len()
+    }
+
     /// The number of rows (with multiplicity).
     pub fn len(&self) -> usize {
         self.rows.lock().expect("rows lock").values().map(|count| count.max(&0).unsigned_abs()).sum()
@@ -93,6 +140,55 @@ impl ViewState {
     /// Whether the view has no rows.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Applies a batch of the workers' output to the readable rows (and the pending changes).
+    fn apply(&self, updates: &[(Row, Time, isize)]) {
+        let mut rows = self.rows.lock().expect("rows lock");
+        let subscribed = self.subscribed.load(AtomicOrdering::SeqCst);
+        let mut pending = subscribed.then(|| self.pending.lock().expect("pending lock"));
+        for (row, _, diff) in updates {
+            let count = rows.entry(row.clone()).or_insert(0);
+            *count += diff;
+            if *count == 0 {
+                rows.remove(row);
+            }
+            if let Some(pending) = pending.as_mut() {
+                pending.push((row.clone(), *diff));
+            }
+        }
+    }
+
+    /// Marks timestamp `time` complete and sends its consolidated changes to the subscribers.
+    fn publish(&self, time: Time) {
+        self.time.store(time, AtomicOrdering::SeqCst);
+        if !self.subscribed.load(AtomicOrdering::SeqCst) {
+            return;
+        }
+        let mut updates = std::mem::take(&mut *self.pending.lock().expect("pending lock"));
+        updates.sort_unstable_by(|left, right| left.0.cmp(&right.0));
+        let mut consolidated: Vec<(Row, isize)> = Vec::with_capacity(updates.len());
+        for (row, diff) in updates {
+            match consolidated.last_mut() {
+                Some((last, total)) if *last == row => *total += diff,
+                _ => consolidated.push((row, diff)),
+            }
+        }
+        consolidated.retain(|(_, diff)| *diff != 0);
+        let mut subscribers = self.subscribers.lock().expect("subscribers lock");
+        if !consolidated.is_empty() {
+            let changes = ViewChanges { time, updates: consolidated };
+            subscribers.retain(|subscriber| subscriber.send(changes.clone()).is_ok());
+        }
+        if subscribers.is_empty() {
+            self.subscribed.store(false, AtomicOrdering::SeqCst);
+        }
+    }
+
+    /// Ends every subscription (the view is being dropped).
+    fn close(&self) {
+        self.subscribers.lock().expect("subscribers lock").clear();
+        self.subscribed.store(false, AtomicOrdering::SeqCst);
     }
 
     fn record_error(&self, error: &EvalError, diff: isize) {
@@ -179,10 +275,11 @@ impl Engine {
         if let Some(missing) = plan.dependencies().into_iter().find(|dep| !self.relations.contains_key(dep)) {
             return Err(EngineError::UnknownRelation(missing));
         }
-        let state = Arc::new(ViewState::new(name));
+        let state = Arc::new(ViewState::new(name, self.time));
         let plan = Arc::new(plan);
         self.broadcast(|_| Command::CreateView { id, plan: plan.clone(), state: state.clone() })?;
         // Building the view closed the current timestamp (see `advance`).
+        self.publish(self.time);
         self.time += 1;
         self.relations.insert(id, Some(state.clone()));
         Ok(state)
@@ -190,8 +287,10 @@ impl Engine {
 
     /// Removes a table or view (the caller checks that nothing depends on it).
     pub fn drop_relation(&mut self, id: RelationId) -> Result<(), EngineError> {
-        if self.relations.remove(&id).is_none() {
-            return Err(EngineError::UnknownRelation(id));
+        match self.relations.remove(&id) {
+            None => return Err(EngineError::UnknownRelation(id)),
+            Some(Some(view)) => view.close(),
+            Some(None) => {}
         }
         self.broadcast(|_| Command::Drop { id })
     }
@@ -210,8 +309,16 @@ impl Engine {
             shares[index % workers].push(change);
         }
         self.broadcast(|worker| Command::Commit { time, changes: std::mem::take(&mut shares[worker]) })?;
+        self.publish(time);
         self.time += 1;
         Ok(time)
+    }
+
+    /// Tells every view that `time` is complete.
+    fn publish(&self, time: Time) {
+        for view in self.relations.values().flatten() {
+            view.publish(time);
+        }
     }
 }
 
@@ -285,16 +392,7 @@ fn run_worker(worker: &mut Worker, commands: Receiver<Command>, replies: Sender<
                     let (probe, _) = arranged
                         .clone()
                         .as_collection(|row: &Row, _| row.clone())
-                        .inspect_batch(move |_, updates| {
-                            let mut rows = mirror.rows.lock().expect("rows lock");
-                            for (row, _, diff) in updates {
-                                let count = rows.entry(row.clone()).or_insert(0);
-                                *count += diff;
-                                if *count == 0 {
-                                    rows.remove(row);
-                                }
-                            }
-                        })
+                        .inspect_batch(move |_, updates| mirror.apply(updates))
                         .probe();
                     (arranged.trace, probe)
                 });

@@ -7,10 +7,12 @@ pub mod content;
 pub mod dataflow;
 pub mod expr;
 pub mod functions;
+pub mod gate;
 pub mod plan;
 pub mod value;
 
-pub use dataflow::{Change, Engine, EngineError, Time, ViewState};
+pub use dataflow::{Change, Engine, EngineError, Subscription, Time, ViewChanges, ViewState};
 pub use expr::{EvalError, Expr};
+pub use gate::Gate;
 pub use plan::{Plan, RelationId};
 pub use value::{ColumnType, Row, Value};

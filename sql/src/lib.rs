@@ -25,6 +25,7 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use std::future::Future;
 use std::sync::Arc;
+use weft_engine::Gate;
 
 /// Errors from parsing, planning, lowering or executing SQL.
 #[derive(Debug, thiserror::Error)]
@@ -63,10 +64,12 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>, SqlError> {
     Parser::parse_sql(&GenericDialect {}, sql).map_err(|error| SqlError::Parse(error.to_string()))
 }
 
-/// DataFusion planning and execution over weft's relations.
+/// DataFusion planning and execution over weft's relations. Clones share the session and
+/// runtime, so a clone on another thread sees the same relations and functions.
+#[derive(Clone)]
 pub struct Planner {
     context: SessionContext,
-    runtime: tokio::runtime::Runtime,
+    runtime: Arc<tokio::runtime::Runtime>,
 }
 
 impl Planner {
@@ -83,7 +86,7 @@ impl Planner {
         if let Some(catalog) = context.catalog("datafusion") {
             catalog.register_schema("weft", Arc::new(datafusion::catalog::MemorySchemaProvider::new()))?;
         }
-        Ok(Planner { context, runtime })
+        Ok(Planner { context, runtime: Arc::new(runtime) })
     }
 
     /// The DataFusion session (for callers that read files or build data frames).
@@ -131,9 +134,18 @@ impl Planner {
         guarded(|| Ok(self.context.state().optimize(&plan)?))
     }
 
-    /// Executes a logical plan, collecting the result.
-    pub fn execute(&self, plan: LogicalPlan) -> Result<Vec<RecordBatch>, SqlError> {
-        let context = self.context.clone();
-        guarded(|| Ok(self.block_on(async move { context.execute_logical_plan(plan).await?.collect().await })?))
+    /// Executes a logical plan, collecting the result. The relations' rows are copied while
+    /// holding `gate` as a reader (when given), so all of them are of one timestamp; execution
+    /// then runs on the copies without it.
+    pub fn execute(&self, plan: LogicalPlan, gate: Option<&Gate>) -> Result<Vec<RecordBatch>, SqlError> {
+        let state = self.context.state();
+        let task = self.context.task_ctx();
+        guarded(|| {
+            let physical = {
+                let _reading = gate.map(Gate::read);
+                self.block_on(state.create_physical_plan(&plan))?
+            };
+            Ok(self.block_on(datafusion::physical_plan::collect(physical, task))?)
+        })
     }
 }

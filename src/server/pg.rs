@@ -1,0 +1,683 @@
+//! The PostgreSQL wire protocol front end (simple and extended query protocols, cancel
+//! requests, cleartext password authentication), on the `pgwire` crate.
+//!
+//! Statement execution blocks (the planner and the engine are synchronous), so it runs on tokio's
+//! blocking pool; the connection's task only moves messages. Parameters of the extended protocol
+//! are bound by substituting typed SQL literals for `$n`, so every statement weft runs (DDL, DML,
+//! queries) accepts them the same way. `SUBSCRIBE` streams rows until the view is dropped or the
+//! client cancels.
+
+use super::{catalog, expand, parse_subscribe, RowChange, SessionId, Shared, SubscribeStatement, ViewSubscription};
+use crate::database::{Error, Output};
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use datafusion::arrow::array::{
+    Array, ArrayRef, BinaryArray, BooleanArray, Date32Array, Float32Array, Float64Array, Int16Array, Int32Array,
+    Int64Array, StringArray, TimestampMicrosecondArray,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use futures::{Sink, SinkExt};
+use pgwire::api::auth::cleartext::CleartextPasswordAuthStartupHandler;
+use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::auth::{AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler};
+use pgwire::api::cancel::DefaultCancelHandler;
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{
+    DataRowEncoder, DescribePortalResponse, DescribeStatementResponse, FieldInfo, QueryResponse, Response, Tag,
+};
+use pgwire::api::stmt::{QueryParser, StoredStatement};
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionManager, PgWireServerHandlers, Type};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::data::{DataRow, RowDescription};
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use std::fmt::Debug;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use weft_engine::{ColumnType, Row, Value};
+
+/// Accepts connections until the listener fails.
+pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
+    let manager = Arc::new(ConnectionManager::new());
+    loop {
+        let socket = match listener.accept().await {
+            Ok((socket, _)) => socket,
+            Err(error) => {
+                super::tracing_error(&format!("accepting a connection: {error}"));
+                continue;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        let connection = Arc::new(Connection::new(shared.clone(), manager.clone()));
+        tokio::spawn(async move {
+            let _ = pgwire::tokio::process_socket(socket, None, connection.clone()).await;
+            let (shared, session) = (connection.shared.clone(), connection.session);
+            let _ = tokio::task::spawn_blocking(move || shared.close_session(session)).await;
+        });
+    }
+}
+
+/// The handlers of one client connection.
+pub struct Connection {
+    shared: Arc<Shared>,
+    session: SessionId,
+    manager: Arc<ConnectionManager>,
+    startup: Arc<Startup>,
+    parser: Arc<WeftQueryParser>,
+}
+
+impl Connection {
+    fn new(shared: Arc<Shared>, manager: Arc<ConnectionManager>) -> Connection {
+        let session = shared.open_session();
+        let startup = Arc::new(match &shared.password {
+            Some(password) => Startup::Password(
+                CleartextPasswordAuthStartupHandler::new(
+                    PasswordSource(password.clone()),
+                    DefaultServerParameterProvider::default(),
+                )
+                .with_connection_manager(manager.clone()),
+            ),
+            None => Startup::Open(OpenStartup { manager: manager.clone() }),
+        });
+        Connection { shared, session, manager, startup, parser: Arc::new(WeftQueryParser) }
+    }
+
+    async fn execute(&self, sql: String) -> Vec<Response> {
+        let (shared, session) = (self.shared.clone(), self.session);
+        let (outputs, error) = match tokio::task::spawn_blocking(move || shared.execute(session, &sql)).await {
+            Ok(result) => result,
+            Err(panic) => (Vec::new(), Some(Error::Catalog(format!("internal error: {panic}")))),
+        };
+        let mut responses = Vec::new();
+        for output in outputs {
+            match output_response(output, &Format::UnifiedText) {
+                Ok(response) => responses.push(response),
+                Err(error) => {
+                    responses.push(Response::Error(Box::new(error_info(&error))));
+                    return responses;
+                }
+            }
+        }
+        if let Some(error) = error {
+            responses.push(Response::Error(Box::new(error_info(&error))));
+        }
+        responses
+    }
+
+    async fn subscribe(&self, statement: &SubscribeStatement) -> PgWireResult<ViewSubscription> {
+        let shared = self.shared.clone();
+        let view = statement.view.clone();
+        match tokio::task::spawn_blocking(move || shared.subscribe(&view)).await {
+            Ok(Ok(subscription)) => Ok(subscription),
+            Ok(Err(error)) => Err(PgWireError::UserError(Box::new(error_info(&error)))),
+            Err(panic) => Err(PgWireError::ApiError(Box::new(panic))),
+        }
+    }
+
+    /// Streams a subscription's rows to the client until the view is dropped (the client ends
+    /// it with a cancel request or by disconnecting).
+    async fn stream<C>(
+        &self,
+        client: &mut C,
+        statement: &SubscribeStatement,
+        format: &Format,
+        describe: bool,
+    ) -> PgWireResult<Tag>
+    where
+        C: Sink<PgWireBackendMessage> + Unpin + Send,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let subscribed = self.subscribe(statement).await?;
+        let schema = subscribe_schema(&subscribed.columns);
+        let fields = Arc::new(fields_of(&schema, format));
+        if describe {
+            client.send(PgWireBackendMessage::RowDescription(row_description(&fields))).await?;
+        }
+        let mut sent = 0;
+        let snapshot = subscribed.snapshot_changes(statement.snapshot);
+        sent += send_changes(client, &schema, &fields, &snapshot).await?;
+        let (sender, mut receiver) = tokio::sync::mpsc::channel(64);
+        let changes = subscribed.subscription.changes;
+        // Forward the engine's changes to this task; stop when the client is gone.
+        tokio::task::spawn_blocking(move || loop {
+            match changes.recv_timeout(std::time::Duration::from_millis(200)) {
+                Ok(batch) => {
+                    if sender.blocking_send(batch).is_err() {
+                        return;
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if sender.is_closed() => return,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        });
+        while let Some(batch) = receiver.recv().await {
+            sent += send_changes(client, &schema, &fields, &expand(batch.time, &batch.updates)).await?;
+        }
+        Ok(Tag::new("SUBSCRIBE").with_rows(sent))
+    }
+}
+
+/// Encodes and sends (and flushes) changes as rows `(timestamp, diff, columns...)`.
+async fn send_changes<C>(
+    client: &mut C,
+    schema: &SchemaRef,
+    fields: &Arc<Vec<FieldInfo>>,
+    changes: &[RowChange],
+) -> PgWireResult<usize>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    if changes.is_empty() {
+        return Ok(0);
+    }
+    let rows: Vec<Row> = changes
+        .iter()
+        .map(|change| {
+            let mut row = Vec::with_capacity(change.row.len() + 2);
+            row.push(Value::Int(change.time as i64));
+            row.push(Value::Int(change.diff));
+            row.extend(change.row.iter().cloned());
+            row.into()
+        })
+        .collect();
+    let batch = weft_sql::convert::rows_batch(&rows, schema).map_err(|error| PgWireError::ApiError(Box::new(error)))?;
+    for row in encode_batch(&batch, fields)? {
+        client.feed(PgWireBackendMessage::DataRow(row)).await?;
+    }
+    client.flush().await?;
+    Ok(changes.len())
+}
+
+/// The columns of a subscription: `timestamp`, `diff`, then the view's.
+pub fn subscribe_schema(columns: &[(String, ColumnType)]) -> SchemaRef {
+    let mut all = vec![("timestamp".to_string(), ColumnType::BigInt), ("diff".to_string(), ColumnType::BigInt)];
+    all.extend(columns.iter().cloned());
+    weft_sql::convert::schema_of(&all)
+}
+
+fn row_description(fields: &[FieldInfo]) -> RowDescription {
+    RowDescription::new(fields.iter().map(Into::into).collect())
+}
+
+/// The PostgreSQL type (and the Arrow type values are cast to before encoding) of an Arrow type.
+fn pg_type(data_type: &DataType) -> (Type, DataType) {
+    match data_type {
+        DataType::Boolean => (Type::BOOL, DataType::Boolean),
+        DataType::Int8 | DataType::Int16 | DataType::UInt8 => (Type::INT2, DataType::Int16),
+        DataType::Int32 | DataType::UInt16 => (Type::INT4, DataType::Int32),
+        DataType::Int64 | DataType::UInt32 | DataType::UInt64 => (Type::INT8, DataType::Int64),
+        DataType::Float16 | DataType::Float32 => (Type::FLOAT4, DataType::Float32),
+        DataType::Float64 | DataType::Decimal128(..) | DataType::Decimal256(..) => (Type::FLOAT8, DataType::Float64),
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => {
+            (Type::BYTEA, DataType::Binary)
+        }
+        DataType::Timestamp(_, None) => (Type::TIMESTAMP, DataType::Timestamp(TimeUnit::Microsecond, None)),
+        DataType::Timestamp(_, Some(_)) => {
+            (Type::TIMESTAMPTZ, DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())))
+        }
+        DataType::Date32 | DataType::Date64 => (Type::DATE, DataType::Date32),
+        _ => (Type::TEXT, DataType::Utf8),
+    }
+}
+
+/// The PostgreSQL type of a weft column type.
+pub fn column_pg_type(column_type: ColumnType) -> Type {
+    pg_type(&weft_sql::convert::arrow_type(column_type)).0
+}
+
+/// The PostgreSQL type of an Arrow type.
+pub fn column_pg_type_of_arrow(data_type: &DataType) -> Type {
+    pg_type(data_type).0
+}
+
+/// Result fields for `schema`, in the formats the client asked for.
+fn fields_of(schema: &Schema, format: &Format) -> Vec<FieldInfo> {
+    schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(index, field)| {
+            FieldInfo::new(field.name().clone(), None, None, pg_type(field.data_type()).0, format.format_for(index))
+        })
+        .collect()
+}
+
+/// Encodes every row of `batch` for `fields`.
+fn encode_batch(batch: &RecordBatch, fields: &Arc<Vec<FieldInfo>>) -> PgWireResult<Vec<DataRow>> {
+    let api_error = |error: datafusion::arrow::error::ArrowError| PgWireError::ApiError(Box::new(error));
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns());
+    for column in batch.columns() {
+        let (_, target) = pg_type(column.data_type());
+        columns.push(if column.data_type() == &target {
+            column.clone()
+        } else if target == DataType::Utf8 {
+            // Anything without a PostgreSQL counterpart travels as its display text.
+            let formatter = datafusion::arrow::util::display::ArrayFormatter::try_new(
+                column.as_ref(),
+                &datafusion::arrow::util::display::FormatOptions::default(),
+            )
+            .map_err(api_error)?;
+            let texts: StringArray =
+                (0..column.len()).map(|row| (!column.is_null(row)).then(|| formatter.value(row).to_string())).collect();
+            Arc::new(texts)
+        } else {
+            cast(column, &target).map_err(api_error)?
+        });
+    }
+    let mut encoder = DataRowEncoder::new(fields.clone());
+    let mut rows = Vec::with_capacity(batch.num_rows());
+    for row in 0..batch.num_rows() {
+        for column in &columns {
+            encode_value(&mut encoder, column.as_ref(), row)?;
+        }
+        rows.push(encoder.take_row());
+    }
+    Ok(rows)
+}
+
+fn encode_value(encoder: &mut DataRowEncoder, column: &dyn Array, row: usize) -> PgWireResult<()> {
+    let any = column.as_any();
+    let null = column.is_null(row);
+    macro_rules! encode {
+        ($array:ty, $convert:expr) => {{
+            let array = any.downcast_ref::<$array>().expect("cast to the encoded type");
+            let value = (!null).then(|| $convert(array.value(row)));
+            encoder.encode_field(&value)
+        }};
+    }
+    match column.data_type() {
+        DataType::Boolean => encode!(BooleanArray, |value: bool| value),
+        DataType::Int16 => encode!(Int16Array, |value: i16| value),
+        DataType::Int32 => encode!(Int32Array, |value: i32| value),
+        DataType::Int64 => encode!(Int64Array, |value: i64| value),
+        DataType::Float32 => encode!(Float32Array, |value: f32| value),
+        DataType::Float64 => encode!(Float64Array, |value: f64| value),
+        DataType::Binary => encode!(BinaryArray, |value: &[u8]| value.to_vec()),
+        DataType::Date32 => {
+            encode!(Date32Array, |days: i32| NaiveDate::from_num_days_from_ce_opt(days + 719_163).unwrap_or_default())
+        }
+        DataType::Timestamp(_, None) => {
+            encode!(TimestampMicrosecondArray, |micros: i64| DateTime::from_timestamp_micros(micros)
+                .unwrap_or_default()
+                .naive_utc())
+        }
+        DataType::Timestamp(_, Some(_)) => {
+            encode!(TimestampMicrosecondArray, |micros: i64| DateTime::<Utc>::from_timestamp_micros(micros)
+                .unwrap_or_default())
+        }
+        _ => encode!(StringArray, |value: &str| value.to_string()),
+    }
+}
+
+/// The protocol response for one statement's output.
+fn output_response(output: Output, format: &Format) -> Result<Response, Error> {
+    Ok(match output {
+        Output::Status(tag) => match tag.as_str() {
+            "BEGIN" => Response::TransactionStart(Tag::new("BEGIN")),
+            "COMMIT" | "ROLLBACK" => Response::TransactionEnd(Tag::new(&tag)),
+            _ => Response::Execution(Tag::new(&tag)),
+        },
+        Output::Rows { schema, batches } => {
+            let fields = Arc::new(fields_of(&schema, format));
+            let mut rows = Vec::new();
+            for batch in &batches {
+                rows.extend(
+                    encode_batch(batch, &fields)
+                        .map_err(|error| Error::Catalog(format!("encoding a result: {error}")))?,
+                );
+            }
+            Response::Query(QueryResponse::new(fields, futures::stream::iter(rows.into_iter().map(Ok))))
+        }
+    })
+}
+
+/// The SQLSTATE code for an error.
+pub fn sqlstate(error: &Error) -> &'static str {
+    let message = error.to_string().to_lowercase();
+    match error {
+        Error::Sql(weft_sql::SqlError::Parse(_)) => "42601",
+        Error::Unsupported(_) | Error::Sql(weft_sql::SqlError::Lower(_)) => "0A000",
+        Error::Constraint(_) if message.contains("primary key") || message.contains("duplicate") => "23505",
+        Error::Constraint(_) => "23000",
+        Error::Catalog(_) if message.contains("already exists") => "42P07",
+        Error::Catalog(_) if message.contains("does not exist") && message.contains("function") => "42883",
+        Error::Catalog(_) if message.contains("does not exist") => "42P01",
+        Error::Catalog(_) if message.contains("malformed") => "42601",
+        Error::Catalog(_) => "42000",
+        Error::Sql(weft_sql::SqlError::DataFusion(_)) => {
+            if message.contains("not found") && message.contains("table") {
+                "42P01"
+            } else if message.contains("no field named") || message.contains("schema error") {
+                "42703"
+            } else if message.contains("divide by zero") || message.contains("division by zero") {
+                "22012"
+            } else if message.contains("cast") {
+                "22P02"
+            } else if message.contains("sql error") || message.contains("parser") {
+                "42601"
+            } else {
+                "42000"
+            }
+        }
+        Error::Engine(weft_engine::EngineError::ViewError { .. }) => "22000",
+        Error::Convert(_) => "22P02",
+        Error::File { .. } => "58030",
+        _ => "XX000",
+    }
+}
+
+/// A weft error as a PostgreSQL ErrorResponse.
+pub fn error_info(error: &Error) -> ErrorInfo {
+    ErrorInfo::new("ERROR".to_string(), sqlstate(error).to_string(), error.to_string())
+}
+
+/// The statement of the extended protocol: SQL text, its parameters bound at execution.
+#[derive(Clone, Debug)]
+pub struct ParsedSql {
+    text: String,
+}
+
+/// Keeps the text; weft parses and plans when the statement is described or executed.
+#[derive(Debug)]
+pub struct WeftQueryParser;
+
+#[async_trait]
+impl QueryParser for WeftQueryParser {
+    type Statement = ParsedSql;
+
+    async fn parse_sql<C>(&self, _client: &C, sql: &str, _types: &[Option<Type>]) -> PgWireResult<Option<ParsedSql>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        Ok(Some(ParsedSql { text: sql.to_string() }))
+    }
+
+    fn get_parameter_types(&self, statement: &ParsedSql) -> PgWireResult<Vec<Type>> {
+        Ok(vec![Type::TEXT; catalog::placeholder_count(&statement.text)])
+    }
+
+    fn get_result_schema(&self, _statement: &ParsedSql, _format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+        Ok(Vec::new())
+    }
+}
+
+/// The value of parameter `index` as a SQL literal.
+fn parameter_literal(portal: &Portal<ParsedSql>, index: usize, declared: Option<&Type>) -> PgWireResult<String> {
+    let declared = declared.filter(|ty| **ty != Type::UNKNOWN).cloned().unwrap_or(Type::UNKNOWN);
+    let literal = |value: Option<String>| value.unwrap_or_else(|| "NULL".to_string());
+    Ok(match declared {
+        Type::BOOL => literal(portal.parameter::<bool>(index, &declared)?.map(|value| value.to_string())),
+        Type::INT2 => literal(portal.parameter::<i16>(index, &declared)?.map(|value| value.to_string())),
+        Type::INT4 => literal(portal.parameter::<i32>(index, &declared)?.map(|value| value.to_string())),
+        Type::INT8 => literal(portal.parameter::<i64>(index, &declared)?.map(|value| value.to_string())),
+        Type::FLOAT4 => literal(portal.parameter::<f32>(index, &declared)?.map(|value| float_literal(value as f64))),
+        Type::FLOAT8 => literal(portal.parameter::<f64>(index, &declared)?.map(float_literal)),
+        Type::BYTEA => literal(portal.parameter::<Vec<u8>>(index, &declared)?.map(|bytes| {
+            let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+            format!("X'{hex}'")
+        })),
+        Type::TIMESTAMP => literal(
+            portal
+                .parameter::<NaiveDateTime>(index, &declared)?
+                .map(|value| format!("CAST('{}' AS TIMESTAMP)", value.format("%Y-%m-%d %H:%M:%S%.f"))),
+        ),
+        Type::NUMERIC => {
+            // Numbers sent as text: checked to be a number, then used as written.
+            let text = raw_text(portal, index)?;
+            match text {
+                Some(text) if text.trim().parse::<f64>().is_ok() => text.trim().to_string(),
+                Some(text) => {
+                    return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                        "ERROR".into(),
+                        "22P02".into(),
+                        format!("parameter ${} is not a number: {text}", index + 1),
+                    ))))
+                }
+                None => "NULL".into(),
+            }
+        }
+        _ => literal(raw_text(portal, index)?.map(|text| format!("'{}'", text.replace('\'', "''")))),
+    })
+}
+
+/// A parameter's bytes as text (text format, or binary text types).
+fn raw_text(portal: &Portal<ParsedSql>, index: usize) -> PgWireResult<Option<String>> {
+    match portal.parameters.get(index) {
+        Some(Some(bytes)) => String::from_utf8(bytes.to_vec()).map(Some).map_err(|_| {
+            PgWireError::UserError(Box::new(ErrorInfo::new(
+                "ERROR".into(),
+                "22021".into(),
+                format!("parameter ${} is not valid UTF-8", index + 1),
+            )))
+        }),
+        Some(None) => Ok(None),
+        None => Err(PgWireError::ParameterIndexOutOfBound(index)),
+    }
+}
+
+fn float_literal(value: f64) -> String {
+    if value.is_finite() {
+        format!("{value:?}")
+    } else {
+        format!("CAST('{value}' AS DOUBLE)")
+    }
+}
+
+/// The portal's SQL with its parameters bound.
+fn bound_sql(portal: &Portal<ParsedSql>) -> PgWireResult<String> {
+    let declared = &portal.statement.parameter_types;
+    let mut literals = Vec::with_capacity(portal.parameter_len());
+    for index in 0..portal.parameter_len() {
+        literals.push(parameter_literal(portal, index, declared.get(index).and_then(Option::as_ref))?);
+    }
+    Ok(catalog::substitute_placeholders(&portal.statement.statement.text, &literals))
+}
+
+impl Connection {
+    /// The result columns of `sql` (bound or not), or none for a statement without rows.
+    async fn describe(&self, sql: &str, format: &Format) -> PgWireResult<Vec<FieldInfo>> {
+        if let Some(subscribe) = parse_subscribe(sql) {
+            let subscribe = subscribe.map_err(|error| PgWireError::UserError(Box::new(error_info(&error))))?;
+            let shared = self.shared.clone();
+            let columns =
+                tokio::task::spawn_blocking(move || shared.with_database(|database| database.view(&subscribe.view)))
+                    .await
+                    .map_err(|panic| PgWireError::ApiError(Box::new(panic)))?
+                    .map_err(|error| PgWireError::UserError(Box::new(error_info(&error))))?
+                    .0;
+            return Ok(fields_of(&subscribe_schema(&columns), format));
+        }
+        let (shared, sql) = (self.shared.clone(), sql.to_string());
+        let schema = tokio::task::spawn_blocking(move || catalog::result_schema(&shared, &sql))
+            .await
+            .map_err(|panic| PgWireError::ApiError(Box::new(panic)))?
+            .map_err(|error| PgWireError::UserError(Box::new(error_info(&error))))?;
+        Ok(schema.map(|schema| fields_of(&schema, format)).unwrap_or_default())
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Connection {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if let Some(subscribe) = parse_subscribe(query) {
+            let subscribe = match subscribe {
+                Ok(subscribe) => subscribe,
+                Err(error) => return Ok(vec![Response::Error(Box::new(error_info(&error)))]),
+            };
+            let tag = self.stream(client, &subscribe, &Format::UnifiedText, true).await?;
+            return Ok(vec![Response::Execution(tag)]);
+        }
+        Ok(self.execute(query.to_string()).await)
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Connection {
+    type Statement = ParsedSql;
+    type QueryParser = WeftQueryParser;
+
+    fn query_parser(&self) -> Arc<WeftQueryParser> {
+        self.parser.clone()
+    }
+
+    async fn do_describe_statement<C>(
+        &self,
+        _client: &mut C,
+        target: &StoredStatement<ParsedSql>,
+    ) -> PgWireResult<DescribeStatementResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = ParsedSql>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let text = target.statement.text.clone();
+        let count = catalog::placeholder_count(&text);
+        let (shared, sql) = (self.shared.clone(), text.clone());
+        let inferred = tokio::task::spawn_blocking(move || catalog::parameter_types(&shared, &sql, count))
+            .await
+            .map_err(|panic| PgWireError::ApiError(Box::new(panic)))?;
+        let parameters = (0..count.max(target.parameter_types.len()))
+            .map(|index| {
+                target
+                    .parameter_types
+                    .get(index)
+                    .cloned()
+                    .flatten()
+                    .filter(|ty| *ty != Type::UNKNOWN)
+                    .or_else(|| inferred.get(index).cloned().flatten())
+                    .unwrap_or(Type::TEXT)
+            })
+            .collect();
+        // Without bound parameters the statement is described with NULLs for them.
+        let nulls = vec!["NULL".to_string(); count];
+        let fields = self.describe(&catalog::substitute_placeholders(&text, &nulls), &Format::UnifiedText).await?;
+        Ok(DescribeStatementResponse::new(parameters, fields))
+    }
+
+    async fn do_describe_portal<C>(
+        &self,
+        _client: &mut C,
+        portal: &Portal<ParsedSql>,
+    ) -> PgWireResult<DescribePortalResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = ParsedSql>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let sql = bound_sql(portal)?;
+        Ok(DescribePortalResponse::new(self.describe(&sql, &portal.result_column_format).await?))
+    }
+
+    async fn do_query<C>(&self, client: &mut C, portal: &Portal<ParsedSql>, _max_rows: usize) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = ParsedSql>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let sql = bound_sql(portal)?;
+        if let Some(subscribe) = parse_subscribe(&sql) {
+            let subscribe = subscribe.map_err(|error| PgWireError::UserError(Box::new(error_info(&error))))?;
+            let tag = self.stream(client, &subscribe, &portal.result_column_format, false).await?;
+            return Ok(Response::Execution(tag));
+        }
+        let (shared, session) = (self.shared.clone(), self.session);
+        let (mut outputs, error) = tokio::task::spawn_blocking(move || shared.execute(session, &sql))
+            .await
+            .map_err(|panic| PgWireError::ApiError(Box::new(panic)))?;
+        if let Some(error) = error {
+            return Err(PgWireError::UserError(Box::new(error_info(&error))));
+        }
+        let output = outputs.pop().unwrap_or(Output::Status("EMPTY".into()));
+        output_response(output, &portal.result_column_format)
+            .map_err(|error| PgWireError::UserError(Box::new(error_info(&error))))
+    }
+}
+
+/// Start-up: cleartext password when the server has one, else none.
+pub enum Startup {
+    Password(CleartextPasswordAuthStartupHandler<PasswordSource, DefaultServerParameterProvider>),
+    Open(OpenStartup),
+}
+
+/// The one password of the server.
+#[derive(Debug)]
+pub struct PasswordSource(String);
+
+#[async_trait]
+impl AuthSource for PasswordSource {
+    async fn get_password(&self, _login: &LoginInfo) -> PgWireResult<Password> {
+        Ok(Password::new(None, self.0.as_bytes().to_vec()))
+    }
+}
+
+/// Start-up without authentication (loopback).
+pub struct OpenStartup {
+    manager: Arc<ConnectionManager>,
+}
+
+impl NoopStartupHandler for OpenStartup {
+    fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
+        Some(self.manager.clone())
+    }
+}
+
+#[async_trait]
+impl StartupHandler for Startup {
+    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match self {
+            Startup::Password(handler) => handler.on_startup(client, message).await,
+            Startup::Open(handler) => handler.on_startup(client, message).await,
+        }
+    }
+}
+
+impl PgWireServerHandlers for Connection {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        Arc::new(self.clone_handle())
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        Arc::new(self.clone_handle())
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        self.startup.clone()
+    }
+
+    fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
+        Arc::new(DefaultCancelHandler::new(self.manager.clone()))
+    }
+}
+
+impl Connection {
+    fn clone_handle(&self) -> Connection {
+        Connection {
+            shared: self.shared.clone(),
+            session: self.session,
+            manager: self.manager.clone(),
+            startup: self.startup.clone(),
+            parser: self.parser.clone(),
+        }
+    }
+}
