@@ -32,6 +32,9 @@ use weft_engine::{
 use weft_sql::convert::{batch_rows, column_type, schema_of};
 use weft_sql::{lower_plan, ConvertError, Planner, RelationProvider, RowSource, SqlError};
 
+/// A relation's column names and types.
+pub type Columns = Vec<(String, ColumnType)>;
+
 /// How to open a database.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -799,7 +802,7 @@ impl Database {
     }
 
     /// The columns and maintained state of view `name`.
-    pub fn view(&self, name: &str) -> Result<(Vec<(String, ColumnType)>, Arc<ViewState>), Error> {
+    pub fn view(&self, name: &str) -> Result<(Columns, Arc<ViewState>), Error> {
         match self.relations.get(name) {
             Some(Relation { columns, kind: RelationKind::View { state, .. }, .. }) => {
                 Ok((columns.clone(), state.clone()))
@@ -825,7 +828,7 @@ impl Database {
     }
 
     /// The current contents of view `name` and a stream of its later changes.
-    pub fn subscribe(&self, name: &str) -> Result<(Vec<(String, ColumnType)>, Subscription), Error> {
+    pub fn subscribe(&self, name: &str) -> Result<(Columns, Subscription), Error> {
         let (columns, state) = self.view(name)?;
         let _reading = self.read_gate().map(Gate::read);
         Ok((columns, state.subscribe()?))

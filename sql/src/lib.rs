@@ -42,6 +42,9 @@ pub enum SqlError {
     /// The async runtime could not start.
     #[error("could not start the query runtime: {0}")]
     Runtime(String),
+    /// An expression chains more operators than weft plans.
+    #[error("statement too complex: an expression chains {0} operators (at most {MAX_OPERATOR_CHAIN})")]
+    TooComplex(usize),
     /// DataFusion panicked on this statement (a bug); the database is unaffected.
     #[error("internal error while planning or executing the statement: {0}")]
     Panic(String),
@@ -59,9 +62,73 @@ fn guarded<T>(work: impl FnOnce() -> Result<T, SqlError>) -> Result<T, SqlError>
     })
 }
 
+/// The most binary operators one expression may chain (`a + b + ...`, `x = 1 OR x = 2 OR ...`).
+/// Planning and evaluating such a chain recurses once per operator; longer chains are refused
+/// before they are parsed.
+pub const MAX_OPERATOR_CHAIN: usize = 1_000;
+
 /// Parses SQL text into statements.
 pub fn parse(sql: &str) -> Result<Vec<Statement>, SqlError> {
+    let chain = longest_operator_chain(sql);
+    if chain > MAX_OPERATOR_CHAIN {
+        return Err(SqlError::TooComplex(chain));
+    }
     Parser::parse_sql(&GenericDialect {}, sql).map_err(|error| SqlError::Parse(error.to_string()))
+}
+
+/// The longest run of binary operators in one expression of `sql`: operators counted within a
+/// parenthesis level and a comma-separated item, outside strings and comments.
+fn longest_operator_chain(sql: &str) -> usize {
+    let bytes = sql.as_bytes();
+    let mut runs = vec![0usize];
+    let mut longest = 0;
+    let mut index = 0;
+    while index < bytes.len() {
+        let byte = bytes[index];
+        match byte {
+            b'\'' | b'"' => {
+                index += 1;
+                while index < bytes.len() && bytes[index] != byte {
+                    index += 1;
+                }
+            }
+            b'-' if bytes.get(index + 1) == Some(&b'-') => {
+                while index < bytes.len() && bytes[index] != b'\n' {
+                    index += 1;
+                }
+            }
+            b'(' => runs.push(0),
+            b')' if runs.len() > 1 => {
+                runs.pop();
+            }
+            b',' | b';' => *runs.last_mut().expect("a level") = 0,
+            b'+' | b'-' | b'*' | b'/' | b'%' | b'=' | b'<' | b'>' | b'|' | b'&' => {
+                let run = runs.last_mut().expect("a level");
+                *run += 1;
+                longest = longest.max(*run);
+                // A two-character operator (`<=`, `||`, ...) counts once.
+                if matches!(bytes.get(index + 1), Some(b'=' | b'>' | b'|' | b'&')) {
+                    index += 1;
+                }
+            }
+            byte if byte.is_ascii_alphabetic() => {
+                let start = index;
+                while index < bytes.len() && (bytes[index].is_ascii_alphanumeric() || bytes[index] == b'_') {
+                    index += 1;
+                }
+                let word = &sql[start..index];
+                if word.eq_ignore_ascii_case("and") || word.eq_ignore_ascii_case("or") {
+                    let run = runs.last_mut().expect("a level");
+                    *run += 1;
+                    longest = longest.max(*run);
+                }
+                continue;
+            }
+            _ => {}
+        }
+        index += 1;
+    }
+    longest
 }
 
 /// DataFusion planning and execution over weft's relations. Clones share the session and
@@ -79,6 +146,8 @@ impl Planner {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("weft-query")
+            // Deeply nested expressions recurse once per level while executing.
+            .thread_stack_size(256 << 20)
             .enable_all()
             .build()
             .map_err(|error| SqlError::Runtime(error.to_string()))?;
@@ -147,5 +216,22 @@ impl Planner {
             };
             Ok(self.block_on(datafusion::physical_plan::collect(physical, task))?)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{longest_operator_chain, parse, SqlError, MAX_OPERATOR_CHAIN};
+
+    #[test]
+    fn operator_chains_are_measured_per_expression() {
+        // The clauses of one level count together: an upper bound of any one expression's chain.
+        assert_eq!(longest_operator_chain("SELECT a + b - c FROM t WHERE x = 1 AND y <= 2"), 5);
+        assert_eq!(longest_operator_chain("INSERT INTO t VALUES (-1, 'a+b+c'), (-2, 'x')"), 1);
+        assert_eq!(longest_operator_chain("SELECT (1 + 2) * (3 + 4 + 5) -- + + + +"), 2);
+        let long = format!("SELECT {}", vec!["1"; MAX_OPERATOR_CHAIN + 2].join(" + "));
+        assert!(matches!(parse(&long), Err(SqlError::TooComplex(_))));
+        let many_rows = format!("INSERT INTO t VALUES {}", vec!["(-1, 2)"; 10_000].join(", "));
+        assert!(parse(&many_rows).is_ok());
     }
 }

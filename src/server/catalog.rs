@@ -131,7 +131,7 @@ impl RowSource for PgTable {
             "pg_database" => vec![vec![Value::Int(1), text("weft"), Value::Int(10), text("UTF8")]],
             _ => Vec::new(),
         };
-        Ok(rows.into_iter().map(Row::from).collect())
+        Ok(rows)
     }
 }
 

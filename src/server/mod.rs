@@ -317,13 +317,24 @@ fn tracing_error(message: &str) {
     eprintln!("weft serve: {message}");
 }
 
+/// The stack of the threads that execute statements.
+pub const STATEMENT_STACK_BYTES: usize = 512 << 20;
+
 /// Runs the server until the process is stopped.
 pub fn serve(database: Database, options: ServeOptions) -> Result<(), ServeError> {
     options.check()?;
     let shared = Arc::new(Shared::new(database, options.password.clone()));
-    let runtime = tokio::runtime::Builder::new_multi_thread().thread_name("weft-serve").enable_all().build().map_err(
-        |error| ServeError::Bind { address: "0.0.0.0:0".parse().expect("address"), message: error.to_string() },
-    )?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("weft-serve")
+        // Parsing, planning and dropping a deeply nested statement recurse once per level: a
+        // large (lazily committed) stack turns a client's absurd query into an error, not a crash.
+        .thread_stack_size(STATEMENT_STACK_BYTES)
+        .enable_all()
+        .build()
+        .map_err(|error| ServeError::Bind {
+            address: "0.0.0.0:0".parse().expect("address"),
+            message: error.to_string(),
+        })?;
     let mut pg_listener = None;
     if let Some(address) = options.pg {
         let listener = runtime

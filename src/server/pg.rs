@@ -26,7 +26,8 @@ use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{
-    DataRowEncoder, DescribePortalResponse, DescribeStatementResponse, FieldInfo, QueryResponse, Response, Tag,
+    DataRowEncoder, DescribePortalResponse, DescribeStatementResponse, FieldFormat, FieldInfo, QueryResponse, Response,
+    Tag,
 };
 use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
@@ -34,8 +35,9 @@ use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionManager, PgWireServer
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::data::{DataRow, RowDescription};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use std::collections::HashMap;
 use std::fmt::Debug;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use weft_engine::{ColumnType, Row, Value};
 
@@ -67,22 +69,24 @@ pub struct Connection {
     manager: Arc<ConnectionManager>,
     startup: Arc<Startup>,
     parser: Arc<WeftQueryParser>,
+    /// Parameter types inferred per statement text.
+    inferred: Arc<Mutex<HashMap<String, Vec<Option<Type>>>>>,
 }
 
 impl Connection {
     fn new(shared: Arc<Shared>, manager: Arc<ConnectionManager>) -> Connection {
         let session = shared.open_session();
         let startup = Arc::new(match &shared.password {
-            Some(password) => Startup::Password(
+            Some(password) => Startup::Password(Box::new(
                 CleartextPasswordAuthStartupHandler::new(
                     PasswordSource(password.clone()),
                     DefaultServerParameterProvider::default(),
                 )
                 .with_connection_manager(manager.clone()),
-            ),
+            )),
             None => Startup::Open(OpenStartup { manager: manager.clone() }),
         });
-        Connection { shared, session, manager, startup, parser: Arc::new(WeftQueryParser) }
+        Connection { shared, session, manager, startup, parser: Arc::new(WeftQueryParser), inferred: Arc::default() }
     }
 
     async fn execute(&self, sql: String) -> Vec<Response> {
@@ -184,7 +188,7 @@ where
             row.push(Value::Int(change.time as i64));
             row.push(Value::Int(change.diff));
             row.extend(change.row.iter().cloned());
-            row.into()
+            row
         })
         .collect();
     let batch = weft_sql::convert::rows_batch(&rows, schema).map_err(|error| PgWireError::ApiError(Box::new(error)))?;
@@ -274,17 +278,27 @@ fn encode_batch(batch: &RecordBatch, fields: &Arc<Vec<FieldInfo>>) -> PgWireResu
     let mut encoder = DataRowEncoder::new(fields.clone());
     let mut rows = Vec::with_capacity(batch.num_rows());
     for row in 0..batch.num_rows() {
-        for column in &columns {
-            encode_value(&mut encoder, column.as_ref(), row)?;
+        for (column, field) in columns.iter().zip(fields.iter()) {
+            encode_value(&mut encoder, column.as_ref(), row, field)?;
         }
         rows.push(encoder.take_row());
     }
     Ok(rows)
 }
 
-fn encode_value(encoder: &mut DataRowEncoder, column: &dyn Array, row: usize) -> PgWireResult<()> {
+fn encode_value(encoder: &mut DataRowEncoder, column: &dyn Array, row: usize, field: &FieldInfo) -> PgWireResult<()> {
     let any = column.as_any();
     let null = column.is_null(row);
+    if field.format() == FieldFormat::Text && matches!(column.data_type(), DataType::Float32 | DataType::Float64) {
+        // PostgreSQL's text for floats: shortest round-trip digits, `10` not `10.0`.
+        let value = if let Some(array) = any.downcast_ref::<Float64Array>() {
+            array.value(row)
+        } else {
+            any.downcast_ref::<Float32Array>().expect("float32").value(row) as f64
+        };
+        let text = (!null).then(|| float_text(value));
+        return encoder.encode_field(&text);
+    }
     macro_rules! encode {
         ($array:ty, $convert:expr) => {{
             let array = any.downcast_ref::<$array>().expect("cast to the encoded type");
@@ -343,6 +357,7 @@ pub fn sqlstate(error: &Error) -> &'static str {
     let message = error.to_string().to_lowercase();
     match error {
         Error::Sql(weft_sql::SqlError::Parse(_)) => "42601",
+        Error::Sql(weft_sql::SqlError::TooComplex(_)) => "54001",
         Error::Unsupported(_) | Error::Sql(weft_sql::SqlError::Lower(_)) => "0A000",
         Error::Constraint(_) if message.contains("primary key") || message.contains("duplicate") => "23505",
         Error::Constraint(_) => "23000",
@@ -462,6 +477,17 @@ fn raw_text(portal: &Portal<ParsedSql>, index: usize) -> PgWireResult<Option<Str
     }
 }
 
+/// A float as PostgreSQL writes it in text.
+fn float_text(value: f64) -> String {
+    if value.is_nan() {
+        "NaN".into()
+    } else if value.is_infinite() {
+        if value > 0.0 { "Infinity" } else { "-Infinity" }.into()
+    } else {
+        format!("{value}")
+    }
+}
+
 fn float_literal(value: f64) -> String {
     if value.is_finite() {
         format!("{value:?}")
@@ -470,17 +496,59 @@ fn float_literal(value: f64) -> String {
     }
 }
 
-/// The portal's SQL with its parameters bound.
-fn bound_sql(portal: &Portal<ParsedSql>) -> PgWireResult<String> {
+/// The portal's SQL with its parameters bound: each typed as the client declared it, else as
+/// weft infers it (`inferred`).
+fn bound_sql(portal: &Portal<ParsedSql>, inferred: &[Option<Type>]) -> PgWireResult<String> {
     let declared = &portal.statement.parameter_types;
     let mut literals = Vec::with_capacity(portal.parameter_len());
     for index in 0..portal.parameter_len() {
-        literals.push(parameter_literal(portal, index, declared.get(index).and_then(Option::as_ref))?);
+        let ty = declared
+            .get(index)
+            .cloned()
+            .flatten()
+            .filter(|ty| *ty != Type::UNKNOWN)
+            .or_else(|| inferred.get(index).cloned().flatten());
+        if ty.is_none() && portal.parameter_format.is_binary(index) {
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "ERROR".into(),
+                "42P18".into(),
+                format!("could not determine the type of parameter ${} sent in binary", index + 1),
+            ))));
+        }
+        literals.push(parameter_literal(portal, index, ty.as_ref())?);
     }
     Ok(catalog::substitute_placeholders(&portal.statement.statement.text, &literals))
 }
 
 impl Connection {
+    /// The parameter types weft infers for `sql` (remembered per statement text).
+    async fn inferred_types(&self, sql: &str) -> PgWireResult<Vec<Option<Type>>> {
+        if let Some(types) = self.inferred.lock().expect("inferred types").get(sql) {
+            return Ok(types.clone());
+        }
+        let count = catalog::placeholder_count(sql);
+        let (shared, text) = (self.shared.clone(), sql.to_string());
+        let types = tokio::task::spawn_blocking(move || catalog::parameter_types(&shared, &text, count))
+            .await
+            .map_err(|panic| PgWireError::ApiError(Box::new(panic)))?;
+        let mut cache = self.inferred.lock().expect("inferred types");
+        if cache.len() > 1000 {
+            cache.clear();
+        }
+        cache.insert(sql.to_string(), types.clone());
+        Ok(types)
+    }
+
+    /// The portal's SQL with its parameters bound.
+    async fn bind(&self, portal: &Portal<ParsedSql>) -> PgWireResult<String> {
+        let declared = &portal.statement.parameter_types;
+        let all_declared = (0..portal.parameter_len())
+            .all(|index| declared.get(index).cloned().flatten().is_some_and(|ty| ty != Type::UNKNOWN));
+        let inferred =
+            if all_declared { Vec::new() } else { self.inferred_types(&portal.statement.statement.text).await? };
+        bound_sql(portal, &inferred)
+    }
+
     /// The result columns of `sql` (bound or not), or none for a statement without rows.
     async fn describe(&self, sql: &str, format: &Format) -> PgWireResult<Vec<FieldInfo>> {
         if let Some(subscribe) = parse_subscribe(sql) {
@@ -546,10 +614,7 @@ impl ExtendedQueryHandler for Connection {
     {
         let text = target.statement.text.clone();
         let count = catalog::placeholder_count(&text);
-        let (shared, sql) = (self.shared.clone(), text.clone());
-        let inferred = tokio::task::spawn_blocking(move || catalog::parameter_types(&shared, &sql, count))
-            .await
-            .map_err(|panic| PgWireError::ApiError(Box::new(panic)))?;
+        let inferred = self.inferred_types(&text).await?;
         let parameters = (0..count.max(target.parameter_types.len()))
             .map(|index| {
                 target
@@ -579,7 +644,7 @@ impl ExtendedQueryHandler for Connection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let sql = bound_sql(portal)?;
+        let sql = self.bind(portal).await?;
         Ok(DescribePortalResponse::new(self.describe(&sql, &portal.result_column_format).await?))
     }
 
@@ -590,7 +655,7 @@ impl ExtendedQueryHandler for Connection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let sql = bound_sql(portal)?;
+        let sql = self.bind(portal).await?;
         if let Some(subscribe) = parse_subscribe(&sql) {
             let subscribe = subscribe.map_err(|error| PgWireError::UserError(Box::new(error_info(&error))))?;
             let tag = self.stream(client, &subscribe, &portal.result_column_format, false).await?;
@@ -611,7 +676,7 @@ impl ExtendedQueryHandler for Connection {
 
 /// Start-up: cleartext password when the server has one, else none.
 pub enum Startup {
-    Password(CleartextPasswordAuthStartupHandler<PasswordSource, DefaultServerParameterProvider>),
+    Password(Box<CleartextPasswordAuthStartupHandler<PasswordSource, DefaultServerParameterProvider>>),
     Open(OpenStartup),
 }
 
@@ -678,6 +743,7 @@ impl Connection {
             manager: self.manager.clone(),
             startup: self.startup.clone(),
             parser: self.parser.clone(),
+            inferred: self.inferred.clone(),
         }
     }
 }

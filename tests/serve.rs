@@ -1,0 +1,433 @@
+//! `weft serve` driven by real clients: the Rust `tokio-postgres` driver (simple and extended
+//! protocols, parameters, binary results, errors, cancel, SUBSCRIBE), Debian's `psql` (meta
+//! commands), and plain HTTP. Each test starts the real binary on free loopback ports.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_postgres::{NoTls, SimpleQueryMessage};
+
+/// A running `weft serve` in a temporary data directory, killed on drop.
+struct Server {
+    child: Child,
+    pg: SocketAddr,
+    http: SocketAddr,
+    directory: PathBuf,
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+impl Server {
+    fn start(name: &str, extra: &[&str]) -> Server {
+        let directory = std::env::temp_dir().join(format!("weft-serve-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&directory);
+        let (pg, http) = (free_port(), free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["--data-dir", directory.to_str().unwrap(), "--no-sync", "serve"])
+            .args(["--pg", &pg.to_string(), "--http", &http.to_string()])
+            .args(extra)
+            .env_remove("WEFT_PASSWORD")
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start weft serve");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(pg).is_err() || TcpStream::connect(http).is_err() {
+            assert!(Instant::now() < deadline, "weft serve did not start listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Server { child, pg, http, directory }
+    }
+
+    fn config(&self) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config.host("127.0.0.1").port(self.pg.port()).user("weft").dbname("weft");
+        config
+    }
+
+    async fn connect(&self) -> tokio_postgres::Client {
+        let (client, connection) = self.config().connect(NoTls).await.expect("connect");
+        tokio::spawn(connection);
+        client
+    }
+
+    /// A raw HTTP/1.1 exchange: the status code and the body.
+    fn http(&self, method: &str, path: &str, body: &str, headers: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect(self.http).unwrap();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: weft\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response[9..12].parse().unwrap();
+        let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
+        (status, body)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.directory);
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+const SCHEMA: &str = "CREATE TABLE orders (id BIGINT PRIMARY KEY, customer TEXT, amount DOUBLE);
+    CREATE MATERIALIZED VIEW totals AS SELECT customer, sum(amount) AS total, count(*) AS n FROM orders GROUP BY customer";
+
+fn rows_of(messages: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
+    messages
+        .iter()
+        .filter_map(|message| match message {
+            SimpleQueryMessage::Row(row) => {
+                Some((0..row.len()).map(|index| row.get(index).map(str::to_string)).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn simple_and_extended_protocols_with_parameters_and_every_type() {
+    let server = Server::start("protocols", &[]);
+    runtime().block_on(async {
+        let client = server.connect().await;
+        client.batch_execute(SCHEMA).await.unwrap();
+        client.simple_query("INSERT INTO orders VALUES (1, 'ada', 10.0), (2, 'bob', 5.5)").await.unwrap();
+        let messages = client.simple_query("SELECT customer, total, n FROM totals ORDER BY customer").await.unwrap();
+        assert_eq!(
+            rows_of(&messages),
+            vec![
+                vec![Some("ada".into()), Some("10".into()), Some("1".into())],
+                vec![Some("bob".into()), Some("5.5".into()), Some("1".into())]
+            ]
+        );
+
+        // Server-side parameters, typed by weft: an INSERT's by its columns, a query's by DataFusion.
+        let insert = client.prepare("INSERT INTO orders VALUES ($1, $2, $3)").await.unwrap();
+        assert_eq!(insert.params(), &[tokio_postgres::types::Type::INT8, tokio_postgres::types::Type::TEXT, tokio_postgres::types::Type::FLOAT8]);
+        let inserted = client.execute(&insert, &[&3i64, &"o'neil", &2.25f64]).await.unwrap();
+        assert_eq!(inserted, 1);
+        let rows = client.query("SELECT total, n FROM totals WHERE customer = $1", &[&"o'neil"]).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].get::<_, f64>(0), 2.25);
+        assert_eq!(rows[0].get::<_, i64>(1), 1);
+        let rows = client.query("SELECT id FROM orders WHERE amount > $1 ORDER BY id", &[&5.0f64]).await.unwrap();
+        assert_eq!(rows.iter().map(|row| row.get::<_, i64>(0)).collect::<Vec<_>>(), vec![1, 2]);
+
+        // Every weft type, in binary (tokio-postgres asks for binary results) and text.
+        client
+            .batch_execute(
+                "CREATE TABLE kinds (b BOOLEAN, i BIGINT, d DOUBLE, t TEXT, y BYTEA, ts TIMESTAMP);
+                 INSERT INTO kinds VALUES (true, -7, 1.5, 'é', X'00ff', CAST('2024-05-06 07:08:09.123456' AS TIMESTAMP)),
+                                          (NULL, NULL, NULL, NULL, NULL, NULL)",
+            )
+            .await
+            .unwrap();
+        let rows = client.query("SELECT b, i, d, t, y, ts FROM kinds ORDER BY i NULLS LAST", &[]).await.unwrap();
+        let types: Vec<_> = rows[0].columns().iter().map(|column| column.type_().clone()).collect();
+        use tokio_postgres::types::Type;
+        assert_eq!(types, vec![Type::BOOL, Type::INT8, Type::FLOAT8, Type::TEXT, Type::BYTEA, Type::TIMESTAMP]);
+        assert!(rows[0].get::<_, bool>(0));
+        assert_eq!(rows[0].get::<_, i64>(1), -7);
+        assert_eq!(rows[0].get::<_, String>(3), "é");
+        assert_eq!(rows[0].get::<_, Vec<u8>>(4), vec![0, 255]);
+        let timestamp: std::time::SystemTime = rows[0].get(5);
+        let micros = timestamp.duration_since(std::time::UNIX_EPOCH).unwrap().as_micros();
+        assert_eq!(micros, 1_714_979_289_123_456);
+        assert_eq!(rows[1].get::<_, Option<i64>>(1), None);
+        let text = rows_of(&client.simple_query("SELECT b, y, ts FROM kinds WHERE i = -7").await.unwrap());
+        assert_eq!(text, vec![vec![Some("t".into()), Some("\\x00ff".into()), Some("2024-05-06 07:08:09.123456".into())]]);
+
+        // A transaction is one timestamp; a rolled-back one leaves nothing.
+        client.batch_execute("BEGIN; INSERT INTO orders VALUES (10, 'zed', 1.0); ROLLBACK").await.unwrap();
+        assert!(client.query("SELECT * FROM totals WHERE customer = 'zed'", &[]).await.unwrap().is_empty());
+        let transaction_client = server.connect().await;
+        transaction_client.batch_execute("BEGIN; INSERT INTO orders VALUES (11, 'amy', 1.0)").await.unwrap();
+        let seen = transaction_client.query("SELECT count(*) FROM orders WHERE id = 11", &[]).await.unwrap();
+        assert_eq!(seen[0].get::<_, i64>(0), 1, "a transaction sees its own writes");
+        transaction_client.batch_execute("COMMIT").await.unwrap();
+        let rows = client.query("SELECT n FROM totals WHERE customer = 'amy'", &[]).await.unwrap();
+        assert_eq!(rows[0].get::<_, i64>(0), 1);
+    });
+}
+
+#[test]
+fn errors_carry_sqlstate_and_touch_only_their_client() {
+    let server = Server::start("errors", &[]);
+    runtime().block_on(async {
+        let client = server.connect().await;
+        client.batch_execute(SCHEMA).await.unwrap();
+        client.batch_execute("INSERT INTO orders VALUES (1, 'ada', 1.0)").await.unwrap();
+        let code = |error: tokio_postgres::Error| error.code().map(|code| code.code().to_string());
+        let cases = [
+            ("SELECT * FROM nowhere", "42P01"),
+            ("SELEC 1", "42601"),
+            ("INSERT INTO orders VALUES (1, 'again', 2.0)", "23505"),
+            ("CREATE TABLE orders (x BIGINT)", "42P07"),
+            ("VACUUM orders", "0A000"),
+            ("SUBSCRIBE TO nowhere", "42P01"),
+        ];
+        for (sql, expected) in cases {
+            let error = client.simple_query(sql).await.expect_err(sql);
+            assert_eq!(code(error).as_deref(), Some(expected), "{sql}");
+        }
+        // A huge statement is an error for its client only.
+        let huge = format!("SELECT {}", vec!["1"; 200_000].join(" + "));
+        let error = client.simple_query(&huge).await.expect_err("too complex");
+        assert_eq!(code(error).as_deref(), Some("54001"));
+        let _ = client.simple_query(&huge).await;
+        let still = client.query("SELECT count(*) FROM orders", &[]).await.unwrap();
+        assert_eq!(still[0].get::<_, i64>(0), 1);
+
+        // Garbage bytes on a socket, and a client that disconnects mid-query, harm no one else.
+        let mut garbage = TcpStream::connect(server.pg).unwrap();
+        let _ = garbage.write_all(&[0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8]);
+        drop(garbage);
+        let quitter = server.connect().await;
+        let slow = tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_millis(5), quitter.simple_query("SELECT count(*) FROM orders"))
+                .await;
+        });
+        slow.await.unwrap();
+        let other = server.connect().await;
+        let rows = other.query("SELECT count(*) FROM orders", &[]).await.unwrap();
+        assert_eq!(rows[0].get::<_, i64>(0), 1);
+    });
+}
+
+#[test]
+fn subscribe_streams_every_change_in_order_until_cancelled() {
+    let server = Server::start("subscribe", &[]);
+    runtime().block_on(async {
+        let client = server.connect().await;
+        client.batch_execute(SCHEMA).await.unwrap();
+        client.batch_execute("INSERT INTO orders VALUES (1, 'ada', 10.0)").await.unwrap();
+        let subscriber = server.connect().await;
+        let cancel = subscriber.cancel_token();
+        let stream = subscriber.query_raw("SUBSCRIBE TO totals", Vec::<i64>::new()).await.unwrap();
+        let mut stream = Box::pin(stream);
+        let (snapshot_time, diff, customer, total) = next_change(&mut stream).await;
+        assert_eq!((diff, customer.as_str(), total), (1, "ada", 10.0));
+        client.batch_execute("UPDATE orders SET amount = 12 WHERE id = 1").await.unwrap();
+        let first = next_change(&mut stream).await;
+        let second = next_change(&mut stream).await;
+        assert!(first.0 > snapshot_time && first.0 == second.0, "one timestamp for one update");
+        let mut pair = [(first.1, first.3), (second.1, second.3)];
+        pair.sort_by_key(|change| change.0);
+        assert_eq!(pair, [(-1, 10.0), (1, 12.0)]);
+        client.batch_execute("INSERT INTO orders VALUES (2, 'bob', 1.0)").await.unwrap();
+        let third = next_change(&mut stream).await;
+        assert!(third.0 > first.0);
+        assert_eq!((third.1, third.2.as_str()), (1, "bob"));
+
+        // A subscription without the snapshot starts with the next change.
+        let quiet = server.connect().await;
+        let quiet_rows = quiet.query_raw("SUBSCRIBE totals WITH (SNAPSHOT = false)", Vec::<i64>::new()).await.unwrap();
+        let mut quiet_stream = Box::pin(quiet_rows);
+        // The server starts the subscription when it executes the statement: wait for it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !server.http("GET", "/metrics", "", "").1.contains("weft_view_subscribers{view=\"totals\"} 2") {
+            assert!(Instant::now() < deadline, "the second subscription did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        client.batch_execute("INSERT INTO orders VALUES (3, 'cy', 3.0)").await.unwrap();
+        let row =
+            tokio::time::timeout(Duration::from_secs(10), next_row(&mut quiet_stream)).await.unwrap().unwrap().unwrap();
+        assert_eq!(row.get::<_, String>(2), "cy");
+
+        cancel.cancel_query(NoTls).await.unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match next_row(&mut stream).await {
+                    Some(Err(error)) => return error.code().map(|code| code.code().to_string()),
+                    Some(Ok(_)) => continue,
+                    None => return None,
+                }
+            }
+        })
+        .await
+        .expect("the cancel ends the subscription");
+        assert_eq!(ended.as_deref(), Some("57014"));
+        // The cancelled connection serves queries again.
+        let rows = subscriber.query("SELECT count(*) FROM totals", &[]).await.unwrap();
+        assert_eq!(rows[0].get::<_, i64>(0), 3);
+    });
+}
+
+/// The next subscription row as (timestamp, diff, customer, total).
+async fn next_change(stream: &mut std::pin::Pin<Box<tokio_postgres::RowStream>>) -> (i64, i64, String, f64) {
+    let row =
+        tokio::time::timeout(Duration::from_secs(10), next_row(stream)).await.expect("a change").unwrap().unwrap();
+    (row.get(0), row.get(1), row.get(2), row.get(3))
+}
+
+async fn next_row(
+    stream: &mut std::pin::Pin<Box<tokio_postgres::RowStream>>,
+) -> Option<Result<tokio_postgres::Row, tokio_postgres::Error>> {
+    use futures::StreamExt;
+    stream.next().await
+}
+
+#[test]
+fn readers_see_one_timestamp_across_views_while_writers_write() {
+    let server = Server::start("consistency", &[]);
+    runtime().block_on(async {
+        let client = server.connect().await;
+        client
+            .batch_execute(
+                "CREATE TABLE debit (id BIGINT PRIMARY KEY, amount BIGINT);
+                 CREATE TABLE credit (id BIGINT PRIMARY KEY, amount BIGINT);
+                 CREATE VIEW debits AS SELECT sum(amount) AS total FROM debit;
+                 CREATE VIEW credits AS SELECT sum(amount) AS total FROM credit;",
+            )
+            .await
+            .unwrap();
+        let writer = server.connect().await;
+        let writes = tokio::spawn(async move {
+            for id in 0..200i64 {
+                writer
+                    .batch_execute(&format!(
+                        "BEGIN; INSERT INTO debit VALUES ({id}, {id}); INSERT INTO credit VALUES ({id}, {id}); COMMIT"
+                    ))
+                    .await
+                    .unwrap();
+            }
+        });
+        let mut readers = Vec::new();
+        for _ in 0..3 {
+            let reader = server.connect().await;
+            readers.push(tokio::spawn(async move {
+                let mut checks = 0;
+                loop {
+                    let rows = reader
+                        .query("SELECT (SELECT total FROM debits) AS d, (SELECT total FROM credits) AS c", &[])
+                        .await
+                        .unwrap();
+                    let (debits, credits): (Option<i64>, Option<i64>) = (rows[0].get(0), rows[0].get(1));
+                    assert_eq!(debits, credits, "a read saw one view ahead of the other");
+                    checks += 1;
+                    if debits == Some((0..200).sum()) {
+                        return checks;
+                    }
+                }
+            }));
+        }
+        writes.await.unwrap();
+        for reader in readers {
+            assert!(reader.await.unwrap() > 0);
+        }
+    });
+}
+
+#[test]
+fn psql_meta_commands_list_and_describe_relations() {
+    let server = Server::start("psql", &[]);
+    let psql = |commands: &[&str]| {
+        let mut command = Command::new("psql");
+        command.args(["-X", "-h", "127.0.0.1", "-p", &server.pg.port().to_string(), "-U", "weft", "weft"]);
+        for text in commands {
+            command.args(["-c", text]);
+        }
+        let output =
+            command.env("PGCONNECT_TIMEOUT", "10").output().expect("psql (Debian's postgresql-client) is installed");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    let (ok, out) = psql(&[SCHEMA.split(';').next().unwrap(), SCHEMA.split(';').nth(1).unwrap()]);
+    assert!(ok, "{out}");
+    let (ok, out) = psql(&["\\dt", "\\dv", "\\d orders", "\\d totals"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("public | orders | table | weft"), "{out}");
+    assert!(out.contains("public | totals | view  | weft") || out.contains("public | totals | view | weft"), "{out}");
+    assert!(out.contains("Table \"public.orders\""), "{out}");
+    assert!(out.contains(" amount   | double precision"), "{out}");
+    assert!(out.contains("View \"public.totals\""), "{out}");
+    assert!(out.contains(" n        | bigint"), "{out}");
+    let (ok, out) = psql(&["INSERT INTO orders VALUES (1, 'ada', 2.5)", "SELECT customer, total FROM totals"]);
+    assert!(ok && out.contains(" ada      |   2.5"), "{out}");
+    let (ok, out) = psql(&["SELECT * FROM missing"]);
+    assert!(!ok && out.contains("ERROR:"), "{out}");
+}
+
+#[test]
+fn http_query_subscribe_and_metrics() {
+    let server = Server::start("http", &[]);
+    let (status, body) = server.http("POST", "/query", SCHEMA, "");
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server.http("POST", "/query", "INSERT INTO orders VALUES (1, 'ada', 10.0)", "");
+    assert_eq!((status, body.trim()), (200, "{\"status\":\"INSERT 0 1\"}"));
+    let (status, body) = server.http("POST", "/query", "SELECT customer, total, n FROM totals", "");
+    assert_eq!((status, body.trim()), (200, "[{\"customer\":\"ada\",\"total\":10.0,\"n\":1}]"));
+    let (status, body) = server.http("POST", "/query", "SELECT * FROM nowhere", "");
+    assert_eq!(status, 400);
+    assert!(body.contains("\"code\":\"42P01\""), "{body}");
+
+    let mut stream = TcpStream::connect(server.http).unwrap();
+    write!(stream, "GET /subscribe/totals HTTP/1.1\r\nHost: weft\r\n\r\n").unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut lines = Vec::new();
+    let read_json_line = |reader: &mut BufReader<TcpStream>| loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line.starts_with('{') {
+            return serde_json::from_str::<serde_json::Value>(&line).unwrap();
+        }
+    };
+    lines.push(read_json_line(&mut reader));
+    assert_eq!(lines[0]["diff"], 1);
+    assert_eq!(lines[0]["row"]["customer"], "ada");
+    server.http("POST", "/query", "UPDATE orders SET amount = 11 WHERE id = 1", "");
+    lines.push(read_json_line(&mut reader));
+    lines.push(read_json_line(&mut reader));
+    let mut diffs: Vec<(i64, f64)> = lines[1..]
+        .iter()
+        .map(|line| (line["diff"].as_i64().unwrap(), line["row"]["total"].as_f64().unwrap()))
+        .collect();
+    diffs.sort_by_key(|change| change.0);
+    assert_eq!(diffs, vec![(-1, 10.0), (1, 11.0)]);
+    assert!(lines[1]["timestamp"].as_u64() > lines[0]["timestamp"].as_u64());
+
+    let (status, metrics) = server.http("GET", "/metrics", "", "");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("weft_view_rows{view=\"totals\"} 1"), "{metrics}");
+    assert!(metrics.contains("weft_view_subscribers{view=\"totals\"} 1"), "{metrics}");
+    assert!(metrics.contains("weft_update_seconds_count"), "{metrics}");
+    assert!(metrics.contains("weft_memo_hits_total"), "{metrics}");
+}
+
+#[test]
+fn a_password_guards_both_protocols() {
+    let server = Server::start("password", &["--password", "s3cret"]);
+    runtime().block_on(async {
+        let mut config = server.config();
+        assert!(config.password("wrong").connect(NoTls).await.is_err());
+        let (client, connection) = config.password("s3cret").connect(NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client.simple_query("SELECT 1").await.unwrap();
+    });
+    assert_eq!(server.http("POST", "/query", "SELECT 1", "").0, 401);
+    assert_eq!(server.http("POST", "/query", "SELECT 1", "Authorization: Bearer s3cret\r\n").0, 200);
+    // Beyond loopback without a password, the server refuses to start.
+    let refused = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["--data-dir", server.directory.join("other").to_str().unwrap(), "serve", "--pg", "0.0.0.0:0"])
+        .env_remove("WEFT_PASSWORD")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("without a password"));
+}
