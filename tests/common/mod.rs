@@ -1,0 +1,89 @@
+//! A `weft serve` process for integration tests: started on free loopback ports in a
+//! temporary data directory, killed on drop.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_postgres::NoTls;
+
+/// A running `weft serve` in a temporary data directory, killed on drop.
+pub struct Server {
+    child: Child,
+    pub pg: SocketAddr,
+    pub http: SocketAddr,
+    pub directory: PathBuf,
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+impl Server {
+    pub fn start(name: &str, extra: &[&str]) -> Server {
+        let directory = std::env::temp_dir().join(format!("weft-serve-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&directory);
+        let (pg, http) = (free_port(), free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["--data-dir", directory.to_str().unwrap(), "--no-sync", "serve"])
+            .args(["--pg", &pg.to_string(), "--http", &http.to_string()])
+            .args(extra)
+            .env_remove("WEFT_PASSWORD")
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start weft serve");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(pg).is_err() || TcpStream::connect(http).is_err() {
+            assert!(Instant::now() < deadline, "weft serve did not start listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Server { child, pg, http, directory }
+    }
+
+    pub fn config(&self) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config.host("127.0.0.1").port(self.pg.port()).user("weft").dbname("weft");
+        config
+    }
+
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        let (client, connection) = self.config().connect(NoTls).await.expect("connect");
+        tokio::spawn(connection);
+        client
+    }
+
+    /// A raw HTTP/1.1 exchange: the status code and the body.
+    pub fn http(&self, method: &str, path: &str, body: &str, headers: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect(self.http).unwrap();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: weft\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response[9..12].parse().unwrap();
+        let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
+        (status, body)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.directory);
+    }
+}
+
+impl Server {
+    /// A libpq connection string for this server.
+    pub fn dsn(&self) -> String {
+        format!("host=127.0.0.1 port={} user=weft dbname=weft", self.pg.port())
+    }
+}
