@@ -293,6 +293,28 @@ fn psql_meta_commands_list_and_describe_relations() {
     assert!(ok && out.contains(" ada      |   2.5"), "{out}");
     let (ok, out) = psql(&["SELECT * FROM missing"]);
     assert!(!ok && out.contains("ERROR:"), "{out}");
+
+    // psql prints a subscription as COPY rows as they arrive: timestamp, diff, columns. (psql
+    // flushes its output line by line only on a terminal: `script` gives it one.)
+    let command =
+        format!("psql -X -h 127.0.0.1 -p {} -U weft weft -c 'COPY (SUBSCRIBE TO totals) TO STDOUT'", server.pg.port());
+    let mut subscriber = Command::new("script")
+        .args(["-qfc", &command, "/dev/null"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(subscriber.stdout.take().unwrap()).lines();
+    let snapshot = lines.next().unwrap().unwrap().trim_end().to_string();
+    let fields: Vec<&str> = snapshot.split('\t').collect();
+    assert_eq!(fields[1..], ["1", "ada", "2.5", "1"], "{snapshot}");
+    let (ok, out) = psql(&["INSERT INTO orders VALUES (2, 'bob', 1.5)"]);
+    assert!(ok, "{out}");
+    let change = lines.next().unwrap().unwrap().trim_end().to_string();
+    let fields: Vec<&str> = change.split('\t').collect();
+    assert_eq!(fields[1..], ["1", "bob", "1.5", "1"], "{change}");
+    assert!(fields[0].parse::<u64>().unwrap() > snapshot.split('\t').next().unwrap().parse::<u64>().unwrap());
+    let _ = subscriber.kill();
+    let _ = subscriber.wait();
 }
 
 #[test]

@@ -21,6 +21,8 @@ pub struct Gate {
 struct GateState {
     readers: usize,
     writer: bool,
+    /// A writer waits: new readers hold back, so a stream of readers cannot starve it.
+    writer_waiting: bool,
 }
 
 /// Held while a reader copies rows; dropping it lets a waiting writer in.
@@ -35,10 +37,10 @@ impl Gate {
         Gate::default()
     }
 
-    /// Waits until no writer holds the gate, then enters as a reader.
+    /// Waits until no writer holds or waits for the gate, then enters as a reader.
     pub fn read(&self) -> ReadGuard<'_> {
         let mut state = self.state.lock().expect("gate lock");
-        while state.writer {
+        while state.writer || state.writer_waiting {
             state = self.changed.wait(state).expect("gate lock");
         }
         state.readers += 1;
@@ -48,9 +50,11 @@ impl Gate {
     /// Waits until no reader is copying, then holds the gate until [`Gate::end_write`].
     pub fn begin_write(&self) {
         let mut state = self.state.lock().expect("gate lock");
+        state.writer_waiting = true;
         while state.writer || state.readers > 0 {
             state = self.changed.wait(state).expect("gate lock");
         }
+        state.writer_waiting = false;
         state.writer = true;
     }
 
@@ -93,6 +97,24 @@ mod tests {
         written.store(true, Ordering::SeqCst);
         gate.end_write();
         assert!(reader.join().unwrap(), "the reader entered before the write ended");
+    }
+
+    #[test]
+    fn a_waiting_writer_holds_back_new_readers() {
+        let gate = Arc::new(Gate::new());
+        let reading = gate.read();
+        let writer = {
+            let gate = gate.clone();
+            std::thread::spawn(move || {
+                gate.begin_write();
+                gate.end_write();
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(gate.state.lock().unwrap().writer_waiting);
+        drop(reading);
+        writer.join().unwrap();
+        let _again = gate.read();
     }
 
     #[test]

@@ -33,6 +33,7 @@ use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionManager, PgWireServerHandlers, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::copy::{CopyData, CopyDone, CopyOutResponse};
 use pgwire::messages::data::{DataRow, RowDescription};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use std::collections::HashMap;
@@ -144,26 +145,120 @@ impl Connection {
         let mut sent = 0;
         let snapshot = subscribed.snapshot_changes(statement.snapshot);
         sent += send_changes(client, &schema, &fields, &snapshot).await?;
-        let (sender, mut receiver) = tokio::sync::mpsc::channel(64);
-        let changes = subscribed.subscription.changes;
-        // Forward the engine's changes to this task; stop when the client is gone.
-        tokio::task::spawn_blocking(move || loop {
-            match changes.recv_timeout(std::time::Duration::from_millis(200)) {
-                Ok(batch) => {
-                    if sender.blocking_send(batch).is_err() {
-                        return;
-                    }
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if sender.is_closed() => return,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
-            }
-        });
+        let mut receiver = forward_changes(subscribed.subscription.changes);
         while let Some(batch) = receiver.recv().await {
             sent += send_changes(client, &schema, &fields, &expand(batch.time, &batch.updates)).await?;
         }
         Ok(Tag::new("SUBSCRIBE").with_rows(sent))
     }
+}
+
+/// `COPY (SUBSCRIBE ...) TO STDOUT`: the subscription as a COPY stream, which psql prints as it
+/// arrives.
+fn parse_copy_subscribe(query: &str) -> Option<Result<SubscribeStatement, Error>> {
+    let trimmed = query.trim().trim_end_matches(';').trim_end();
+    let head = trimmed.get(..4)?;
+    if !head.eq_ignore_ascii_case("copy") {
+        return None;
+    }
+    let rest = trimmed[4..].trim_start().strip_prefix('(')?;
+    let close = rest.rfind(')')?;
+    let tail = rest[close + 1..].split_whitespace().collect::<Vec<_>>().join(" ");
+    if !tail.eq_ignore_ascii_case("to stdout") {
+        return None;
+    }
+    parse_subscribe(&rest[..close])
+}
+
+/// A value in COPY's text format.
+fn copy_text(value: &Value, out: &mut String) {
+    match value {
+        Value::Null => out.push_str("\\N"),
+        Value::Bool(flag) => out.push(if *flag { 't' } else { 'f' }),
+        Value::Int(number) => out.push_str(&number.to_string()),
+        Value::Float(number) => out.push_str(&float_text(*number)),
+        Value::Text(text) => {
+            for character in text.chars() {
+                match character {
+                    '\\' => out.push_str("\\\\"),
+                    '\t' => out.push_str("\\t"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    other => out.push(other),
+                }
+            }
+        }
+        Value::Bytes(bytes) => {
+            out.push_str("\\\\x");
+            for byte in bytes {
+                out.push_str(&format!("{byte:02x}"));
+            }
+        }
+        Value::Timestamp(nanos) => {
+            let time = DateTime::from_timestamp_nanos(*nanos).naive_utc();
+            out.push_str(&time.format("%Y-%m-%d %H:%M:%S%.f").to_string());
+        }
+    }
+}
+
+impl Connection {
+    /// Streams a subscription as `COPY ... TO STDOUT` text rows until the view is dropped or the
+    /// client cancels.
+    async fn stream_copy<C>(&self, client: &mut C, statement: &SubscribeStatement) -> PgWireResult<Tag>
+    where
+        C: Sink<PgWireBackendMessage> + Unpin + Send,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let subscribed = self.subscribe(statement).await?;
+        let columns = subscribed.columns.len() as i16 + 2;
+        client
+            .send(PgWireBackendMessage::CopyOutResponse(CopyOutResponse::new(0, columns, vec![0; columns as usize])))
+            .await?;
+        let mut sent = 0;
+        let mut changes = subscribed.snapshot_changes(statement.snapshot);
+        let mut receiver = forward_changes(subscribed.subscription.changes);
+        loop {
+            for change in &changes {
+                let mut line = format!("{}\t{}", change.time, change.diff);
+                for value in change.row.iter() {
+                    line.push('\t');
+                    copy_text(value, &mut line);
+                }
+                line.push('\n');
+                client.feed(PgWireBackendMessage::CopyData(CopyData::new(line.into()))).await?;
+            }
+            sent += changes.len();
+            client.flush().await?;
+            match receiver.recv().await {
+                Some(batch) => changes = expand(batch.time, &batch.updates),
+                None => break,
+            }
+        }
+        client.send(PgWireBackendMessage::CopyDone(CopyDone::new())).await?;
+        Ok(Tag::new("COPY").with_rows(sent))
+    }
+}
+
+/// Moves a subscription's changes from the engine's channel to an async one; stops when the
+/// receiving side is dropped (the client went away or cancelled).
+fn forward_changes(
+    changes: std::sync::mpsc::Receiver<weft_engine::ViewChanges>,
+) -> tokio::sync::mpsc::Receiver<weft_engine::ViewChanges> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(64);
+    tokio::task::spawn_blocking(move || loop {
+        match changes.recv_timeout(std::time::Duration::from_millis(200)) {
+            Ok(batch) => {
+                if sender.blocking_send(batch).is_err() {
+                    return;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if sender.is_closed() => return,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+    });
+    receiver
 }
 
 /// Encodes and sends (and flushes) changes as rows `(timestamp, diff, columns...)`.
@@ -586,6 +681,14 @@ impl SimpleQueryHandler for Connection {
                 Err(error) => return Ok(vec![Response::Error(Box::new(error_info(&error)))]),
             };
             let tag = self.stream(client, &subscribe, &Format::UnifiedText, true).await?;
+            return Ok(vec![Response::Execution(tag)]);
+        }
+        if let Some(subscribe) = parse_copy_subscribe(query) {
+            let subscribe = match subscribe {
+                Ok(subscribe) => subscribe,
+                Err(error) => return Ok(vec![Response::Error(Box::new(error_info(&error)))]),
+            };
+            let tag = self.stream_copy(client, &subscribe).await?;
             return Ok(vec![Response::Execution(tag)]);
         }
         Ok(self.execute(query.to_string()).await)
