@@ -93,7 +93,7 @@ fn main() {
                     *ordered &= time as u64 >= *last_time;
                     *last_time = time as u64;
                     *changes += 1;
-                    let count = contents.entry(key.clone()).or_insert(0);
+                    let count = contents.entry(key).or_insert(0);
                     *count += diff;
                     if *count == 0 {
                         contents.remove(&key);
