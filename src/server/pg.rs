@@ -591,18 +591,23 @@ fn float_literal(value: f64) -> String {
     }
 }
 
+/// The type of parameter `index`: as the client declared it, else as weft inferred it.
+fn parameter_type(declared: &[Option<Type>], inferred: &[Option<Type>], index: usize) -> Option<Type> {
+    declared
+        .get(index)
+        .cloned()
+        .flatten()
+        .filter(|ty| *ty != Type::UNKNOWN)
+        .or_else(|| inferred.get(index).cloned().flatten())
+}
+
 /// The portal's SQL with its parameters bound: each typed as the client declared it, else as
 /// weft infers it (`inferred`).
 fn bound_sql(portal: &Portal<ParsedSql>, inferred: &[Option<Type>]) -> PgWireResult<String> {
     let declared = &portal.statement.parameter_types;
     let mut literals = Vec::with_capacity(portal.parameter_len());
     for index in 0..portal.parameter_len() {
-        let ty = declared
-            .get(index)
-            .cloned()
-            .flatten()
-            .filter(|ty| *ty != Type::UNKNOWN)
-            .or_else(|| inferred.get(index).cloned().flatten());
+        let ty = parameter_type(declared, inferred, index);
         if ty.is_none() && portal.parameter_format.is_binary(index) {
             return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
                 "ERROR".into(),
@@ -637,8 +642,7 @@ impl Connection {
     /// The portal's SQL with its parameters bound.
     async fn bind(&self, portal: &Portal<ParsedSql>) -> PgWireResult<String> {
         let declared = &portal.statement.parameter_types;
-        let all_declared = (0..portal.parameter_len())
-            .all(|index| declared.get(index).cloned().flatten().is_some_and(|ty| ty != Type::UNKNOWN));
+        let all_declared = (0..portal.parameter_len()).all(|index| parameter_type(declared, &[], index).is_some());
         let inferred =
             if all_declared { Vec::new() } else { self.inferred_types(&portal.statement.statement.text).await? };
         bound_sql(portal, &inferred)
@@ -719,16 +723,7 @@ impl ExtendedQueryHandler for Connection {
         let count = catalog::placeholder_count(&text);
         let inferred = self.inferred_types(&text).await?;
         let parameters = (0..count.max(target.parameter_types.len()))
-            .map(|index| {
-                target
-                    .parameter_types
-                    .get(index)
-                    .cloned()
-                    .flatten()
-                    .filter(|ty| *ty != Type::UNKNOWN)
-                    .or_else(|| inferred.get(index).cloned().flatten())
-                    .unwrap_or(Type::TEXT)
-            })
+            .map(|index| parameter_type(&target.parameter_types, &inferred, index).unwrap_or(Type::TEXT))
             .collect();
         // Without bound parameters the statement is described with NULLs for them.
         let nulls = vec!["NULL".to_string(); count];
