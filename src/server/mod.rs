@@ -45,6 +45,8 @@ pub enum ServeError {
     Bind { address: SocketAddr, message: String },
     #[error("nothing to serve: give --pg and/or --http")]
     NoListener,
+    #[error("could not start the server's runtime: {0}")]
+    Runtime(String),
 }
 
 impl ServeOptions {
@@ -331,10 +333,7 @@ pub fn serve(database: Database, options: ServeOptions) -> Result<(), ServeError
         .thread_stack_size(STATEMENT_STACK_BYTES)
         .enable_all()
         .build()
-        .map_err(|error| ServeError::Bind {
-            address: "0.0.0.0:0".parse().expect("address"),
-            message: error.to_string(),
-        })?;
+        .map_err(|error| ServeError::Runtime(error.to_string()))?;
     let mut pg_listener = None;
     if let Some(address) = options.pg {
         let listener = runtime
