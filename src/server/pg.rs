@@ -92,7 +92,7 @@ impl Connection {
 
     async fn execute(&self, sql: String) -> Vec<Response> {
         let (shared, session) = (self.shared.clone(), self.session);
-        let (outputs, error) = match tokio::task::spawn_blocking(move || shared.execute(session, &sql)).await {
+        let (outputs, error) = match blocking(move || shared.execute(session, &sql)).await {
             Ok(result) => result,
             Err(panic) => (Vec::new(), Some(Error::Catalog(format!("internal error: {panic}")))),
         };
@@ -115,11 +115,7 @@ impl Connection {
     async fn subscribe(&self, statement: &SubscribeStatement) -> PgWireResult<ViewSubscription> {
         let shared = self.shared.clone();
         let view = statement.view.clone();
-        match tokio::task::spawn_blocking(move || shared.subscribe(&view)).await {
-            Ok(Ok(subscription)) => Ok(subscription),
-            Ok(Err(error)) => Err(PgWireError::UserError(Box::new(error_info(&error)))),
-            Err(panic) => Err(PgWireError::ApiError(Box::new(panic))),
-        }
+        blocking(move || shared.subscribe(&view)).await?.map_err(|error| user_error(&error))
     }
 
     /// Streams a subscription's rows to the client until the view is dropped (the client ends
@@ -488,6 +484,16 @@ pub fn error_info(error: &Error) -> ErrorInfo {
     ErrorInfo::new("ERROR".to_string(), sqlstate(error).to_string(), error.to_string())
 }
 
+/// A weft error as the protocol error sent to the client.
+fn user_error(error: &Error) -> PgWireError {
+    PgWireError::UserError(Box::new(error_info(error)))
+}
+
+/// Runs blocking database work on tokio's blocking pool; a panic in it fails this request only.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> PgWireResult<T> {
+    tokio::task::spawn_blocking(work).await.map_err(|panic| PgWireError::ApiError(Box::new(panic)))
+}
+
 /// The statement of the extended protocol: SQL text, its parameters bound at execution.
 #[derive(Clone, Debug)]
 pub struct ParsedSql {
@@ -628,9 +634,7 @@ impl Connection {
         }
         let count = catalog::placeholder_count(sql);
         let (shared, text) = (self.shared.clone(), sql.to_string());
-        let types = tokio::task::spawn_blocking(move || catalog::parameter_types(&shared, &text, count))
-            .await
-            .map_err(|panic| PgWireError::ApiError(Box::new(panic)))?;
+        let types = blocking(move || catalog::parameter_types(&shared, &text, count)).await?;
         let mut cache = self.inferred.lock().expect("inferred types");
         if cache.len() > 1000 {
             cache.clear();
@@ -651,21 +655,17 @@ impl Connection {
     /// The result columns of `sql` (bound or not), or none for a statement without rows.
     async fn describe(&self, sql: &str, format: &Format) -> PgWireResult<Vec<FieldInfo>> {
         if let Some(subscribe) = parse_subscribe(sql) {
-            let subscribe = subscribe.map_err(|error| PgWireError::UserError(Box::new(error_info(&error))))?;
+            let subscribe = subscribe.map_err(|error| user_error(&error))?;
             let shared = self.shared.clone();
-            let columns =
-                tokio::task::spawn_blocking(move || shared.with_database(|database| database.view(&subscribe.view)))
-                    .await
-                    .map_err(|panic| PgWireError::ApiError(Box::new(panic)))?
-                    .map_err(|error| PgWireError::UserError(Box::new(error_info(&error))))?
-                    .0;
+            let columns = blocking(move || shared.with_database(|database| database.view(&subscribe.view)))
+                .await?
+                .map_err(|error| user_error(&error))?
+                .0;
             return Ok(fields_of(&subscribe_schema(&columns), format));
         }
         let (shared, sql) = (self.shared.clone(), sql.to_string());
-        let schema = tokio::task::spawn_blocking(move || catalog::result_schema(&shared, &sql))
-            .await
-            .map_err(|panic| PgWireError::ApiError(Box::new(panic)))?
-            .map_err(|error| PgWireError::UserError(Box::new(error_info(&error))))?;
+        let schema =
+            blocking(move || catalog::result_schema(&shared, &sql)).await?.map_err(|error| user_error(&error))?;
         Ok(schema.map(|schema| fields_of(&schema, format)).unwrap_or_default())
     }
 }
@@ -755,20 +755,17 @@ impl ExtendedQueryHandler for Connection {
     {
         let sql = self.bind(portal).await?;
         if let Some(subscribe) = parse_subscribe(&sql) {
-            let subscribe = subscribe.map_err(|error| PgWireError::UserError(Box::new(error_info(&error))))?;
+            let subscribe = subscribe.map_err(|error| user_error(&error))?;
             let tag = self.stream(client, &subscribe, &portal.result_column_format, false).await?;
             return Ok(Response::Execution(tag));
         }
         let (shared, session) = (self.shared.clone(), self.session);
-        let (mut outputs, error) = tokio::task::spawn_blocking(move || shared.execute(session, &sql))
-            .await
-            .map_err(|panic| PgWireError::ApiError(Box::new(panic)))?;
+        let (mut outputs, error) = blocking(move || shared.execute(session, &sql)).await?;
         if let Some(error) = error {
-            return Err(PgWireError::UserError(Box::new(error_info(&error))));
+            return Err(user_error(&error));
         }
         let output = outputs.pop().unwrap_or(Output::Status("EMPTY".into()));
-        output_response(output, &portal.result_column_format)
-            .map_err(|error| PgWireError::UserError(Box::new(error_info(&error))))
+        output_response(output, &portal.result_column_format).map_err(|error| user_error(&error))
     }
 }
 
