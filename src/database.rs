@@ -7,6 +7,8 @@
 //! statement outside `BEGIN ... COMMIT`, and each such group, is one logical timestamp, logged
 //! before the engine applies it.
 
+mod effectful;
+
 use crate::catalog::{Relation, RelationKind, TableData, ViewSource};
 use crate::fastpath;
 use crate::functions::{FunctionCatalog, FunctionDefinition, FunctionStatement, Memo, StoredReceipt, WasmFunction};
@@ -93,6 +95,9 @@ pub enum Error {
     /// The node key failed.
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
+    /// The outbox or a connector failed.
+    #[error(transparent)]
+    Effects(#[from] crate::executor::ExecutorError),
 }
 
 /// The result of [`Database::invoke`].
@@ -136,6 +141,12 @@ pub struct Database {
     writing: bool,
     /// The relations as catalog queries (`pg_catalog`) list them.
     listing: Listing,
+    /// The outbox and the tasks delivering it to sinks and reading sources.
+    executor: crate::executor::Executor,
+    sinks: BTreeMap<String, effectful::SinkState>,
+    sources: BTreeMap<String, effectful::SourceState>,
+    /// Set while a source's reads are applied to its table.
+    ingesting: bool,
     _lock: File,
 }
 
@@ -269,6 +280,7 @@ impl Database {
         }
         let (wal, records) = Wal::open(&directory.join("wal"), options.sync)?;
         let identity = Identity::load_or_create(&directory.join("node.key"))?;
+        let executor = crate::executor::Executor::open(&directory.join("outbox"), options.sync, identity.did())?;
         let mut database = Database {
             engine: Engine::start(options.workers)?,
             planner: Planner::new()?,
@@ -287,9 +299,26 @@ impl Database {
             gate: Arc::new(Gate::new()),
             writing: false,
             listing: Listing::default(),
+            executor,
+            sinks: BTreeMap::new(),
+            sources: BTreeMap::new(),
+            ingesting: false,
             _lock: lock,
         };
         crate::functions::register_system_tables(&database.planner, &database.memo, &database.functions)?;
+        let effects_columns: Columns = crate::executor::EFFECTS_COLUMNS
+            .iter()
+            .map(|(name, column_type)| (name.to_string(), *column_type))
+            .collect();
+        database.planner.register(
+            "weft.effects",
+            Arc::new(RelationProvider::new(
+                RelationProvider::SYSTEM,
+                false,
+                schema_of(&effects_columns),
+                database.executor.table(),
+            )),
+        )?;
         crate::server::catalog::register_pg_catalog(&database.planner, &database.listing)?;
         database.replay(records)?;
         Ok(database)
@@ -308,6 +337,8 @@ impl Database {
         // Consecutive commits are applied to the engine as one timestamp: restart cost is then
         // proportional to the data, not to the number of past transactions.
         let mut batch: Vec<Change> = Vec::new();
+        let mut sinks: BTreeMap<String, crate::effects::SinkDefinition> = BTreeMap::new();
+        let mut sources: BTreeMap<String, crate::effects::SourceDefinition> = BTreeMap::new();
         for record in records {
             if !matches!(record, Record::Commit { .. }) && !batch.is_empty() {
                 self.engine.commit(std::mem::take(&mut batch))?;
@@ -327,6 +358,16 @@ impl Database {
                 Record::Receipt { .. } => {}
                 Record::CreateFunction { definition } => self.install_function(definition)?,
                 Record::DropFunction { name } => self.uninstall_function(&name)?,
+                Record::CreateSink { definition } => {
+                    sinks.insert(definition.name.clone(), definition);
+                }
+                Record::CreateSource { definition } => {
+                    sources.insert(definition.name.clone(), definition);
+                }
+                Record::DropEffectful { name } => {
+                    sinks.remove(&name);
+                    sources.remove(&name);
+                }
                 Record::Commit { changes } => {
                     for (table, row, diff) in changes {
                         let data = self.table_by_id(table)?;
@@ -340,6 +381,16 @@ impl Database {
         }
         if !batch.is_empty() {
             self.engine.commit(batch)?;
+        }
+        for (_, definition) in sources {
+            self.install_source(definition, None)?;
+        }
+        for (name, definition) in sinks {
+            // A sink whose view cannot be read (say, a function now fails) must not keep the
+            // database from opening: it is reported and left stopped.
+            if let Err(error) = self.install_sink(definition) {
+                eprintln!("weft: sink {name} not started: {error}");
+            }
         }
         if frames > 1000 && frames > 4 * self.relations.len() {
             self.checkpoint()?;
@@ -382,6 +433,12 @@ impl Database {
                     records.push(Record::Commit { changes });
                 }
             }
+        }
+        for source in self.sources.values() {
+            records.push(Record::CreateSource { definition: source.definition.clone() });
+        }
+        for sink in self.sinks.values() {
+            records.push(Record::CreateSink { definition: sink.definition.clone() });
         }
         for stored in self.memo.read().expect("memo lock").receipts() {
             records.push(stored.record()?);
@@ -566,7 +623,18 @@ impl Database {
     /// the first error; statements before it keep their effects.
     pub fn execute(&mut self, sql: &str) -> Result<Vec<Output>, Error> {
         let mut outputs = Vec::new();
+        if !self.sources.is_empty() && !self.in_transaction {
+            if let Err(error) = self.ingest_sources() {
+                eprintln!("weft: {error}");
+            }
+        }
         for text in crate::functions::split_statements(sql) {
+            if let Some(statement) = crate::effects::parse_effect_statement(&text) {
+                let statement =
+                    statement.map_err(|message| Error::Catalog(format!("in sink/source statement: {message}")))?;
+                outputs.push(self.execute_effect_statement(statement)?);
+                continue;
+            }
             if let Some(statement) = crate::functions::parse_function_statement(&text) {
                 let statement =
                     statement.map_err(|message| Error::Catalog(format!("in function statement: {message}")))?;
@@ -948,6 +1016,10 @@ impl Database {
             if relation.table().is_some() != wants_table {
                 return catalog_error(format!("{name} is not a {}", if wants_table { "table" } else { "view" }));
             }
+            if self.sources.contains_key(&name) {
+                return catalog_error(format!("{name} is filled by a source: use DROP SOURCE {name}"));
+            }
+            self.check_not_managed(&name, true)?;
             let id = relation.id;
             if let Some(dependent) = self.relations.values().find(|other| other.dependencies().contains(&id)) {
                 return catalog_error(format!("cannot drop {name}: view {} depends on it", dependent.name));
@@ -961,6 +1033,7 @@ impl Database {
     /// Applies inserts and deletes to a table (checking keys and types) and queues them for the
     /// current transaction. On error nothing is changed.
     pub(crate) fn change_table(&mut self, name: &str, deletes: Vec<Row>, inserts: Vec<Row>) -> Result<usize, Error> {
+        self.check_not_managed(name, false)?;
         let relation = self.table(name)?;
         let id = relation.id;
         let data = relation.table().expect("checked").clone();
@@ -995,6 +1068,9 @@ impl Database {
             return Err(error.into());
         }
         let committed = self.engine.commit(std::mem::take(&mut self.pending));
+        if committed.is_ok() && !self.sinks.is_empty() {
+            self.enqueue_sink_changes();
+        }
         self.end_write();
         committed?;
         Ok(())

@@ -464,7 +464,7 @@ pub fn split_statements(sql: &str) -> Vec<String> {
 }
 
 /// Words, quoted strings and punctuation of a function statement.
-fn tokens(sql: &str) -> Result<Vec<String>, String> {
+pub(crate) fn tokens(sql: &str) -> Result<Vec<String>, String> {
     let mut tokens = Vec::new();
     let mut chars = sql.chars().peekable();
     while let Some(&c) = chars.peek() {
@@ -484,6 +484,23 @@ fn tokens(sql: &str) -> Result<Vec<String>, String> {
                     None => return Err("unterminated string".into()),
                 }
             }
+            tokens.push(text);
+        } else if c == '"' {
+            // A quoted identifier stays one token, quotes included, its case kept.
+            chars.next();
+            let mut text = String::from("\"");
+            loop {
+                match chars.next() {
+                    Some('"') if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        text.push('"');
+                    }
+                    Some('"') => break,
+                    Some(c) => text.push(c),
+                    None => return Err("unterminated quoted identifier".into()),
+                }
+            }
+            text.push('"');
             tokens.push(text);
         } else if c.is_alphanumeric() || c == '_' || c == '.' {
             let mut word = String::new();
@@ -510,7 +527,7 @@ pub enum FunctionStatement {
     Drop { name: String, if_exists: bool },
 }
 
-fn column_type_named(word: &str) -> Result<ColumnType, String> {
+pub(crate) fn column_type_named(word: &str) -> Result<ColumnType, String> {
     Ok(match word.to_ascii_uppercase().as_str() {
         "BIGINT" | "INT" | "INTEGER" | "INT8" => ColumnType::BigInt,
         "DOUBLE" | "FLOAT" | "FLOAT8" | "REAL" => ColumnType::Double,

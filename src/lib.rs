@@ -3,11 +3,13 @@
 //!
 //! This crate is the public facade and the `weft` command line: [`Database`] opens a data
 //! directory and executes SQL; the engine and SQL front end are the `weft-engine` and
-//! `weft-sql` crates.
+//! `weft-sql` crates, the effect model and connectors `weft-effects` and `weft-connectors`.
 
 pub mod catalog;
 pub mod copy;
 pub mod database;
+pub mod effects;
+pub mod executor;
 pub mod fastpath;
 pub mod functions;
 pub mod identity;

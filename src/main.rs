@@ -78,6 +78,11 @@ enum Command {
         #[arg(long, env = "WEFT_PASSWORD", hide_env_values = true)]
         password: Option<String>,
     },
+    /// Inspect or retry managed effects (the outbox of the sinks).
+    Effects {
+        #[command(subcommand)]
+        action: EffectsAction,
+    },
     /// Run a SQL script, echoing each statement before its result (the demo).
     Run {
         /// The script.
@@ -87,6 +92,28 @@ enum Command {
         format: Format,
     },
 }
+
+#[derive(Subcommand)]
+enum EffectsAction {
+    /// Put a failed effect back in line and wait for its delivery.
+    Retry {
+        /// The effect's CID (from `weft.effects`).
+        cid: String,
+        /// Seconds to wait for the delivery.
+        #[arg(long, default_value_t = 30)]
+        wait_s: u64,
+    },
+    /// List the effects (as `SELECT * FROM weft.effects`).
+    List {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+}
+
+/// How long a one-shot command waits for its sinks to deliver before exiting (what is left is
+/// delivered at the next start: it is in the outbox).
+const EFFECTS_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn main() -> std::process::ExitCode {
     match run(Cli::parse()) {
@@ -114,13 +141,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Database::open(options).with_context(|| format!("opening data directory {}", cli.data_dir.display()))?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    match cli.command {
+    let result = match cli.command {
         Command::Sql { command: Some(sql), format, .. } => run_script(&mut database, &sql, format, false, &mut out),
         Command::Sql { file: Some(file), format, .. } => {
             let sql = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             run_script(&mut database, &sql, format, false, &mut out)
         }
         Command::Sql { format, .. } => shell(&mut database, format, &mut out),
+        Command::Effects { action: EffectsAction::List { format } } => {
+            run_script(&mut database, "SELECT * FROM weft.effects", format, false, &mut out)
+        }
+        Command::Effects { action: EffectsAction::Retry { cid, wait_s } } => {
+            database.retry_effect(&cid)?;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait_s);
+            let (status, error) = loop {
+                let (status, error) = database.effect_status(&cid).context("the effect disappeared")?;
+                if status != weft_effects::Status::Pending || std::time::Instant::now() >= deadline {
+                    break (status, error);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            };
+            let line = serde_json::json!({"effect": cid, "status": status.name(), "error": error});
+            writeln!(out, "{line}")?;
+            match status {
+                weft_effects::Status::Delivered => Ok(()),
+                _ => anyhow::bail!("effect {cid} is {}: {}", status.name(), error.unwrap_or_default()),
+            }
+        }
         Command::Invoke { module, function, args, returns, fuel, memory_mb } => {
             let source = std::fs::read(&module).with_context(|| format!("reading {}", module.display()))?;
             let args = args.iter().map(|arg| parse_argument(arg)).collect();
@@ -162,9 +209,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve { pg, http, password } => {
             let options = weft::server::ServeOptions { pg, http, password };
-            Ok(weft::server::serve(database, options)?)
+            return Ok(weft::server::serve(database, options)?);
         }
+    };
+    let pending = database.wait_for_effects(EFFECTS_WAIT);
+    if pending > 0 {
+        eprintln!("weft: {pending} effect(s) not delivered yet; they stay in the outbox (see weft.effects)");
     }
+    result
 }
 
 /// Parses a SQL type name for `--returns`.

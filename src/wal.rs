@@ -31,6 +31,12 @@ pub enum Record {
     CreateFunction { definition: crate::functions::FunctionDefinition },
     /// `DROP FUNCTION`.
     DropFunction { name: String },
+    /// `CREATE SINK`.
+    CreateSink { definition: crate::effects::SinkDefinition },
+    /// `CREATE SOURCE`, with the columns the source was found to have.
+    CreateSource { definition: crate::effects::SourceDefinition },
+    /// `DROP SINK` / `DROP SOURCE`.
+    DropEffectful { name: String },
 }
 
 /// Errors of the log.
@@ -44,14 +50,18 @@ pub enum WalError {
     Corrupt { path: PathBuf, offset: u64, message: String },
 }
 
-/// An open, append-only log file.
-pub struct Wal {
+/// An open, append-only log file of records of type `R` (the outbox uses it too).
+pub struct Log<R> {
     path: PathBuf,
     file: BufWriter<File>,
     sync: bool,
     frames: u64,
     bytes: u64,
+    records: std::marker::PhantomData<fn(R)>,
 }
+
+/// The database's write-ahead log.
+pub type Wal = Log<Record>;
 
 const HEADER_BYTES: usize = 12;
 
@@ -60,9 +70,9 @@ fn checksum(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x100_0000_01b3))
 }
 
-impl Wal {
+impl<R: Serialize + serde::de::DeserializeOwned> Log<R> {
     /// Opens (creating if needed) the log at `path`, returning it with every intact record.
-    pub fn open(path: &Path, sync: bool) -> Result<(Wal, Vec<Record>), WalError> {
+    pub fn open(path: &Path, sync: bool) -> Result<(Log<R>, Vec<R>), WalError> {
         let io = |source| WalError::Io { path: path.to_path_buf(), source };
         let file = OpenOptions::new().read(true).append(true).create(true).open(path).map_err(io)?;
         let file_length = file.metadata().map_err(io)?.len();
@@ -108,7 +118,10 @@ impl Wal {
             file.set_len(offset).map_err(io)?;
         }
         let frames = records.len() as u64;
-        Ok((Wal { path: path.to_path_buf(), file: BufWriter::new(file), sync, frames, bytes: offset }, records))
+        let file = BufWriter::new(file);
+        let log =
+            Log { path: path.to_path_buf(), file, sync, frames, bytes: offset, records: std::marker::PhantomData };
+        Ok((log, records))
     }
 
     fn io(&self, source: std::io::Error) -> WalError {
@@ -116,13 +129,8 @@ impl Wal {
     }
 
     /// Appends records and makes them durable (see the module docs for what that means).
-    pub fn append(&mut self, records: &[Record]) -> Result<(), WalError> {
+    pub fn append(&mut self, records: &[R]) -> Result<(), WalError> {
         self.append_serialized(records)
-    }
-
-    /// Appends one [`Record::Commit`] of `changes` without copying them into a record first.
-    pub fn append_commit(&mut self, changes: &[Change]) -> Result<(), WalError> {
-        self.append_serialized(&[CommitRef(changes)])
     }
 
     fn append_serialized<T: Serialize>(&mut self, records: &[T]) -> Result<(), WalError> {
@@ -158,10 +166,10 @@ impl Wal {
     }
 
     /// Atomically replaces the whole log by `records` (write a new file, sync, rename).
-    pub fn rewrite(&mut self, records: &[Record]) -> Result<(), WalError> {
+    pub fn rewrite(&mut self, records: &[R]) -> Result<(), WalError> {
         let temporary = self.path.with_extension("rewrite");
         {
-            let (mut fresh, _) = Wal::open(&temporary, true)?;
+            let (mut fresh, _) = Log::<R>::open(&temporary, true)?;
             fresh.file.get_ref().set_len(0).map_err(|error| fresh.io(error))?;
             fresh.bytes = 0;
             fresh.frames = 0;
@@ -173,9 +181,16 @@ impl Wal {
                 let _ = directory.sync_all();
             }
         }
-        let (reopened, _) = Wal::open(&self.path, self.sync)?;
+        let (reopened, _) = Log::<R>::open(&self.path, self.sync)?;
         *self = reopened;
         Ok(())
+    }
+}
+
+impl Wal {
+    /// Appends one [`Record::Commit`] of `changes` without copying them into a record first.
+    pub fn append_commit(&mut self, changes: &[Change]) -> Result<(), WalError> {
+        self.append_serialized(&[CommitRef(changes)])
     }
 }
 

@@ -110,7 +110,8 @@ fn handle(mut request: Request, shared: &Shared) {
             let figures = shared.with_database(|database| {
                 let (memo_hits, memo_misses) = database.memo_counts();
                 let (views, tables) = database.catalog_figures();
-                DatabaseFigures { views, tables, memo_hits, memo_misses }
+                let effects = database.effect_counts().into_iter().collect();
+                DatabaseFigures { views, tables, memo_hits, memo_misses, effects }
             });
             let body = shared.metrics.render(&figures);
             let _ = request

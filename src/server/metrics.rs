@@ -61,6 +61,8 @@ pub struct DatabaseFigures {
     pub tables: usize,
     pub memo_hits: u64,
     pub memo_misses: u64,
+    /// Mutation effects by status (`pending`, `delivered`, `failed`).
+    pub effects: Vec<(&'static str, u64)>,
 }
 
 impl Metrics {
@@ -99,6 +101,11 @@ impl Metrics {
         for (view, _, subscribers) in &figures.views {
             let _ = writeln!(out, "weft_view_subscribers{{view=\"{}\"}} {subscribers}", escape_label(view));
         }
+        let _ =
+            writeln!(out, "# HELP weft_effects Mutation effects in the outbox by status.\n# TYPE weft_effects gauge");
+        for (status, count) in &figures.effects {
+            let _ = writeln!(out, "weft_effects{{status=\"{status}\"}} {count}");
+        }
         self.statement_latency.render(&mut out, "weft_statement_seconds", "Time to execute a statement batch.");
         self.update_latency.render(&mut out, "weft_update_seconds", "Time until every view reflects a write.");
         out
@@ -119,12 +126,19 @@ mod tests {
         let metrics = Metrics::default();
         metrics.update_latency.observe(Duration::from_micros(300));
         metrics.update_latency.observe(Duration::from_millis(20));
-        let figures = DatabaseFigures { views: vec![("v\"1".into(), 3, 1)], tables: 1, memo_hits: 2, memo_misses: 1 };
+        let figures = DatabaseFigures {
+            views: vec![("v\"1".into(), 3, 1)],
+            tables: 1,
+            memo_hits: 2,
+            memo_misses: 1,
+            effects: vec![("failed", 4)],
+        };
         let text = metrics.render(&figures);
         assert!(text.contains("weft_update_seconds_bucket{le=\"0.0005\"} 1"), "{text}");
         assert!(text.contains("weft_update_seconds_bucket{le=\"0.025\"} 2"), "{text}");
         assert!(text.contains("weft_update_seconds_count 2"), "{text}");
         assert!(text.contains("weft_view_rows{view=\"v\\\"1\"} 3"), "{text}");
         assert!(text.contains("weft_memo_hits_total 2"), "{text}");
+        assert!(text.contains("weft_effects{status=\"failed\"} 4"), "{text}");
     }
 }

@@ -158,6 +158,21 @@ impl Shared {
         self.database.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Applies what sources have read, unless a client's transaction owns the writer (the next
+    /// tick does it then).
+    pub fn ingest_sources(&self) {
+        let owner = self.owner.lock().expect("owner lock");
+        if owner.is_some() {
+            return;
+        }
+        let mut database = self.lock_database();
+        if database.has_sources() {
+            if let Err(error) = database.ingest_sources() {
+                tracing_error(&format!("ingesting sources: {error}"));
+            }
+        }
+    }
+
     /// Whether `session` has an open transaction.
     pub fn in_transaction(&self, session: SessionId) -> bool {
         *self.owner.lock().expect("owner lock") == Some(session)
@@ -322,6 +337,9 @@ fn tracing_error(message: &str) {
 /// The stack of the threads that execute statements.
 pub const STATEMENT_STACK_BYTES: usize = 512 << 20;
 
+/// How often the server applies what sources have read.
+const INGEST_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Runs the server until the process is stopped.
 pub fn serve(database: Database, options: ServeOptions) -> Result<(), ServeError> {
     options.check()?;
@@ -342,6 +360,16 @@ pub fn serve(database: Database, options: ServeOptions) -> Result<(), ServeError
         eprintln!("weft serve: PostgreSQL protocol on {}", listener.local_addr().unwrap_or(address));
         pg_listener = Some(listener);
     }
+    // Sources are read by the effect executor; their reads become table changes here, one
+    // transaction per tick, through the same writer as every client.
+    let ingest = shared.clone();
+    std::thread::Builder::new()
+        .name("weft-ingest".into())
+        .spawn(move || loop {
+            std::thread::sleep(INGEST_INTERVAL);
+            ingest.ingest_sources();
+        })
+        .map_err(|error| ServeError::Runtime(error.to_string()))?;
     let mut http_thread = None;
     if let Some(address) = options.http {
         let server = tiny_http::Server::http(address)

@@ -1,0 +1,101 @@
+//! HTTP: a sink that POSTs each effect as JSON, with its CID as the `Idempotency-Key` header.
+//!
+//! The body is `{"effect": cid, "sink", "sequence", "changes": [{"diff", "row": {column: value}}]}`.
+//! A 2xx answer delivers the effect. 408, 429, 5xx, timeouts and dropped connections are transient
+//! (retried with backoff by the executor); other 4xx answers are permanent. Effects of one sink
+//! are sent one at a time, in order, so a receiver sees them in sequence; a receiver that may see
+//! a retry of an effect it already applied deduplicates by the key (the HTTP convention).
+
+use crate::row_object;
+use async_trait::async_trait;
+use std::time::Duration;
+use weft_effects::{Column, ConnectorError, Delivery, Effect, Sink};
+
+/// How long one POST may take, connection included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Checks that `url` is an `http://` URL (TLS is not built in).
+pub fn check_url(url: &str) -> Result<(), ConnectorError> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        ConnectorError::Permanent(format!("http sink URL {url:?} must start with http:// (https is not supported)"))
+    })?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(ConnectorError::Permanent(format!("http sink URL {url:?} has no host")));
+    }
+    Ok(())
+}
+
+/// POSTs a view's changes to a URL.
+pub struct HttpSink {
+    url: String,
+    columns: Vec<Column>,
+    agent: ureq::Agent,
+}
+
+impl HttpSink {
+    /// A sink posting to `url`.
+    pub fn new(url: &str, columns: Vec<Column>) -> Result<HttpSink, ConnectorError> {
+        check_url(url)?;
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(REQUEST_TIMEOUT))
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        Ok(HttpSink { url: url.to_string(), columns, agent })
+    }
+
+    /// The JSON body for one effect.
+    pub fn body(&self, effect: &Effect) -> serde_json::Value {
+        let changes: Vec<serde_json::Value> = effect
+            .payload
+            .changes
+            .iter()
+            .map(|change| serde_json::json!({"diff": change.diff, "row": row_object(&self.columns, &change.row)}))
+            .collect();
+        serde_json::json!({
+            "effect": effect.cid().to_string(),
+            "sink": effect.payload.sink,
+            "sequence": effect.payload.sequence,
+            "changes": changes,
+        })
+    }
+}
+
+fn post(agent: &ureq::Agent, url: &str, key: &str, body: &str) -> Result<(), ConnectorError> {
+    let response = agent
+        .post(url)
+        .header("Idempotency-Key", key)
+        .header("Content-Type", "application/json")
+        .send(body)
+        .map_err(|error| ConnectorError::Transient(format!("POST {url}: {error}")))?;
+    let status = response.status().as_u16();
+    match status {
+        200..=299 => Ok(()),
+        408 | 429 | 500..=599 => Err(ConnectorError::Transient(format!("POST {url}: HTTP {status}"))),
+        _ => {
+            let mut text = response.into_body().read_to_string().unwrap_or_default();
+            text.truncate(200);
+            Err(ConnectorError::Permanent(format!("POST {url}: HTTP {status} {}", text.trim())))
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for HttpSink {
+    async fn apply(&mut self, effects: &[Effect]) -> Result<Delivery, ConnectorError> {
+        let requests: Vec<(String, String)> =
+            effects.iter().map(|effect| (effect.cid().to_string(), self.body(effect).to_string())).collect();
+        let agent = self.agent.clone();
+        let url = self.url.clone();
+        // Sent in order, one at a time; the first failure stops the run (the ones before it are
+        // delivered, and a retry resends from the failed one: the receiver deduplicates by key).
+        tokio::task::spawn_blocking(move || {
+            for (key, body) in &requests {
+                post(&agent, &url, key, body)?;
+            }
+            Ok(Delivery { applied: requests.len(), duplicates: 0 })
+        })
+        .await
+        .map_err(|error| ConnectorError::Transient(format!("HTTP sink task: {error}")))?
+    }
+}

@@ -1,0 +1,124 @@
+//! weft's connectors: where managed effects meet the world.
+//!
+//! Each connector implements the traits of `weft-effects` ([`Sink`], [`Source`]) and nothing
+//! here knows the engine: rows arrive as [`Datum`]s with their [`Column`]s. A [`Target`] is what
+//! a user writes in `CREATE SINK ... INTO postgres('conninfo', 'table')` or `CREATE SOURCE ...
+//! FROM files('glob')`; [`open_sink`] and [`open_source`] turn it into a running connector.
+//!
+//! - [`postgres`]: a sink applying each run of effects in one PostgreSQL transaction that also
+//!   records their keys (exactly once across crashes), and a source polling a table.
+//! - [`http`]: a sink POSTing each effect as JSON with an `Idempotency-Key` header.
+//! - [`files`]: sinks appending JSON lines or CSV, or rewriting a Parquet file, each exactly once;
+//!   a source following a glob of JSON-lines, CSV and Parquet files.
+
+pub mod files;
+pub mod http;
+pub mod json;
+pub mod postgres;
+
+use weft_effects::{Column, ConnectorError, Datum, Sink, Source};
+
+/// A connector and its arguments, e.g. `postgres('host=127.0.0.1 dbname=app', 'users')`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Target {
+    /// `postgres`, `http` or `files`.
+    pub connector: String,
+    /// The quoted arguments, in order.
+    pub arguments: Vec<String>,
+}
+
+fn argument<'a>(target: &'a Target, index: usize, what: &str) -> Result<&'a str, ConnectorError> {
+    target.arguments.get(index).map(String::as_str).ok_or_else(|| {
+        ConnectorError::Permanent(format!("{}(...) needs {what} as argument {}", target.connector, index + 1))
+    })
+}
+
+fn check_arity(target: &Target, count: usize, usage: &str) -> Result<(), ConnectorError> {
+    if target.arguments.len() == count {
+        Ok(())
+    } else {
+        Err(ConnectorError::Permanent(format!("{}(...) takes {count} argument(s): {usage}", target.connector)))
+    }
+}
+
+impl Target {
+    /// Checks the arguments and names the resource (never including a password).
+    pub fn resource(&self) -> Result<String, ConnectorError> {
+        match self.connector.as_str() {
+            "postgres" => {
+                check_arity(self, 2, "postgres('conninfo', 'table')")?;
+                postgres::resource(argument(self, 0, "a connection string")?, argument(self, 1, "a table")?)
+            }
+            "http" => {
+                check_arity(self, 1, "http('http://host:port/path')")?;
+                http::check_url(argument(self, 0, "a URL")?)?;
+                Ok(self.arguments[0].clone())
+            }
+            "files" => {
+                check_arity(self, 1, "files('path or glob')")?;
+                Ok(self.arguments[0].clone())
+            }
+            other => Err(ConnectorError::Permanent(format!(
+                "unknown connector {other}: use postgres('conninfo', 'table'), http('url') or files('path')"
+            ))),
+        }
+    }
+
+    /// What a sink on this target does to its resource.
+    pub fn sink_ability(&self) -> &'static str {
+        match self.connector.as_str() {
+            "postgres" => "crud/update",
+            "http" => "http/post",
+            _ => "files/write",
+        }
+    }
+}
+
+/// Opens a sink writing rows of `columns`, identified by the `key` column positions.
+pub async fn open_sink(
+    target: &Target,
+    sink_name: &str,
+    columns: &[Column],
+    key: &[usize],
+) -> Result<Box<dyn Sink>, ConnectorError> {
+    target.resource()?;
+    Ok(match target.connector.as_str() {
+        "postgres" => Box::new(postgres::PostgresSink::new(
+            &target.arguments[0],
+            &target.arguments[1],
+            sink_name,
+            columns.to_vec(),
+            key.to_vec(),
+        )),
+        "http" => Box::new(http::HttpSink::new(&target.arguments[0], columns.to_vec())?),
+        _ => Box::new(files::FileSink::new(&target.arguments[0], columns.to_vec())?),
+    })
+}
+
+/// Opens a source, returning its columns: `declared` ones, or those the source finds (a
+/// PostgreSQL table's, or the first file's). Fails with a clear message when the source cannot
+/// be reached.
+pub async fn open_source(
+    target: &Target,
+    declared: Option<Vec<Column>>,
+) -> Result<(Vec<Column>, Box<dyn Source>), ConnectorError> {
+    target.resource()?;
+    match target.connector.as_str() {
+        "postgres" => {
+            let source = postgres::PostgresSource::open(&target.arguments[0], &target.arguments[1], declared).await?;
+            Ok((source.columns().to_vec(), Box::new(source)))
+        }
+        "files" => {
+            let source = files::FileSource::open(&target.arguments[0], declared)?;
+            Ok((source.columns().to_vec(), Box::new(source)))
+        }
+        other => Err(ConnectorError::Permanent(format!("{other}(...) cannot be a source: use postgres or files"))),
+    }
+}
+
+/// The row as a JSON object keyed by column name.
+pub fn row_object(columns: &[Column], row: &[Datum]) -> serde_json::Value {
+    serde_json::Value::Object(
+        columns.iter().zip(row).map(|(column, datum)| (column.name.clone(), json::datum_to_json(datum))).collect(),
+    )
+}

@@ -1,0 +1,553 @@
+//! The effect executor: delivers the outbox to sinks and reads sources, on its own tokio runtime.
+//!
+//! The outbox (`<data dir>/outbox`, the same framed log as the write-ahead log) holds every
+//! mutation effect from the moment a commit produces it: [`Executor::enqueue`] makes the record
+//! durable before the commit returns. Each sink has one delivery task that takes the next run of
+//! its effects in order ([`weft_effects::Outbox::next_run`]), applies it through its connector
+//! and logs the outcome with a receipt (the engine's receipt shape: `ran` is the effect's CID,
+//! `out` the number of effects applied or the error). Transient errors are retried with
+//! exponential backoff and jitter; a permanent one marks the effect failed and holds back its
+//! sink (order is never broken) until [`Executor::retry`]; other sinks go on. Query effects
+//! (source reads) run on separate tasks, one per source, so a slow read never delays a write.
+
+use crate::wal::{Log, WalError};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use weft_connectors::Target;
+use weft_effects::{
+    Backoff, Column, ConnectorError, Datum, Effect, Outbox, OutboxRecord, Sink, Source, SourceRead, Status, Stream,
+};
+use weft_engine::content::{Outcome, Receipt};
+use weft_engine::Value;
+
+/// Rows per run of effects handed to a sink at once.
+const RUN_ROWS: u64 = 50_000;
+/// Problems kept per source for `weft.effects`.
+const PROBLEMS_KEPT: usize = 100;
+
+/// What is known of a source's reads, for `weft.effects`.
+#[derive(Clone, Debug, Default)]
+pub struct SourceStatus {
+    /// The source's resource.
+    pub resource: String,
+    /// The connector.
+    pub connector: String,
+    /// Reads so far.
+    pub reads: u64,
+    /// The last read's error, if it failed.
+    pub error: Option<String>,
+    /// Input skipped by reads (malformed lines, unreadable files), newest last.
+    pub problems: Vec<String>,
+}
+
+struct Shared {
+    outbox: Mutex<Outbox>,
+    log: Mutex<Log<OutboxRecord>>,
+    sources: Mutex<BTreeMap<String, SourceStatus>>,
+    did: String,
+    appended: AtomicU64,
+}
+
+struct Task {
+    handle: tokio::task::JoinHandle<()>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+/// Delivers effects and reads sources.
+pub struct Executor {
+    runtime: tokio::runtime::Runtime,
+    shared: Arc<Shared>,
+    sinks: HashMap<String, Task>,
+    sources: HashMap<String, Task>,
+}
+
+/// How an outbox change failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    /// The outbox log could not be written.
+    #[error(transparent)]
+    Log(#[from] WalError),
+    /// The runtime could not start.
+    #[error("effect executor: {0}")]
+    Runtime(String),
+    /// No effect has this CID.
+    #[error("no effect {0} in the outbox")]
+    UnknownEffect(String),
+    /// A connector refused.
+    #[error("{0}")]
+    Connector(#[from] ConnectorError),
+}
+
+impl Shared {
+    fn record(&self, records: Vec<OutboxRecord>) -> Result<(), WalError> {
+        self.log.lock().expect("outbox log").append(&records)?;
+        self.appended.fetch_add(records.len() as u64, Ordering::Relaxed);
+        let mut outbox = self.outbox.lock().expect("outbox");
+        for record in records {
+            outbox.apply(record);
+        }
+        Ok(())
+    }
+
+    fn receipt(&self, effect: &Effect, out: Outcome, duration: Duration) -> Option<String> {
+        let receipt = Receipt {
+            ran: effect.cid(),
+            out,
+            fuel: 0,
+            duration_us: duration.as_micros() as u64,
+            issuer: self.did.clone(),
+        };
+        receipt.cid().ok().map(|cid| cid.to_string())
+    }
+
+    fn outcome(&self, effect: &Effect, status: Status, error: Option<String>, duration: Duration) -> OutboxRecord {
+        let cid = effect.cid().to_string();
+        let attempts = self.outbox.lock().expect("outbox").entry(&cid).map_or(0, |entry| entry.attempts) + 1;
+        let out = match &error {
+            Some(message) => Outcome::Error(message.clone()),
+            None => Outcome::Ok(Value::Bool(true)),
+        };
+        let receipt = if status == Status::Pending { None } else { self.receipt(effect, out, duration) };
+        OutboxRecord::Outcome { cid, status, attempts, receipt, error }
+    }
+}
+
+impl Executor {
+    /// Opens the outbox at `path`, replaying (and compacting) its log, and starts the runtime.
+    pub fn open(path: &Path, sync: bool, did: &str) -> Result<Executor, ExecutorError> {
+        let (mut log, records) = Log::<OutboxRecord>::open(path, sync)?;
+        let mut outbox = Outbox::default();
+        let replayed = records.len();
+        for record in records {
+            outbox.apply(record);
+        }
+        if replayed > 1000 {
+            log.rewrite(&outbox.compacted())?;
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("weft-effects")
+            .enable_all()
+            .build()
+            .map_err(|error| ExecutorError::Runtime(error.to_string()))?;
+        let shared = Arc::new(Shared {
+            outbox: Mutex::new(outbox),
+            log: Mutex::new(log),
+            sources: Mutex::default(),
+            did: did.to_string(),
+            appended: AtomicU64::new(0),
+        });
+        Ok(Executor { runtime, shared, sinks: HashMap::new(), sources: HashMap::new() })
+    }
+
+    /// Makes `effect` durable in the outbox and wakes its sink.
+    pub fn enqueue(&self, effect: Effect) -> Result<(), ExecutorError> {
+        let sink = effect.payload.sink.clone();
+        self.shared.record(vec![OutboxRecord::Enqueued { effect }])?;
+        if let Some(task) = self.sinks.get(&sink) {
+            task.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The sequence number of the sink's next effect.
+    pub fn next_sequence(&self, sink: &str) -> u64 {
+        self.shared.outbox.lock().expect("outbox").next_sequence(sink)
+    }
+
+    /// The contents the sink has been sent (every enqueued change, summed).
+    pub fn sent(&self, sink: &str) -> HashMap<Vec<Datum>, i64> {
+        self.shared.outbox.lock().expect("outbox").sent(sink)
+    }
+
+    /// Starts delivering the sink's effects.
+    pub fn start_sink(&mut self, name: &str, target: Target, columns: Vec<Column>, key: Vec<usize>) {
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let shared = self.shared.clone();
+        let sink_name = name.to_string();
+        let task_wake = wake.clone();
+        let handle = self.runtime.spawn(async move {
+            deliver(shared, sink_name, target, columns, key, task_wake).await;
+        });
+        if let Some(old) = self.sinks.insert(name.to_string(), Task { handle, wake }) {
+            old.handle.abort();
+        }
+    }
+
+    /// Stops a sink's delivery; with `forget`, also drops its effects from the outbox.
+    pub fn stop_sink(&mut self, name: &str, forget: bool) -> Result<(), ExecutorError> {
+        if let Some(task) = self.sinks.remove(name) {
+            task.handle.abort();
+        }
+        if forget {
+            self.shared.record(vec![OutboxRecord::DropSink { sink: name.to_string() }])?;
+        }
+        Ok(())
+    }
+
+    /// Opens a source now, failing clearly if it cannot be reached or read, and returns its
+    /// columns (`declared`, or what the source has).
+    pub fn open_source(
+        &self,
+        target: &Target,
+        declared: Option<Vec<Column>>,
+    ) -> Result<(Vec<Column>, Box<dyn Source>), ExecutorError> {
+        Ok(self.runtime.block_on(weft_connectors::open_source(target, declared))?)
+    }
+
+    /// Starts reading a source every `poll_ms` (opening it first, retrying with backoff, when
+    /// `opened` is `None`); reads arrive on the returned channel.
+    pub fn start_source(
+        &mut self,
+        name: &str,
+        target: &Target,
+        columns: Vec<Column>,
+        opened: Option<Box<dyn Source>>,
+        poll_ms: u64,
+    ) -> Result<Receiver<SourceRead>, ExecutorError> {
+        let resource = target.resource()?;
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let status = SourceStatus { resource, connector: target.connector.clone(), ..SourceStatus::default() };
+        self.shared.sources.lock().expect("sources").insert(name.to_string(), status);
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let shared = self.shared.clone();
+        let source_name = name.to_string();
+        let task_wake = wake.clone();
+        let opening = Opening { target: target.clone(), columns, opened };
+        let handle = self.runtime.spawn(async move {
+            follow(shared, source_name, opening, sender, poll_ms, task_wake).await;
+        });
+        if let Some(old) = self.sources.insert(name.to_string(), Task { handle, wake }) {
+            old.handle.abort();
+        }
+        Ok(receiver)
+    }
+
+    /// Stops reading a source.
+    pub fn stop_source(&mut self, name: &str) {
+        if let Some(task) = self.sources.remove(name) {
+            task.handle.abort();
+        }
+        self.shared.sources.lock().expect("sources").remove(name);
+    }
+
+    /// Puts a failed (or pending) effect back in line and wakes its sink.
+    pub fn retry(&self, cid: &str) -> Result<(), ExecutorError> {
+        let entry = self.shared.outbox.lock().expect("outbox").entry(cid).cloned();
+        let entry = entry.ok_or_else(|| ExecutorError::UnknownEffect(cid.to_string()))?;
+        self.shared.record(vec![OutboxRecord::Outcome {
+            cid: cid.to_string(),
+            status: if entry.status == Status::Delivered { Status::Delivered } else { Status::Pending },
+            attempts: entry.attempts,
+            receipt: entry.receipt.clone(),
+            error: entry.error.clone(),
+        }])?;
+        if let Some(task) = self.sinks.get(&entry.effect.payload.sink) {
+            task.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The status of one effect.
+    pub fn status(&self, cid: &str) -> Option<(Status, Option<String>)> {
+        let outbox = self.shared.outbox.lock().expect("outbox");
+        outbox.entry(cid).map(|entry| (entry.status, entry.error.clone()))
+    }
+
+    /// Waits until no sink has a pending effect it can deliver (or `timeout` passes); returns
+    /// the number still pending.
+    pub fn wait_idle(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let pending = self.pending_count();
+            if pending == 0 || Instant::now() >= deadline {
+                return pending;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Effects waiting on sinks that are not held back by a failure.
+    pub fn pending_count(&self) -> usize {
+        let outbox = self.shared.outbox.lock().expect("outbox");
+        self.sinks.keys().map(|sink| outbox.next_run(sink, u64::MAX).len()).sum()
+    }
+
+    /// Effects by status, for metrics.
+    pub fn counts(&self) -> BTreeMap<&'static str, u64> {
+        self.shared.outbox.lock().expect("outbox").counts()
+    }
+
+    /// Rewrites the outbox log compactly once it has grown.
+    pub fn compact_if_large(&self) -> Result<(), ExecutorError> {
+        if self.shared.appended.load(Ordering::Relaxed) > 100_000 {
+            let records = self.shared.outbox.lock().expect("outbox").compacted();
+            self.shared.log.lock().expect("outbox log").rewrite(&records)?;
+            self.shared.appended.store(0, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// `weft.effects` as a relation.
+    pub fn table(&self) -> Arc<dyn weft_sql::provider::RowSource> {
+        Arc::new(EffectsTable(self.shared.clone()))
+    }
+}
+
+/// The columns of `weft.effects`.
+pub const EFFECTS_COLUMNS: [(&str, weft_engine::ColumnType); 11] = {
+    use weft_engine::ColumnType::{BigInt, Text};
+    [
+        ("cid", Text),
+        ("stream", Text),
+        ("connector", Text),
+        ("resource", Text),
+        ("status", Text),
+        ("attempts", BigInt),
+        ("receipt", Text),
+        ("error", Text),
+        ("name", Text),
+        ("sequence", BigInt),
+        ("rows", BigInt),
+    ]
+};
+
+/// `weft.effects`: every mutation effect in the outbox and every source's reads.
+struct EffectsTable(Arc<Shared>);
+
+impl std::fmt::Debug for EffectsTable {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("weft.effects")
+    }
+}
+
+impl weft_sql::provider::RowSource for EffectsTable {
+    fn rows(&self) -> Result<Vec<Vec<Value>>, String> {
+        Ok(self.0.effect_rows())
+    }
+}
+
+impl Shared {
+    /// The rows of `weft.effects`, in the order of [`EFFECTS_COLUMNS`].
+    fn effect_rows(&self) -> Vec<Vec<Value>> {
+        let text = |text: &str| Value::Text(text.to_string());
+        let optional =
+            |text: &Option<String>| text.as_deref().map_or(Value::Null, |text| Value::Text(text.to_string()));
+        let mut rows: Vec<Vec<Value>> = self
+            .outbox
+            .lock()
+            .expect("outbox")
+            .entries()
+            .map(|entry| {
+                vec![
+                    text(&entry.cid),
+                    text(entry.effect.stream.name()),
+                    text(&entry.effect.connector),
+                    text(&entry.effect.resource),
+                    text(entry.status.name()),
+                    Value::Int(i64::from(entry.attempts)),
+                    optional(&entry.receipt),
+                    optional(&entry.error),
+                    text(&entry.effect.payload.sink),
+                    Value::Int(entry.effect.payload.sequence as i64),
+                    Value::Int(entry.rows as i64),
+                ]
+            })
+            .collect();
+        for (name, status) in self.sources.lock().expect("sources").iter() {
+            let read = read_effect(name, status, status.reads);
+            let state = if status.error.is_some() { "failed" } else { "delivered" };
+            rows.push(vec![
+                text(&read.cid().to_string()),
+                text(Stream::Query.name()),
+                text(&status.connector),
+                text(&status.resource),
+                text(if status.reads == 0 { "pending" } else { state }),
+                Value::Int(status.reads as i64),
+                Value::Null,
+                optional(&status.error),
+                text(name),
+                Value::Int(status.reads as i64),
+                Value::Null,
+            ]);
+            for (index, problem) in status.problems.iter().enumerate() {
+                let skipped = read_effect(name, status, u64::MAX - index as u64);
+                rows.push(vec![
+                    text(&skipped.cid().to_string()),
+                    text(Stream::Query.name()),
+                    text(&status.connector),
+                    text(&status.resource),
+                    text("failed"),
+                    Value::Int(1),
+                    Value::Null,
+                    text(problem),
+                    text(name),
+                    Value::Null,
+                    Value::Int(0),
+                ]);
+            }
+        }
+        rows
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        for task in self.sinks.values().chain(self.sources.values()) {
+            task.handle.abort();
+        }
+    }
+}
+
+/// The query effect describing a source's `sequence`-th read.
+fn read_effect(name: &str, status: &SourceStatus, sequence: u64) -> Effect {
+    Effect {
+        stream: Stream::Query,
+        connector: status.connector.clone(),
+        resource: status.resource.clone(),
+        ability: format!("{}/read", status.connector),
+        payload: weft_effects::Batch { sink: name.to_string(), sequence, timestamp: 0, changes: Vec::new() },
+    }
+}
+
+fn jitter_seed(name: &str) -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    name.bytes().fold(nanos, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3))
+}
+
+async fn deliver(
+    shared: Arc<Shared>,
+    name: String,
+    target: Target,
+    columns: Vec<Column>,
+    key: Vec<usize>,
+    wake: Arc<tokio::sync::Notify>,
+) {
+    let mut sink: Option<Box<dyn Sink>> = None;
+    let mut backoff = Backoff::new(20, 10_000, jitter_seed(&name));
+    let mut failures: u32 = 0;
+    let mut run_rows = RUN_ROWS;
+    loop {
+        let run = shared.outbox.lock().expect("outbox").next_run(&name, run_rows);
+        if run.is_empty() {
+            wake.notified().await;
+            continue;
+        }
+        let started = Instant::now();
+        let result = match &mut sink {
+            Some(sink) => sink.apply(&run).await,
+            None => match weft_connectors::open_sink(&target, &name, &columns, &key).await {
+                Ok(opened) => {
+                    sink = Some(opened);
+                    continue;
+                }
+                Err(error) => Err(error),
+            },
+        };
+        let elapsed = started.elapsed();
+        let records: Vec<OutboxRecord> = match &result {
+            Ok(_) => run.iter().map(|effect| shared.outcome(effect, Status::Delivered, None, elapsed)).collect(),
+            Err(error) if error.is_transient() => {
+                vec![shared.outcome(&run[0], Status::Pending, Some(error.to_string()), elapsed)]
+            }
+            // A permanent failure of a run: find the effect at fault by sending them one by one.
+            Err(_) if run.len() > 1 => {
+                run_rows = 0;
+                continue;
+            }
+            Err(error) => vec![shared.outcome(&run[0], Status::Failed, Some(error.to_string()), elapsed)],
+        };
+        if let Err(error) = shared.record(records) {
+            report_lost_outcome(&name, &error.to_string());
+        }
+        match result {
+            Ok(_) => {
+                failures = 0;
+                run_rows = RUN_ROWS;
+            }
+            Err(error) if error.is_transient() => {
+                let delay = backoff.delay(failures);
+                failures = failures.saturating_add(1);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = wake.notified() => {}
+                }
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// An outbox write failed inside a delivery task: the outcome is lost, so the effect will be
+/// delivered again (its key makes that harmless). Say so on stderr.
+fn report_lost_outcome(sink: &str, message: &str) {
+    eprintln!("weft: sink {sink}: could not record a delivery outcome: {message}");
+}
+
+/// A source to follow: already open, or to be opened (again) by the task.
+struct Opening {
+    target: Target,
+    columns: Vec<Column>,
+    opened: Option<Box<dyn Source>>,
+}
+
+async fn follow(
+    shared: Arc<Shared>,
+    name: String,
+    mut opening: Opening,
+    sender: Sender<SourceRead>,
+    poll_ms: u64,
+    wake: Arc<tokio::sync::Notify>,
+) {
+    let mut backoff = Backoff::new(poll_ms, 30_000, jitter_seed(&name));
+    let mut failures = 0;
+    loop {
+        let result = match &mut opening.opened {
+            Some(source) => source.read().await,
+            None => match weft_connectors::open_source(&opening.target, Some(opening.columns.clone())).await {
+                Ok((_, source)) => {
+                    opening.opened = Some(source);
+                    continue;
+                }
+                Err(error) => Err(error),
+            },
+        };
+        {
+            let mut sources = shared.sources.lock().expect("sources");
+            let Some(status) = sources.get_mut(&name) else { return };
+            status.reads += 1;
+            match &result {
+                Ok(read) => {
+                    status.error = None;
+                    status.problems.extend(read.problems.iter().cloned());
+                    let excess = status.problems.len().saturating_sub(PROBLEMS_KEPT);
+                    status.problems.drain(..excess);
+                }
+                Err(error) => status.error = Some(error.to_string()),
+            }
+        }
+        if result.is_err() {
+            opening.opened = None;
+        }
+        if let Ok(read) = result {
+            if (read.snapshot.is_some() || !read.appended.is_empty()) && sender.send(read).is_err() {
+                return;
+            }
+        }
+        let delay = if opening.opened.is_some() {
+            failures = 0;
+            Duration::from_millis(poll_ms)
+        } else {
+            failures += 1;
+            backoff.delay(failures - 1)
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = wake.notified() => {}
+        }
+    }
+}
