@@ -274,7 +274,7 @@ impl Executor {
     /// Effects waiting on sinks that are not held back by a failure.
     pub fn pending_count(&self) -> usize {
         let outbox = self.shared.outbox.lock().expect("outbox");
-        self.sinks.keys().map(|sink| outbox.next_run(sink, u64::MAX).len()).sum()
+        self.sinks.keys().map(|sink| outbox.next_run(sink, u64::MAX, usize::MAX).len()).sum()
     }
 
     /// Effects by status, for metrics.
@@ -432,7 +432,8 @@ async fn deliver(
     let mut failures: u32 = 0;
     let mut run_rows = RUN_ROWS;
     loop {
-        let run = shared.outbox.lock().expect("outbox").next_run(&name, run_rows);
+        let max_effects = sink.as_ref().map_or(1, |sink| sink.max_run());
+        let run = shared.outbox.lock().expect("outbox").next_run(&name, run_rows, max_effects);
         if run.is_empty() {
             wake.notified().await;
             continue;

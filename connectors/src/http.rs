@@ -11,8 +11,21 @@ use async_trait::async_trait;
 use std::time::Duration;
 use weft_effects::{Column, ConnectorError, Delivery, Effect, Sink};
 
-/// How long one POST may take, connection included.
+/// How long one POST may take, connection included, unless `timeout_ms=N` says otherwise.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads the optional second argument of `http(url, 'timeout_ms=N')`.
+pub fn timeout(option: Option<&str>) -> Result<Duration, ConnectorError> {
+    let Some(option) = option else { return Ok(REQUEST_TIMEOUT) };
+    option
+        .strip_prefix("timeout_ms=")
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .filter(|milliseconds| *milliseconds > 0)
+        .map(Duration::from_millis)
+        .ok_or_else(|| {
+            ConnectorError::Permanent(format!("http sink option {option:?}: expected 'timeout_ms=N' (N > 0)"))
+        })
+}
 
 /// Checks that `url` is an `http://` URL (TLS is not built in).
 pub fn check_url(url: &str) -> Result<(), ConnectorError> {
@@ -34,13 +47,10 @@ pub struct HttpSink {
 
 impl HttpSink {
     /// A sink posting to `url`.
-    pub fn new(url: &str, columns: Vec<Column>) -> Result<HttpSink, ConnectorError> {
+    pub fn new(url: &str, timeout: Duration, columns: Vec<Column>) -> Result<HttpSink, ConnectorError> {
         check_url(url)?;
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(REQUEST_TIMEOUT))
-            .http_status_as_error(false)
-            .build()
-            .new_agent();
+        let agent =
+            ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false).build().new_agent();
         Ok(HttpSink { url: url.to_string(), columns, agent })
     }
 
@@ -87,8 +97,8 @@ impl Sink for HttpSink {
             effects.iter().map(|effect| (effect.cid().to_string(), self.body(effect).to_string())).collect();
         let agent = self.agent.clone();
         let url = self.url.clone();
-        // Sent in order, one at a time; the first failure stops the run (the ones before it are
-        // delivered, and a retry resends from the failed one: the receiver deduplicates by key).
+        // Sent in order, one at a time (the executor hands over one effect per call, see
+        // `max_run`); a retry resends the same key, which the receiver deduplicates.
         tokio::task::spawn_blocking(move || {
             for (key, body) in &requests {
                 post(&agent, &url, key, body)?;
@@ -97,5 +107,9 @@ impl Sink for HttpSink {
         })
         .await
         .map_err(|error| ConnectorError::Transient(format!("HTTP sink task: {error}")))?
+    }
+
+    fn max_run(&self) -> usize {
+        1
     }
 }

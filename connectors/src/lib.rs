@@ -50,8 +50,11 @@ impl Target {
                 postgres::resource(argument(self, 0, "a connection string")?, argument(self, 1, "a table")?)
             }
             "http" => {
-                check_arity(self, 1, "http('http://host:port/path')")?;
+                if self.arguments.len() != 1 {
+                    check_arity(self, 2, "http('http://host:port/path' [, 'timeout_ms=N'])")?;
+                }
                 http::check_url(argument(self, 0, "a URL")?)?;
+                http::timeout(self.arguments.get(1).map(String::as_str))?;
                 Ok(self.arguments[0].clone())
             }
             "files" => {
@@ -90,7 +93,11 @@ pub async fn open_sink(
             columns.to_vec(),
             key.to_vec(),
         )),
-        "http" => Box::new(http::HttpSink::new(&target.arguments[0], columns.to_vec())?),
+        "http" => Box::new(http::HttpSink::new(
+            &target.arguments[0],
+            http::timeout(target.arguments.get(1).map(String::as_str))?,
+            columns.to_vec(),
+        )?),
         _ => Box::new(files::FileSink::new(&target.arguments[0], columns.to_vec())?),
     })
 }

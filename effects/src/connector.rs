@@ -42,6 +42,13 @@ pub struct Delivery {
 pub trait Sink: Send {
     /// Applies `effects` in order, all or none, skipping any whose CID was applied before.
     async fn apply(&mut self, effects: &[Effect]) -> Result<Delivery, ConnectorError>;
+
+    /// The most effects one call of [`Sink::apply`] should get. A sink that cannot apply a run
+    /// atomically (one HTTP request per effect) says 1, so each effect's delivery is recorded
+    /// on its own and a fault partway never sends the whole run again.
+    fn max_run(&self) -> usize {
+        usize::MAX
+    }
 }
 
 /// What one read of a source found.

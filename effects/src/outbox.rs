@@ -172,14 +172,16 @@ impl Outbox {
     }
 
     /// The next effects to deliver on `sink`, in order: the first undelivered effect and the
-    /// pending ones right after it, up to about `max_rows` rows. Empty when the first
-    /// undelivered effect has failed (it holds the sink back) or nothing waits.
-    pub fn next_run(&self, sink: &str, max_rows: u64) -> Vec<Effect> {
+    /// pending ones right after it, up to about `max_rows` rows and `max_effects` effects.
+    /// Empty when the first undelivered effect has failed (it holds the sink back) or nothing
+    /// waits.
+    pub fn next_run(&self, sink: &str, max_rows: u64, max_effects: usize) -> Vec<Effect> {
         let Some(queue) = self.sinks.get(sink) else { return Vec::new() };
         let mut run = Vec::new();
         let mut rows = 0;
         for entry in queue.entries.values().filter(|entry| entry.status != Status::Delivered) {
-            if entry.status == Status::Failed || (!run.is_empty() && rows + entry.rows > max_rows) {
+            let full = run.len() >= max_effects.max(1) || rows + entry.rows > max_rows;
+            if entry.status == Status::Failed || (!run.is_empty() && full) {
                 break;
             }
             rows += entry.rows;
@@ -271,16 +273,16 @@ mod tests {
             outbox.apply(OutboxRecord::Enqueued { effect: effect("a", sequence, value, 1) });
         }
         outbox.apply(OutboxRecord::Enqueued { effect: effect("b", 0, 1, 1) });
-        let run = outbox.next_run("a", 2);
+        let run = outbox.next_run("a", 100, 2);
         assert_eq!(run.iter().map(|effect| effect.payload.sequence).collect::<Vec<_>>(), vec![0, 1]);
         let first = run[0].cid().to_string();
         let second = run[1].cid().to_string();
         outbox.apply(outcome(&first, Status::Delivered));
         outbox.apply(outcome(&second, Status::Failed));
-        assert!(outbox.next_run("a", 100).is_empty(), "a failed effect holds back the ones after it");
-        assert_eq!(outbox.next_run("b", 100).len(), 1, "other sinks go on");
+        assert!(outbox.next_run("a", 100, 100).is_empty(), "a failed effect holds back the ones after it");
+        assert_eq!(outbox.next_run("b", 100, 100).len(), 1, "other sinks go on");
         outbox.apply(outcome(&second, Status::Pending));
-        assert_eq!(outbox.next_run("a", 100).len(), 2);
+        assert_eq!(outbox.next_run("a", 100, 100).len(), 2);
         assert_eq!(outbox.counts()["delivered"], 1);
         assert_eq!(outbox.next_sequence("a"), 3);
     }
@@ -299,7 +301,7 @@ mod tests {
         }
         assert_eq!(rebuilt.sent("a"), outbox.sent("a"));
         assert_eq!(rebuilt.sent("a"), HashMap::from([(vec![Datum::Int(12)], 1)]));
-        assert_eq!(rebuilt.next_run("a", 100), outbox.next_run("a", 100));
+        assert_eq!(rebuilt.next_run("a", 100, 100), outbox.next_run("a", 100, 100));
         assert_eq!(rebuilt.next_sequence("a"), 3);
         assert_eq!(rebuilt.entry(&first).map(|entry| entry.status), Some(Status::Delivered));
         rebuilt.apply(OutboxRecord::DropSink { sink: "a".into() });

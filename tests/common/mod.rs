@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod postgres;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -22,25 +24,44 @@ fn free_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
+/// Starts `weft serve` on `directory` with free ports and waits until it listens.
+fn spawn(directory: &std::path::Path, extra: &[&str]) -> (Child, SocketAddr, SocketAddr) {
+    let (pg, http) = (free_port(), free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["--data-dir", directory.to_str().unwrap(), "--no-sync", "serve"])
+        .args(["--pg", &pg.to_string(), "--http", &http.to_string()])
+        .args(extra)
+        .env_remove("WEFT_PASSWORD")
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start weft serve");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(pg).is_err() || TcpStream::connect(http).is_err() {
+        assert!(Instant::now() < deadline, "weft serve did not start listening");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, pg, http)
+}
+
 impl Server {
     pub fn start(name: &str, extra: &[&str]) -> Server {
         let directory = std::env::temp_dir().join(format!("weft-serve-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&directory);
-        let (pg, http) = (free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_weft"))
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["--data-dir", directory.to_str().unwrap(), "--no-sync", "serve"])
-            .args(["--pg", &pg.to_string(), "--http", &http.to_string()])
-            .args(extra)
-            .env_remove("WEFT_PASSWORD")
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start weft serve");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(pg).is_err() || TcpStream::connect(http).is_err() {
-            assert!(Instant::now() < deadline, "weft serve did not start listening");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        Server::start_in(directory, extra)
+    }
+
+    /// Kills the server with SIGKILL (no shutdown of any kind) and starts it again on the same
+    /// data directory.
+    pub fn crash_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, pg, http) = spawn(&self.directory, &[]);
+        (self.child, self.pg, self.http) = (child, pg, http);
+    }
+
+    fn start_in(directory: PathBuf, extra: &[&str]) -> Server {
+        let (child, pg, http) = spawn(&directory, extra);
         Server { child, pg, http, directory }
     }
 
@@ -68,8 +89,22 @@ impl Server {
         let mut response = String::new();
         stream.read_to_string(&mut response).unwrap();
         let status = response[9..12].parse().unwrap();
-        let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
-        (status, body)
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            return (status, body.to_string());
+        }
+        // De-chunk: `size in hex CRLF data CRLF`, ending with a zero size.
+        let mut rest = body;
+        let mut decoded = String::new();
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if size == 0 {
+                break;
+            }
+            decoded.push_str(&after[..size]);
+            rest = &after[size + 2..];
+        }
+        (status, decoded)
     }
 }
 
