@@ -181,8 +181,8 @@ impl FileSink {
 
     fn rewrite_parquet(&self, effects: &[Effect]) -> Result<Delivery, ConnectorError> {
         let (mut rows, done) = if self.path.exists() {
-            let (rows, sequence, _) = read_parquet(&self.path, Some(&self.columns))?;
-            (rows, sequence)
+            let contents = read_parquet(&self.path, Some(&self.columns))?;
+            (contents.rows, contents.sequence)
         } else {
             (Vec::new(), None)
         };
@@ -349,12 +349,18 @@ fn arrow_value(array: &ArrayRef, row: usize, kind: ColumnKind) -> Datum {
     }
 }
 
-/// Reads a Parquet file: its rows (as `columns`, or as its own columns), the weft sequence in its
-/// metadata, and its columns.
-fn read_parquet(
-    path: &Path,
-    columns: Option<&[Column]>,
-) -> Result<(Vec<Vec<Datum>>, Option<u64>, Vec<Column>), ConnectorError> {
+/// What a Parquet file holds.
+struct ParquetContents {
+    /// The rows, as the requested columns (or the file's own).
+    rows: Vec<Vec<Datum>>,
+    /// The last applied sequence, when weft wrote the file.
+    sequence: Option<u64>,
+    /// The file's own columns.
+    columns: Vec<Column>,
+}
+
+/// Reads a Parquet file, as `columns` or as its own columns.
+fn read_parquet(path: &Path, columns: Option<&[Column]>) -> Result<ParquetContents, ConnectorError> {
     let not_parquet = |error: &dyn std::fmt::Display| {
         ConnectorError::Permanent(format!("{} is not a Parquet file weft can read: {error}", path.display()))
     };
@@ -401,7 +407,7 @@ fn read_parquet(
             );
         }
     }
-    Ok((rows, sequence, found))
+    Ok(ParquetContents { rows, sequence, columns: found })
 }
 
 /// What the source knows of one file.
@@ -438,7 +444,7 @@ fn matching(pattern: &str) -> Result<Vec<PathBuf>, ConnectorError> {
 /// Columns suggested by the first readable record of `path`.
 fn infer_columns(path: &Path) -> Result<Option<Vec<Column>>, ConnectorError> {
     match format_of(path)? {
-        Format::Parquet => Ok(Some(read_parquet(path, None)?.2)),
+        Format::Parquet => Ok(Some(read_parquet(path, None)?.columns)),
         Format::JsonLines => {
             let text = std::fs::read_to_string(path).map_err(|error| io_error(path, error))?;
             for line in text.lines().filter(|line| !line.trim().is_empty()) {
@@ -602,7 +608,7 @@ impl FileSource {
                 if state.seen != Some(seen) {
                     state.seen = Some(seen);
                     state.rows = match read_parquet(path, Some(&self.columns)) {
-                        Ok((rows, _, _)) => rows,
+                        Ok(contents) => contents.rows,
                         Err(error) => {
                             problems.push(error.to_string());
                             Vec::new()

@@ -79,7 +79,7 @@ impl Postgres {
             .expect("start postgres");
         let server = Postgres { child, port, directory };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !server.try_psql("postgres", "SELECT 1").is_some_and(|out| out.trim() == "1") {
+        while server.try_psql("postgres", "SELECT 1").is_none_or(|out| out.trim() != "1") {
             assert!(Instant::now() < deadline, "PostgreSQL did not start");
             std::thread::sleep(Duration::from_millis(100));
         }
