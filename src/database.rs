@@ -8,6 +8,7 @@
 //! before the engine applies it.
 
 mod effectful;
+mod reading;
 
 use crate::catalog::{Relation, RelationKind, TableData, ViewSource};
 use crate::fastpath;
@@ -145,6 +146,8 @@ pub struct Database {
     executor: crate::executor::Executor,
     sinks: BTreeMap<String, effectful::SinkState>,
     sources: BTreeMap<String, effectful::SourceState>,
+    /// Views that read the world, by name.
+    reads: BTreeMap<String, reading::ReadsState>,
     /// Set while a source's reads are applied to its table.
     ingesting: bool,
     _lock: File,
@@ -302,6 +305,7 @@ impl Database {
             executor,
             sinks: BTreeMap::new(),
             sources: BTreeMap::new(),
+            reads: BTreeMap::new(),
             ingesting: false,
             _lock: lock,
         };
@@ -339,6 +343,7 @@ impl Database {
         let mut batch: Vec<Change> = Vec::new();
         let mut sinks: BTreeMap<String, crate::effects::SinkDefinition> = BTreeMap::new();
         let mut sources: BTreeMap<String, crate::effects::SourceDefinition> = BTreeMap::new();
+        let mut reads: BTreeMap<String, crate::reads::ReadsDefinition> = BTreeMap::new();
         for record in records {
             if !matches!(record, Record::Commit { .. }) && !batch.is_empty() {
                 self.engine.commit(std::mem::take(&mut batch))?;
@@ -364,9 +369,13 @@ impl Database {
                 Record::CreateSource { definition } => {
                     sources.insert(definition.name.clone(), definition);
                 }
+                Record::CreateReads { definition } => {
+                    reads.insert(definition.view.clone(), definition);
+                }
                 Record::DropEffectful { name } => {
                     sinks.remove(&name);
                     sources.remove(&name);
+                    reads.remove(&name);
                 }
                 Record::Commit { changes } => {
                     for (table, row, diff) in changes {
@@ -384,6 +393,9 @@ impl Database {
         }
         for (_, definition) in sources {
             self.install_source(definition, None)?;
+        }
+        for (_, definition) in reads {
+            self.install_reads(definition)?;
         }
         for (name, definition) in sinks {
             // A sink whose view cannot be read (say, a function now fails) must not keep the
@@ -436,6 +448,9 @@ impl Database {
         }
         for source in self.sources.values() {
             records.push(Record::CreateSource { definition: source.definition.clone() });
+        }
+        for reading in self.reads.values() {
+            records.push(Record::CreateReads { definition: reading.definition.clone() });
         }
         for sink in self.sinks.values() {
             records.push(Record::CreateSink { definition: sink.definition.clone() });
@@ -623,7 +638,7 @@ impl Database {
     /// the first error; statements before it keep their effects.
     pub fn execute(&mut self, sql: &str) -> Result<Vec<Output>, Error> {
         let mut outputs = Vec::new();
-        if !self.sources.is_empty() && !self.in_transaction {
+        if self.has_inputs() && !self.in_transaction {
             if let Err(error) = self.ingest_sources() {
                 eprintln!("weft: {error}");
             }
@@ -975,19 +990,28 @@ impl Database {
             }
             return catalog_error(format!("relation {name} already exists"));
         }
+        if let Some(output) = self.create_reading_view(&name, &create)? {
+            return Ok(output);
+        }
         let column_names = if create.columns.is_empty() {
             None
         } else {
             Some(create.columns.iter().map(|column| normalize(&column.name)).collect())
         };
-        let sql = create.query.to_string();
+        self.add_view(name, &create.query, column_names)?;
+        Ok(Output::Status(if create.materialized { "CREATE MATERIALIZED VIEW" } else { "CREATE VIEW" }.into()))
+    }
+
+    /// Installs and logs view `name` over `query`.
+    fn add_view(&mut self, name: String, query: &ast::Query, column_names: Option<Vec<String>>) -> Result<(), Error> {
+        let sql = query.to_string();
         let id = self.next_id;
-        self.install_view(id, name.clone(), &create.query, sql.clone(), column_names)?;
+        self.install_view(id, name.clone(), query, sql.clone(), column_names)?;
         if let Err(error) = self.wal.append(&[Record::CreateView { id, name, sql }]) {
             self.uninstall(id)?;
             return Err(error.into());
         }
-        Ok(Output::Status(if create.materialized { "CREATE MATERIALIZED VIEW" } else { "CREATE VIEW" }.into()))
+        Ok(())
     }
 
     fn drop_relations(
@@ -1020,12 +1044,16 @@ impl Database {
                 return catalog_error(format!("{name} is filled by a source: use DROP SOURCE {name}"));
             }
             self.check_not_managed(&name, true)?;
+            if let Some(owner) = self.reads.values().find(|reads| reads.definition.wanted == name) {
+                return catalog_error(format!("{name} belongs to view {}; drop that view", owner.definition.view));
+            }
             let id = relation.id;
             if let Some(dependent) = self.relations.values().find(|other| other.dependencies().contains(&id)) {
                 return catalog_error(format!("cannot drop {name}: view {} depends on it", dependent.name));
             }
             self.wal.append(&[Record::Drop { id }])?;
             self.uninstall(id)?;
+            self.drop_reads_of(&name)?;
         }
         Ok(Output::Status(if wants_table { "DROP TABLE" } else { "DROP VIEW" }.into()))
     }
@@ -1070,6 +1098,9 @@ impl Database {
         let committed = self.engine.commit(std::mem::take(&mut self.pending));
         if committed.is_ok() && !self.sinks.is_empty() {
             self.enqueue_sink_changes();
+        }
+        if committed.is_ok() && !self.reads.is_empty() {
+            self.forward_wanted();
         }
         self.end_write();
         committed?;

@@ -44,10 +44,30 @@ pub struct SourceStatus {
     pub problems: Vec<String>,
 }
 
+/// What is known of one resource a view reads, for `weft.effects`.
+#[derive(Clone, Debug, Default)]
+struct ReadStatus {
+    reads: u64,
+    error: Option<String>,
+}
+
+/// A resource read by a query effect: what came back, and when (ns since the epoch).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observation {
+    pub resource: String,
+    pub body: String,
+    pub observed_ns: i64,
+}
+
 struct Shared {
     outbox: Mutex<Outbox>,
     log: Mutex<Log<OutboxRecord>>,
     sources: Mutex<BTreeMap<String, SourceStatus>>,
+    /// Per (view, resource): the query effects reading it.
+    reads: Mutex<BTreeMap<(String, String), ReadStatus>>,
+    /// Resources wanted while a fresh observation existed (memo hits), and reads made.
+    read_hits: AtomicU64,
+    read_fetches: AtomicU64,
     did: String,
     appended: AtomicU64,
 }
@@ -63,6 +83,7 @@ pub struct Executor {
     shared: Arc<Shared>,
     sinks: HashMap<String, Task>,
     sources: HashMap<String, Task>,
+    readers: HashMap<String, Task>,
 }
 
 /// How an outbox change failed.
@@ -138,10 +159,13 @@ impl Executor {
             outbox: Mutex::new(outbox),
             log: Mutex::new(log),
             sources: Mutex::default(),
+            reads: Mutex::default(),
+            read_hits: AtomicU64::new(0),
+            read_fetches: AtomicU64::new(0),
             did: did.to_string(),
             appended: AtomicU64::new(0),
         });
-        Ok(Executor { runtime, shared, sinks: HashMap::new(), sources: HashMap::new() })
+        Ok(Executor { runtime, shared, sinks: HashMap::new(), sources: HashMap::new(), readers: HashMap::new() })
     }
 
     /// Makes `effect` durable in the outbox and wakes its sink.
@@ -233,6 +257,41 @@ impl Executor {
             task.handle.abort();
         }
         self.shared.sources.lock().expect("sources").remove(name);
+    }
+
+    /// Starts the query effects of a reading view: `observed` are the observations already made
+    /// (resource to time, ns since the epoch); the wanted resources arrive as (resource, diff)
+    /// changes on the returned sender, new observations on the returned receiver.
+    pub fn start_reads(
+        &mut self,
+        view: &str,
+        ttl: Option<Duration>,
+        concurrency: usize,
+        observed: HashMap<String, i64>,
+    ) -> (tokio::sync::mpsc::UnboundedSender<Vec<(String, i64)>>, Receiver<Observation>) {
+        let (wants, wanted) = tokio::sync::mpsc::unbounded_channel();
+        let (sender, observations) = std::sync::mpsc::channel();
+        let plan = ReadPlan { view: view.to_string(), ttl, concurrency: concurrency.max(1), observed };
+        let shared = self.shared.clone();
+        let handle = self.runtime.spawn(async move { read_resources(shared, plan, wanted, sender).await });
+        let wake = Arc::new(tokio::sync::Notify::new());
+        if let Some(old) = self.readers.insert(view.to_string(), Task { handle, wake }) {
+            old.handle.abort();
+        }
+        (wants, observations)
+    }
+
+    /// Stops a view's query effects.
+    pub fn stop_reads(&mut self, view: &str) {
+        if let Some(task) = self.readers.remove(view) {
+            task.handle.abort();
+        }
+        self.shared.reads.lock().expect("reads").retain(|(reader, _), _| reader != view);
+    }
+
+    /// Query effects answered from a fresh observation (memo hits), and reads made.
+    pub fn read_counts(&self) -> (u64, u64) {
+        (self.shared.read_hits.load(Ordering::Relaxed), self.shared.read_fetches.load(Ordering::Relaxed))
     }
 
     /// Puts a failed (or pending) effect back in line and wakes its sink.
@@ -358,6 +417,38 @@ impl Shared {
                 ]
             })
             .collect();
+        for ((view, resource), status) in self.reads.lock().expect("reads").iter() {
+            let read = Effect {
+                stream: Stream::Query,
+                connector: "http".into(),
+                resource: resource.clone(),
+                ability: "http/get".into(),
+                payload: weft_effects::Batch {
+                    sink: view.clone(),
+                    sequence: status.reads,
+                    timestamp: 0,
+                    changes: Vec::new(),
+                },
+            };
+            let state = match (&status.error, status.reads) {
+                (Some(_), _) => "failed",
+                (None, 0) => "pending",
+                (None, _) => "delivered",
+            };
+            rows.push(vec![
+                text(&read.cid().to_string()),
+                text(Stream::Query.name()),
+                text("http"),
+                text(resource),
+                text(state),
+                Value::Int(status.reads as i64),
+                Value::Null,
+                optional(&status.error),
+                text(view),
+                Value::Int(status.reads as i64),
+                Value::Null,
+            ]);
+        }
         for (name, status) in self.sources.lock().expect("sources").iter() {
             let read = read_effect(name, status, status.reads);
             let state = if status.error.is_some() { "failed" } else { "delivered" };
@@ -397,7 +488,7 @@ impl Shared {
 
 impl Drop for Executor {
     fn drop(&mut self) {
-        for task in self.sinks.values().chain(self.sources.values()) {
+        for task in self.sinks.values().chain(self.sources.values()).chain(self.readers.values()) {
             task.handle.abort();
         }
     }
@@ -549,6 +640,128 @@ async fn follow(
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = wake.notified() => {}
+        }
+    }
+}
+
+/// What a view's reader task needs.
+struct ReadPlan {
+    view: String,
+    ttl: Option<Duration>,
+    concurrency: usize,
+    observed: HashMap<String, i64>,
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// Reads the wanted resources that have no fresh observation, at most `concurrency` at a time;
+/// sends each observation to the database and records the query effect's status.
+async fn read_resources(
+    shared: Arc<Shared>,
+    plan: ReadPlan,
+    mut wanted_changes: tokio::sync::mpsc::UnboundedReceiver<Vec<(String, i64)>>,
+    observations: Sender<Observation>,
+) {
+    let ReadPlan { view, ttl, concurrency, mut observed } = plan;
+    let lookup = weft_connectors::http::HttpLookup::new(
+        Duration::from_secs(10),
+        std::env::var("WEFT_IPFS_GATEWAY").ok().filter(|gateway| !gateway.is_empty()),
+    );
+    let mut backoff = Backoff::new(100, 60_000, jitter_seed(&view));
+    let mut wanted: HashMap<String, i64> = HashMap::new();
+    let mut retry_at: HashMap<String, (Instant, u32)> = HashMap::new();
+    let mut in_flight: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    // When an observation of `resource` made at `at` stops being fresh (ns), if ever.
+    let expiry = |resource: &str, at: i64| -> Option<i64> {
+        if resource.starts_with("ipfs://") {
+            return None;
+        }
+        ttl.map(|ttl| at.saturating_add(ttl.as_nanos() as i64))
+    };
+    loop {
+        let now = now_ns();
+        let instant = Instant::now();
+        let due: Vec<String> = wanted
+            .keys()
+            .filter(|resource| !in_flight.contains(*resource))
+            .filter(|resource| retry_at.get(*resource).is_none_or(|(at, _)| *at <= instant))
+            .filter(|resource| {
+                observed.get(*resource).is_none_or(|at| expiry(resource, *at).is_some_and(|end| end <= now))
+            })
+            .take(concurrency.saturating_sub(in_flight.len()))
+            .cloned()
+            .collect();
+        for resource in due {
+            in_flight.insert(resource.clone());
+            let lookup = lookup.clone();
+            tasks.spawn(async move {
+                let result = lookup.get(&resource).await;
+                (resource, result)
+            });
+        }
+        // Sleep until the next observation expires or retry is due (at most a second).
+        let mut wait = Duration::from_secs(1);
+        for resource in wanted.keys().filter(|resource| !in_flight.contains(*resource)) {
+            if let Some(end) = observed.get(resource).and_then(|at| expiry(resource, *at)) {
+                wait = wait.min(Duration::from_nanos(end.saturating_sub(now).max(0) as u64));
+            }
+            if let Some((at, _)) = retry_at.get(resource) {
+                wait = wait.min(at.saturating_duration_since(instant));
+            }
+        }
+        tokio::select! {
+            changes = wanted_changes.recv() => {
+                let Some(changes) = changes else { return };
+                for (resource, diff) in changes {
+                    let count = wanted.entry(resource.clone()).or_insert(0);
+                    let was_wanted = *count > 0;
+                    *count += diff;
+                    if *count <= 0 {
+                        wanted.remove(&resource);
+                    } else if !was_wanted {
+                        let fresh = observed.get(&resource).is_some_and(|at| expiry(&resource, *at).is_none_or(|end| end > now));
+                        if fresh {
+                            shared.read_hits.fetch_add(1, Ordering::Relaxed);
+                        }
+                        shared.reads.lock().expect("reads").entry((view.clone(), resource)).or_default();
+                    }
+                }
+            }
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                let Ok((resource, result)) = joined else { continue };
+                in_flight.remove(&resource);
+                shared.read_fetches.fetch_add(1, Ordering::Relaxed);
+                let mut reads = shared.reads.lock().expect("reads");
+                let status = reads.entry((view.clone(), resource.clone())).or_default();
+                status.reads += 1;
+                match result {
+                    Ok(body) => {
+                        status.error = None;
+                        drop(reads);
+                        let observed_ns = now_ns();
+                        observed.insert(resource.clone(), observed_ns);
+                        retry_at.remove(&resource);
+                        if observations.send(Observation { resource, body, observed_ns }).is_err() {
+                            return;
+                        }
+                    }
+                    Err(error) => {
+                        status.error = Some(error.to_string());
+                        drop(reads);
+                        let failures = retry_at.get(&resource).map_or(0, |(_, failures)| *failures);
+                        let delay = if error.is_transient() {
+                            backoff.delay(failures)
+                        } else {
+                            ttl.unwrap_or(Duration::from_secs(3600)).max(Duration::from_secs(1))
+                        };
+                        retry_at.insert(resource, (Instant::now() + delay, failures + 1));
+                    }
+                }
+            }
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }

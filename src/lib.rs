@@ -14,6 +14,7 @@ pub mod fastpath;
 pub mod functions;
 pub mod identity;
 pub mod output;
+pub mod reads;
 pub mod server;
 pub mod wal;
 

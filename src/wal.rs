@@ -35,8 +35,10 @@ pub enum Record {
     CreateSink { definition: crate::effects::SinkDefinition },
     /// `CREATE SOURCE`, with the columns the source was found to have.
     CreateSource { definition: crate::effects::SourceDefinition },
-    /// `DROP SINK` / `DROP SOURCE`.
+    /// `DROP SINK` / `DROP SOURCE`, or the drop of a reading view's query effects.
     DropEffectful { name: String },
+    /// A view that reads the world (`http_get`): its query effects.
+    CreateReads { definition: crate::reads::ReadsDefinition },
 }
 
 /// Errors of the log.

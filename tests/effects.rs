@@ -543,3 +543,131 @@ fn bad_connections_tables_and_files_give_clear_errors_and_stop_nothing_else() {
     drop(database);
     let _ = std::fs::remove_dir_all(&directory);
 }
+
+/// A tiny HTTP server for reads: answers GET `path` with the body set for it (404 if none) and
+/// counts requests per path.
+struct Site {
+    port: u16,
+    bodies: Arc<Mutex<BTreeMap<String, String>>>,
+    hits: Arc<Mutex<BTreeMap<String, usize>>>,
+}
+
+impl Site {
+    fn start() -> Site {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let bodies: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+        let hits: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
+        let (serving, counting) = (bodies.clone(), hits.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request = String::new();
+                if reader.read_line(&mut request).is_err() {
+                    continue;
+                }
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                }
+                let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
+                *counting.lock().unwrap().entry(path.clone()).or_default() += 1;
+                let response = match serving.lock().unwrap().get(&path) {
+                    Some(body) => {
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+                    }
+                    None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string(),
+                };
+                let _ = stream.write_all(response.as_bytes());
+            }
+        });
+        Site { port, bodies, hits }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn set(&self, path: &str, body: &str) {
+        self.bodies.lock().unwrap().insert(path.to_string(), body.to_string());
+    }
+
+    fn hits(&self, path: &str) -> usize {
+        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+}
+
+#[test]
+fn query_effects_read_once_per_ttl_and_update_views_only_when_the_answer_changes() {
+    let site = Site::start();
+    site.set("/a", "first a");
+    site.set("/b", "only b");
+    site.set("/ipfs/bafkreiexample", "immutable");
+    std::env::set_var("WEFT_IPFS_GATEWAY", format!("http://127.0.0.1:{}", site.port));
+    let directory = data_dir("reads");
+    let mut database = open(&directory);
+    database
+        .execute(&format!(
+            "CREATE TABLE urls (id BIGINT PRIMARY KEY, url TEXT);
+             INSERT INTO urls VALUES (1, '{a}'), (2, '{b}'), (3, '{missing}'), (4, 'ipfs://bafkreiexample');
+             CREATE MATERIALIZED VIEW pages WITH (ttl = '1500 ms', concurrency = 2) AS
+               SELECT id, url, http_get(url) AS body FROM urls;
+             CREATE MATERIALIZED VIEW lengths AS SELECT id, length(body) AS n FROM pages;",
+            a = site.url("/a"),
+            b = site.url("/b"),
+            missing = site.url("/missing"),
+        ))
+        .unwrap();
+    let bodies = |database: &mut Database| view_text(database, "SELECT id, body FROM pages");
+    eventually(&mut database, 10, "the first reads", |database| {
+        bodies(database) == ["1|first a", "2|only b", "3|", "4|immutable"]
+    });
+    assert_eq!(view_text(&mut database, "SELECT id, n FROM lengths"), ["1|7", "2|6", "3|", "4|9"]);
+    // The same resource wanted again, within the ttl: a memo hit, no request.
+    database.execute(&format!("INSERT INTO urls VALUES (5, '{}')", site.url("/a"))).unwrap();
+    eventually(&mut database, 10, "the memo hit", |database| bodies(database).contains(&"5|first a".to_string()));
+    assert_eq!(site.hits("/a"), 1);
+    // Another view reading the same resources shares the observations: memo hits.
+    database.execute("CREATE MATERIALIZED VIEW titles AS SELECT id, http_get(url) FROM urls WHERE id < 3").unwrap();
+    eventually(&mut database, 10, "the second view", |database| {
+        view_text(database, "SELECT id, http_get FROM titles") == ["1|first a", "2|only b"]
+    });
+    assert_eq!((site.hits("/a"), site.hits("/b")), (1, 1), "no second read within the ttl");
+    assert!(database.read_counts().0 >= 2, "memo hits are counted: {:?}", database.read_counts());
+    database.execute("DROP VIEW titles").unwrap();
+    // A failed read is an effect with its error; the view has NULL.
+    let failed = effect_rows(&mut database, "stream = 'query' AND status = 'failed'");
+    assert!(failed.iter().any(|row| text(&row[3]).contains("HTTP 404")), "{failed:?}");
+    // After the ttl, reads are refreshed: a changed answer updates the views, an unchanged one
+    // changes nothing downstream; ipfs:// reads never expire.
+    let (_, subscription) = database.subscribe("pages").unwrap();
+    site.set("/a", "second a");
+    eventually(&mut database, 15, "the refresh", |database| bodies(database).contains(&"1|second a".to_string()));
+    eventually(&mut database, 15, "b's refresh", |_| site.hits("/b") >= 2);
+    database.ingest_sources().unwrap();
+    let mut changed_ids = HashSet::new();
+    while let Ok(changes) = subscription.changes.try_recv() {
+        for (row, _) in changes.updates {
+            changed_ids.insert(format!("{:?}", row[0]));
+        }
+    }
+    assert!(!changed_ids.contains(&format!("{:?}", Value::Int(2))), "b did not change: {changed_ids:?}");
+    assert!(changed_ids.contains(&format!("{:?}", Value::Int(1))), "{changed_ids:?}");
+    assert_eq!(site.hits("/ipfs/bafkreiexample"), 1, "content-addressed reads never expire");
+    // Query effects' table is theirs alone.
+    let error = database.execute("DELETE FROM weft_reads").unwrap_err().to_string();
+    assert!(error.contains("query effects"), "{error}");
+    // After a restart, fresh observations are memo hits: nothing is read again at once.
+    let a_hits = site.hits("/a");
+    drop(database);
+    let mut database = open(&directory);
+    assert!(bodies(&mut database).contains(&"1|second a".to_string()));
+    database.execute("DROP VIEW lengths; DROP VIEW pages").unwrap();
+    assert!(database.query("SELECT * FROM weft_wanted_pages").is_err(), "the wanted view goes with its view");
+    assert!(site.hits("/a") <= a_hits + 1);
+    drop(database);
+    let _ = std::fs::remove_dir_all(&directory);
+}

@@ -1,4 +1,5 @@
-//! HTTP: a sink that POSTs each effect as JSON, with its CID as the `Idempotency-Key` header.
+//! HTTP: a sink that POSTs each effect as JSON, with its CID as the `Idempotency-Key` header,
+//! and [`HttpLookup`], which reads resources for query effects (`http_get(url)` in views).
 //!
 //! The body is `{"effect": cid, "sink", "sequence", "changes": [{"diff", "row": {column: value}}]}`.
 //! A 2xx answer delivers the effect. 408, 429, 5xx, timeouts and dropped connections are transient
@@ -111,5 +112,56 @@ impl Sink for HttpSink {
 
     fn max_run(&self) -> usize {
         1
+    }
+}
+
+/// Reads resources for query effects: `http://` URLs by GET, `ipfs://<cid>` through an HTTP
+/// gateway (`<gateway>/ipfs/<cid>`) when one is configured.
+#[derive(Clone)]
+pub struct HttpLookup {
+    agent: ureq::Agent,
+    ipfs_gateway: Option<String>,
+}
+
+impl HttpLookup {
+    /// A reader with a per-request `timeout`.
+    pub fn new(timeout: Duration, ipfs_gateway: Option<String>) -> HttpLookup {
+        let agent =
+            ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false).build().new_agent();
+        HttpLookup { agent, ipfs_gateway }
+    }
+
+    /// The body at `resource`, as text. 408, 429, 5xx and transport failures are transient.
+    pub async fn get(&self, resource: &str) -> Result<String, ConnectorError> {
+        let url = match resource.strip_prefix("ipfs://") {
+            Some(cid) => match &self.ipfs_gateway {
+                Some(gateway) => format!("{}/ipfs/{cid}", gateway.trim_end_matches('/')),
+                None => {
+                    return Err(ConnectorError::Permanent(format!(
+                        "{resource}: no IPFS gateway configured (set WEFT_IPFS_GATEWAY to an http:// gateway)"
+                    )))
+                }
+            },
+            None => {
+                check_url(resource)?;
+                resource.to_string()
+            }
+        };
+        let agent = self.agent.clone();
+        tokio::task::spawn_blocking(move || {
+            let response =
+                agent.get(&url).call().map_err(|error| ConnectorError::Transient(format!("GET {url}: {error}")))?;
+            let status = response.status().as_u16();
+            match status {
+                200..=299 => response
+                    .into_body()
+                    .read_to_string()
+                    .map_err(|error| ConnectorError::Permanent(format!("GET {url}: body: {error}"))),
+                408 | 429 | 500..=599 => Err(ConnectorError::Transient(format!("GET {url}: HTTP {status}"))),
+                _ => Err(ConnectorError::Permanent(format!("GET {url}: HTTP {status}"))),
+            }
+        })
+        .await
+        .map_err(|error| ConnectorError::Transient(format!("HTTP read task: {error}")))?
     }
 }

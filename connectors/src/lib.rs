@@ -7,7 +7,8 @@
 //!
 //! - [`postgres`]: a sink applying each run of effects in one PostgreSQL transaction that also
 //!   records their keys (exactly once across crashes), and a source polling a table.
-//! - [`http`]: a sink POSTing each effect as JSON with an `Idempotency-Key` header.
+//! - [`http`]: a sink POSTing each effect as JSON with an `Idempotency-Key` header, and the
+//!   reader behind `http_get(url)` query effects.
 //! - [`files`]: sinks appending JSON lines or CSV, or rewriting a Parquet file, each exactly once;
 //!   a source following a glob of JSON-lines, CSV and Parquet files.
 

@@ -236,7 +236,7 @@ impl Database {
     /// Applies what the sources have read since the last call, as one transaction; returns the
     /// number of rows changed. Does nothing inside an open transaction.
     pub fn ingest_sources(&mut self) -> Result<usize, Error> {
-        if self.in_transaction || self.sources.is_empty() {
+        if self.in_transaction || !self.has_inputs() {
             return Ok(0);
         }
         let mut changed = 0;
@@ -274,6 +274,19 @@ impl Database {
                 Err(error) => {
                     self.rollback_pending();
                     return Err(Error::Constraint(format!("source {name}: {error}")));
+                }
+            }
+        }
+        let (deletes, inserts) = self.observed_changes();
+        if !inserts.is_empty() {
+            self.ingesting = true;
+            let result = self.change_table(crate::reads::READS_TABLE, deletes, inserts);
+            self.ingesting = false;
+            match result {
+                Ok(count) => changed += count,
+                Err(error) => {
+                    self.rollback_pending();
+                    return Err(Error::Constraint(format!("query effects: {error}")));
                 }
             }
         }
@@ -320,13 +333,18 @@ impl Database {
         self.executor.counts()
     }
 
-    /// Whether any source is defined (the server then ingests periodically).
-    pub fn has_sources(&self) -> bool {
-        !self.sources.is_empty()
+    /// Whether any source or reading view is defined (the server then ingests periodically).
+    pub fn has_inputs(&self) -> bool {
+        !self.sources.is_empty() || !self.reads.is_empty()
     }
 
     /// Refuses statements that change a source's table or drop a sink's view.
     pub(super) fn check_not_managed(&self, name: &str, dropping_view: bool) -> Result<(), Error> {
+        if name == crate::reads::READS_TABLE && !self.ingesting {
+            return Err(Error::Constraint(format!(
+                "{name} holds the observations of query effects; it is written only by them"
+            )));
+        }
         if self.sources.contains_key(name) && !self.ingesting {
             return Err(Error::Constraint(format!(
                 "table {name} is filled by source {name}; change the source, or DROP SOURCE {name}"

@@ -166,7 +166,7 @@ impl Shared {
             return;
         }
         let mut database = self.lock_database();
-        if database.has_sources() {
+        if database.has_inputs() {
             if let Err(error) = database.ingest_sources() {
                 tracing_error(&format!("ingesting sources: {error}"));
             }
