@@ -34,6 +34,9 @@ pub struct SinkDefinition {
     pub target: Target,
     /// The key columns (empty: every column).
     pub key: Vec<String>,
+    /// When the sink was created (ns since the epoch): part of its effects' keys, so a sink
+    /// created again under the same name never collides with the old one's keys.
+    pub epoch: u64,
 }
 
 /// `CREATE SOURCE`.
@@ -182,7 +185,7 @@ pub fn parse_effect_statement(sql: &str) -> Option<Result<EffectStatement, Strin
                     return Err(format!("unknown sink connector {}", target.connector));
                 }
                 let key = if cursor.accept("KEY") { cursor.names("a key column")? } else { Vec::new() };
-                EffectStatement::CreateSink(SinkDefinition { name, view, target, key })
+                EffectStatement::CreateSink(SinkDefinition { name, view, target, key, epoch: 0 })
             }
             (true, _) => {
                 let name = cursor.name("the source's name")?;

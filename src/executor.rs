@@ -425,6 +425,7 @@ impl Shared {
                 ability: "http/get".into(),
                 payload: weft_effects::Batch {
                     sink: view.clone(),
+                    epoch: 0,
                     sequence: status.reads,
                     timestamp: 0,
                     changes: Vec::new(),
@@ -501,7 +502,7 @@ fn read_effect(name: &str, status: &SourceStatus, sequence: u64) -> Effect {
         connector: status.connector.clone(),
         resource: status.resource.clone(),
         ability: format!("{}/read", status.connector),
-        payload: weft_effects::Batch { sink: name.to_string(), sequence, timestamp: 0, changes: Vec::new() },
+        payload: weft_effects::Batch { sink: name.to_string(), epoch: 0, sequence, timestamp: 0, changes: Vec::new() },
     }
 }
 

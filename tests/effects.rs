@@ -164,6 +164,18 @@ fn postgres_sink_holds_the_view_exactly_after_random_changes() {
     assert!(effects.iter().all(|row| text(&row[1]) == "delivered"), "{effects:?}");
     let applied = postgres.psql("SELECT count(*) FROM weft_applied_effects WHERE sink = 'stats_pg'");
     assert_eq!(applied.trim(), effects.len().to_string(), "each effect's key recorded once");
+    // A sink dropped and created again under the same name has new keys: it fills the table anew.
+    database.execute("DROP SINK stats_pg").unwrap();
+    postgres.psql("TRUNCATE user_stats");
+    database
+        .execute(&format!(
+            "CREATE SINK stats_pg FROM user_stats INTO postgres('{}', 'user_stats') KEY (user_id)",
+            postgres.conninfo()
+        ))
+        .unwrap();
+    assert_eq!(database.wait_for_effects(Duration::from_secs(30)), 0);
+    let expected = view_text(&mut database, "SELECT user_id, clicks, total, last FROM user_stats");
+    assert_eq!(postgres.rows("SELECT user_id, clicks, total, last FROM user_stats"), expected);
     drop(database);
     let _ = std::fs::remove_dir_all(&directory);
 }
@@ -439,6 +451,25 @@ fn file_sources_and_sinks_follow_changes_exactly_once_across_restarts() {
     database
         .execute(&format!(
             "CREATE TABLE from_parquet (user TEXT, total BIGINT); COPY from_parquet FROM '{}'",
+            output.join("totals.parquet").display()
+        ))
+        .unwrap();
+    assert_eq!(view_text(&mut database, "SELECT user, total FROM from_parquet"), expected_rows(&mut database));
+    // Sinks created again on the same files start them over, exactly once again.
+    database.execute("DROP SINK totals_jsonl; DROP SINK totals_parquet").unwrap();
+    database
+        .execute(&format!(
+            "CREATE SINK totals_jsonl FROM totals INTO files('{}') KEY (user);
+             CREATE SINK totals_parquet FROM totals INTO files('{}');",
+            jsonl_out.display(),
+            output.join("totals.parquet").display()
+        ))
+        .unwrap();
+    assert_eq!(database.wait_for_effects(Duration::from_secs(30)), 0);
+    assert_eq!(folded_jsonl(), expected_rows(&mut database));
+    database
+        .execute(&format!(
+            "DELETE FROM from_parquet; COPY from_parquet FROM '{}'",
             output.join("totals.parquet").display()
         ))
         .unwrap();

@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 use weft_effects::{Column, ColumnKind, ConnectorError, Datum, Delivery, Effect, Sink, Source, SourceRead};
 
-/// The Parquet metadata key holding the last applied sequence.
+/// The Parquet metadata key holding the last applied sequence, as `<epoch>:<sequence>`.
 const SEQUENCE_KEY: &str = "weft.sequence";
 
 /// A file format, told by the extension.
@@ -70,9 +70,12 @@ fn io_error(path: &Path, error: impl std::fmt::Display) -> ConnectorError {
     ConnectorError::Permanent(format!("{}: {error}", path.display()))
 }
 
-/// Where an appending sink is: the last applied sequence and the file length after it.
+/// Where an appending sink is: its incarnation, the last applied sequence and the file length
+/// after it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Marker {
+    #[serde(default)]
+    epoch: u64,
     sequence: Option<u64>,
     length: u64,
 }
@@ -143,6 +146,10 @@ impl FileSink {
                 .map_err(|error| io_error(&sidecar, format!("unreadable sink marker: {error}")))?,
             Err(_) => Marker::default(),
         };
+        // A sink created again under the same name starts the file over (its first effect is
+        // the view's whole contents).
+        let epoch = effects.first().map_or(0, |effect| effect.payload.epoch);
+        let marker = if marker.epoch == epoch { marker } else { Marker { epoch, ..Marker::default() } };
         let fresh: Vec<&Effect> =
             effects.iter().filter(|effect| marker.sequence.is_none_or(|done| effect.payload.sequence > done)).collect();
         let Some(last) = fresh.last() else {
@@ -171,7 +178,7 @@ impl FileSink {
         file.seek(SeekFrom::Start(marker.length)).map_err(|error| io_error(&self.path, error))?;
         file.write_all(&bytes).map_err(|error| io_error(&self.path, error))?;
         file.sync_data().map_err(|error| io_error(&self.path, error))?;
-        let next = Marker { sequence: Some(last.payload.sequence), length: marker.length + bytes.len() as u64 };
+        let next = Marker { epoch, sequence: Some(last.payload.sequence), length: marker.length + bytes.len() as u64 };
         replace_file(&sidecar, |file| {
             file.write_all(&serde_json::to_vec(&next).expect("marker encodes"))
                 .map_err(|error| io_error(&sidecar, error))
@@ -180,9 +187,14 @@ impl FileSink {
     }
 
     fn rewrite_parquet(&self, effects: &[Effect]) -> Result<Delivery, ConnectorError> {
+        let epoch = effects.first().map_or(0, |effect| effect.payload.epoch);
         let (mut rows, done) = if self.path.exists() {
             let contents = read_parquet(&self.path, Some(&self.columns))?;
-            (contents.rows, contents.sequence)
+            match contents.sequence {
+                Some((written, sequence)) if written == epoch => (contents.rows, Some(sequence)),
+                // Another incarnation's file: this sink's first effect is the whole contents.
+                _ => (Vec::new(), None),
+            }
         } else {
             (Vec::new(), None)
         };
@@ -207,7 +219,7 @@ impl FileSink {
         let properties = WriterProperties::builder()
             .set_key_value_metadata(Some(vec![KeyValue::new(
                 SEQUENCE_KEY.to_string(),
-                last.payload.sequence.to_string(),
+                format!("{epoch}:{}", last.payload.sequence),
             )]))
             .build();
         replace_file(&self.path, |file| {
@@ -353,8 +365,8 @@ fn arrow_value(array: &ArrayRef, row: usize, kind: ColumnKind) -> Datum {
 struct ParquetContents {
     /// The rows, as the requested columns (or the file's own).
     rows: Vec<Vec<Datum>>,
-    /// The last applied sequence, when weft wrote the file.
-    sequence: Option<u64>,
+    /// The sink incarnation and last applied sequence, when weft wrote the file.
+    sequence: Option<(u64, u64)>,
     /// The file's own columns.
     columns: Vec<Column>,
 }
@@ -371,7 +383,10 @@ fn read_parquet(path: &Path, columns: Option<&[Column]>) -> Result<ParquetConten
         .file_metadata()
         .key_value_metadata()
         .and_then(|pairs| pairs.iter().find(|pair| pair.key == SEQUENCE_KEY))
-        .and_then(|pair| pair.value.as_ref()?.parse().ok());
+        .and_then(|pair| {
+            let (epoch, sequence) = pair.value.as_ref()?.split_once(':')?;
+            Some((epoch.parse().ok()?, sequence.parse().ok()?))
+        });
     let found: Vec<Column> = builder
         .schema()
         .fields()

@@ -139,6 +139,9 @@ pub struct Change {
 pub struct Batch {
     /// The sink that produced the batch.
     pub sink: String,
+    /// The sink's incarnation (its creation time, ns): a sink dropped and created again under
+    /// the same name starts a new sequence with new keys.
+    pub epoch: u64,
     /// The batch's place in the sink's order (0, 1, 2, ... with no gaps).
     pub sequence: u64,
     /// The engine timestamp the changes happened at (informational: restarts renumber it).
@@ -161,6 +164,7 @@ impl Batch {
             .collect();
         Ipld::Map(BTreeMap::from([
             ("sink".to_string(), Ipld::String(self.sink.clone())),
+            ("epoch".to_string(), Ipld::Integer(i128::from(self.epoch))),
             ("sequence".to_string(), Ipld::Integer(i128::from(self.sequence))),
             ("changes".to_string(), Ipld::List(changes)),
         ]))
@@ -217,6 +221,7 @@ mod tests {
             ability: "files/write".into(),
             payload: Batch {
                 sink: "s".into(),
+                epoch: 1,
                 sequence,
                 timestamp: 7,
                 changes: rows.iter().map(|value| Change { diff: 1, row: vec![Datum::Int(*value)] }).collect(),
@@ -230,6 +235,9 @@ mod tests {
         assert_eq!(first.cid(), effect(0, &[1, 2]).cid());
         assert_ne!(first.cid(), effect(1, &[1, 2]).cid(), "the same changes later are another effect");
         assert_ne!(first.cid(), effect(0, &[1, 3]).cid());
+        let mut recreated = effect(0, &[1, 2]);
+        recreated.payload.epoch = 2;
+        assert_ne!(first.cid(), recreated.cid(), "a sink created again has new keys");
         let mut renumbered = effect(0, &[1, 2]);
         renumbered.payload.timestamp = 99;
         assert_eq!(first.cid(), renumbered.cid(), "a restart renumbers timestamps; keys must not move");

@@ -255,6 +255,7 @@ mod tests {
             ability: "files/write".into(),
             payload: Batch {
                 sink: sink.into(),
+                epoch: 1,
                 sequence,
                 timestamp: sequence,
                 changes: vec![Change { diff, row: vec![Datum::Int(value)] }],

@@ -52,7 +52,10 @@ impl Database {
             _ => self.refuse_ddl_in_transaction()?,
         }
         match statement {
-            EffectStatement::CreateSink(definition) => {
+            EffectStatement::CreateSink(mut definition) => {
+                definition.epoch = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |elapsed| elapsed.as_nanos() as u64);
                 if self.sinks.contains_key(&definition.name) || self.sources.contains_key(&definition.name) {
                     return catalog_error(format!("sink or source {} already exists", definition.name));
                 }
@@ -151,6 +154,7 @@ impl Database {
             ability: definition.target.sink_ability().to_string(),
             payload: Batch {
                 sink: definition.name.clone(),
+                epoch: definition.epoch,
                 sequence: self.executor.next_sequence(&definition.name),
                 timestamp: time,
                 changes: ordered(changes, &sink.key)
