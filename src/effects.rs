@@ -181,7 +181,7 @@ pub fn parse_effect_statement(sql: &str) -> Option<Result<EffectStatement, Strin
                 let view = cursor.name("a view")?;
                 cursor.expect("INTO")?;
                 let target = cursor.target()?;
-                if target.connector != "postgres" && target.connector != "http" && target.connector != "files" {
+                if !["postgres", "http", "files", "effects"].contains(&target.connector.as_str()) {
                     return Err(format!("unknown sink connector {}", target.connector));
                 }
                 let key = if cursor.accept("KEY") { cursor.names("a key column")? } else { Vec::new() };

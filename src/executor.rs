@@ -317,17 +317,29 @@ impl Executor {
         outbox.entry(cid).map(|entry| (entry.status, entry.error.clone()))
     }
 
-    /// Waits until no sink has a pending effect it can deliver (or `timeout` passes); returns
-    /// the number still pending.
-    pub fn wait_idle(&self, timeout: Duration) -> usize {
+    /// Waits until no sink has a pending effect it can deliver or `timeout` passes (or, with
+    /// `until_failing`, until every sink that still has one keeps failing: retrying with
+    /// backoff); returns the number still pending.
+    pub fn wait_idle(&self, timeout: Duration, until_failing: bool) -> usize {
         let deadline = Instant::now() + timeout;
         loop {
             let pending = self.pending_count();
-            if pending == 0 || Instant::now() >= deadline {
+            if pending == 0 || Instant::now() >= deadline || (until_failing && self.all_retrying()) {
                 return pending;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Whether every sink with pending effects has seen its next effect fail.
+    fn all_retrying(&self) -> bool {
+        let outbox = self.shared.outbox.lock().expect("outbox");
+        self.sinks.keys().all(|sink| {
+            let run = outbox.next_run(sink, 0, 1);
+            run.first().is_none_or(|effect| {
+                outbox.entry(&effect.cid().to_string()).is_some_and(|entry| entry.error.is_some() && entry.attempts > 1)
+            })
+        })
     }
 
     /// Effects waiting on sinks that are not held back by a failure.

@@ -212,7 +212,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             return Ok(weft::server::serve(database, options)?);
         }
     };
-    let pending = database.wait_for_effects(EFFECTS_WAIT);
+    let pending = database.settle_effects(EFFECTS_WAIT);
     if pending > 0 {
         eprintln!("weft: {pending} effect(s) not delivered yet; they stay in the outbox (see weft.effects)");
     }

@@ -702,3 +702,59 @@ fn query_effects_read_once_per_ttl_and_update_views_only_when_the_answer_changes
     drop(database);
     let _ = std::fs::remove_dir_all(&directory);
 }
+
+#[test]
+fn effects_returned_by_a_wasm_function_run_once_each() {
+    let (port, received) = faulty_receiver();
+    let directory = data_dir("requested");
+    std::fs::create_dir_all(&directory).unwrap();
+    let log = directory.join("requested.jsonl");
+    let mut database = open(&directory);
+    database
+        .execute(&format!(
+            "CREATE FUNCTION alert(TEXT, TEXT) RETURNS TEXT LANGUAGE wasm AS 'examples/wasm/effects.wat';
+             CREATE TABLE readings (sensor TEXT PRIMARY KEY, level BIGINT);
+             CREATE MATERIALIZED VIEW alarms AS
+               SELECT sensor, alert('http://127.0.0.1:{port}/alarm', sensor) AS effect FROM readings WHERE level > 90;
+             CREATE SINK alarm_effects FROM alarms INTO effects('effect');
+             CREATE MATERIALIZED VIEW logged AS
+               SELECT sensor, '{{\"connector\":\"files\",\"ability\":\"files/append\",\"resource\":\"{}\",\"payload\":{{\"sensor\":\"' || sensor || '\"}}}}' AS effect
+               FROM readings;
+             CREATE SINK log_effects FROM logged INTO effects('effect');",
+            log.display()
+        ))
+        .unwrap();
+    database.execute("INSERT INTO readings VALUES ('s1', 95), ('s2', 10), ('s3', 99)").unwrap();
+    database.execute("UPDATE readings SET level = 97 WHERE sensor = 's2'").unwrap();
+    database.execute("DELETE FROM readings WHERE sensor = 's1'").unwrap();
+    assert_eq!(database.wait_for_effects(Duration::from_secs(60)), 0);
+    let mut messages: Vec<String> =
+        received.lock().unwrap().applied.iter().map(|body| body["message"].as_str().unwrap().to_string()).collect();
+    messages.sort();
+    assert_eq!(messages, ["s1", "s2", "s3"], "each requested POST once; a row leaving undoes nothing");
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let mut sensors: Vec<String> = lines
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["payload"]["sensor"].as_str().unwrap().to_string()
+        })
+        .collect();
+    sensors.sort();
+    assert_eq!(sensors, ["s1", "s2", "s3"]);
+    // A description that is not one fails its effect, naming the problem.
+    let error = database.execute("CREATE SINK wrong FROM readings INTO effects('level')").unwrap_err().to_string();
+    assert!(error.contains("no TEXT column level") || error.contains("only views"), "{error}");
+    database
+        .execute(
+            "CREATE MATERIALIZED VIEW broken AS SELECT sensor, 'not json' AS effect FROM readings;
+             CREATE SINK broken_effects FROM broken INTO effects('effect');",
+        )
+        .unwrap();
+    eventually(&mut database, 10, "the failure", |database| {
+        !effect_rows(database, "name = 'broken_effects' AND status = 'failed'").is_empty()
+    });
+    let failed = effect_rows(&mut database, "name = 'broken_effects'");
+    assert!(text(&failed[0][3]).contains("not JSON"), "{failed:?}");
+    drop(database);
+    let _ = std::fs::remove_dir_all(&directory);
+}

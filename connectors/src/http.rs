@@ -72,6 +72,13 @@ impl HttpSink {
     }
 }
 
+impl HttpSink {
+    /// POSTs `body` to `url` with `Idempotency-Key: key`, classifying the answer.
+    pub fn post_with(agent: &ureq::Agent, url: &str, key: &str, body: &str) -> Result<(), ConnectorError> {
+        post(agent, url, key, body)
+    }
+}
+
 fn post(agent: &ureq::Agent, url: &str, key: &str, body: &str) -> Result<(), ConnectorError> {
     let response = agent
         .post(url)

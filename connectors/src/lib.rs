@@ -11,11 +11,14 @@
 //!   reader behind `http_get(url)` query effects.
 //! - [`files`]: sinks appending JSON lines or CSV, or rewriting a Parquet file, each exactly once;
 //!   a source following a glob of JSON-lines, CSV and Parquet files.
+//! - [`requested`]: a sink executing the effects a view's rows describe (as a Wasm function
+//!   returns them).
 
 pub mod files;
 pub mod http;
 pub mod json;
 pub mod postgres;
+pub mod requested;
 
 use weft_effects::{Column, ConnectorError, Datum, Sink, Source};
 
@@ -62,8 +65,12 @@ impl Target {
                 check_arity(self, 1, "files('path or glob')")?;
                 Ok(self.arguments[0].clone())
             }
+            "effects" => {
+                check_arity(self, 1, "effects('column of effect descriptions')")?;
+                Ok(format!("effects:{}", self.arguments[0]))
+            }
             other => Err(ConnectorError::Permanent(format!(
-                "unknown connector {other}: use postgres('conninfo', 'table'), http('url') or files('path')"
+                "unknown connector {other}: use postgres('conninfo', 'table'), http('url'), files('path') or effects('column')"
             ))),
         }
     }
@@ -73,6 +80,7 @@ impl Target {
         match self.connector.as_str() {
             "postgres" => "crud/update",
             "http" => "http/post",
+            "effects" => "effects/run",
             _ => "files/write",
         }
     }
@@ -99,6 +107,7 @@ pub async fn open_sink(
             http::timeout(target.arguments.get(1).map(String::as_str))?,
             columns.to_vec(),
         )?),
+        "effects" => Box::new(requested::RequestedSink::new(&target.arguments[0], columns)?),
         _ => Box::new(files::FileSink::new(&target.arguments[0], columns.to_vec())?),
     })
 }

@@ -115,6 +115,18 @@ impl Database {
                 })
             })
             .collect::<Result<Vec<usize>, Error>>()?;
+        if definition.target.connector == "effects" {
+            let column = &definition.target.arguments[0];
+            if !columns
+                .iter()
+                .any(|(name, column_type)| name == column && *column_type == weft_engine::ColumnType::Text)
+            {
+                return catalog_error(format!(
+                    "sink {}: view {} has no TEXT column {column} of effect descriptions",
+                    definition.name, definition.view
+                ));
+            }
+        }
         let subscription = {
             let _reading = self.read_gate().map(Gate::read);
             state.subscribe()?
@@ -329,7 +341,13 @@ impl Database {
     /// Waits up to `timeout` for the sinks to deliver what they can; returns how many effects
     /// are still pending.
     pub fn wait_for_effects(&self, timeout: std::time::Duration) -> usize {
-        self.executor.wait_idle(timeout)
+        self.executor.wait_idle(timeout, false)
+    }
+
+    /// Like [`Database::wait_for_effects`], but gives up early once every sink that still has
+    /// pending effects keeps failing (a command line exiting need not wait out a dead server).
+    pub fn settle_effects(&self, timeout: std::time::Duration) -> usize {
+        self.executor.wait_idle(timeout, true)
     }
 
     /// Effects by status (`pending`, `delivered`, `failed`).
