@@ -104,8 +104,11 @@ pub enum ExecutorError {
 }
 
 impl Shared {
+    /// Logs `records`, then applies them. The log lock is held until they are applied, so a
+    /// compaction never rewrites the log without them.
     fn record(&self, records: Vec<OutboxRecord>) -> Result<(), WalError> {
-        self.log.lock().expect("outbox log").append(&records)?;
+        let mut log = self.log.lock().expect("outbox log");
+        log.append(&records)?;
         self.appended.fetch_add(records.len() as u64, Ordering::Relaxed);
         let mut outbox = self.outbox.lock().expect("outbox");
         for record in records {
@@ -353,11 +356,14 @@ impl Executor {
         self.shared.outbox.lock().expect("outbox").counts()
     }
 
-    /// Rewrites the outbox log compactly once it has grown.
+    /// Rewrites the outbox log compactly once it has grown. The log lock is held throughout
+    /// (taken before the outbox lock, as every writer does), so no record written meanwhile is
+    /// lost from the rewritten file.
     pub fn compact_if_large(&self) -> Result<(), ExecutorError> {
         if self.shared.appended.load(Ordering::Relaxed) > 100_000 {
+            let mut log = self.shared.log.lock().expect("outbox log");
             let records = self.shared.outbox.lock().expect("outbox").compacted();
-            self.shared.log.lock().expect("outbox log").rewrite(&records)?;
+            log.rewrite(&records)?;
             self.shared.appended.store(0, Ordering::Relaxed);
         }
         Ok(())

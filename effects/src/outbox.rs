@@ -130,6 +130,13 @@ impl Outbox {
                     entry.attempts = attempts;
                     entry.receipt = receipt;
                     entry.error = error;
+                    if status == Status::Delivered {
+                        // Delivered rows are needed no more (the sink's sent contents keep
+                        // their sum); keep the entry's description for `weft.effects`.
+                        entry.effect.payload.changes = Vec::new();
+                        let sink = entry.effect.payload.sink.clone();
+                        self.forget_oldest_delivered(&sink);
+                    }
                 }
             }
             OutboxRecord::Settled { entry } => {
@@ -146,6 +153,20 @@ impl Outbox {
                         self.by_cid.remove(&entry.cid);
                     }
                 }
+            }
+        }
+    }
+
+    /// Keeps at most twice [`SETTLED_KEPT`] delivered effects of a sink in memory.
+    fn forget_oldest_delivered(&mut self, sink: &str) {
+        let Some(queue) = self.sinks.get_mut(sink) else { return };
+        while queue.entries.len() > 2 * SETTLED_KEPT {
+            match queue.entries.first_key_value() {
+                Some((_, entry)) if entry.status == Status::Delivered => {
+                    let (_, entry) = queue.entries.pop_first().expect("checked");
+                    self.by_cid.remove(&entry.cid);
+                }
+                _ => break,
             }
         }
     }

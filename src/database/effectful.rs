@@ -210,6 +210,9 @@ impl Database {
             }
         }
         self.sinks = sinks;
+        if let Err(error) = self.executor.compact_if_large() {
+            eprintln!("weft: compacting the outbox: {error}");
+        }
     }
 
     fn create_source(&mut self, mut definition: SourceDefinition) -> Result<Output, Error> {
