@@ -436,69 +436,27 @@ impl Shared {
             })
             .collect();
         for ((view, resource), status) in self.reads.lock().expect("reads").iter() {
-            let read = Effect {
-                stream: Stream::Query,
-                connector: "http".into(),
-                resource: resource.clone(),
-                ability: "http/get".into(),
-                payload: weft_effects::Batch {
-                    sink: view.clone(),
-                    epoch: 0,
-                    sequence: status.reads,
-                    timestamp: 0,
-                    changes: Vec::new(),
-                },
-            };
+            let read = query_effect("http", resource, "http/get", view, status.reads);
             let state = match (&status.error, status.reads) {
                 (Some(_), _) => "failed",
                 (None, 0) => "pending",
                 (None, _) => "delivered",
             };
-            rows.push(vec![
-                text(&read.cid().to_string()),
-                text(Stream::Query.name()),
-                text("http"),
-                text(resource),
-                text(state),
-                Value::Int(status.reads as i64),
-                Value::Null,
-                optional(&status.error),
-                text(view),
-                Value::Int(status.reads as i64),
-                Value::Null,
-            ]);
+            rows.push(query_row(&read, state, status.reads, status.error.as_deref(), Some(status.reads), None));
         }
         for (name, status) in self.sources.lock().expect("sources").iter() {
-            let read = read_effect(name, status, status.reads);
-            let state = if status.error.is_some() { "failed" } else { "delivered" };
-            rows.push(vec![
-                text(&read.cid().to_string()),
-                text(Stream::Query.name()),
-                text(&status.connector),
-                text(&status.resource),
-                text(if status.reads == 0 { "pending" } else { state }),
-                Value::Int(status.reads as i64),
-                Value::Null,
-                optional(&status.error),
-                text(name),
-                Value::Int(status.reads as i64),
-                Value::Null,
-            ]);
+            let ability = format!("{}/read", status.connector);
+            let read = query_effect(&status.connector, &status.resource, &ability, name, status.reads);
+            let state = match (&status.error, status.reads) {
+                (Some(_), _) => "failed",
+                (None, 0) => "pending",
+                (None, _) => "delivered",
+            };
+            rows.push(query_row(&read, state, status.reads, status.error.as_deref(), Some(status.reads), None));
             for (index, problem) in status.problems.iter().enumerate() {
-                let skipped = read_effect(name, status, u64::MAX - index as u64);
-                rows.push(vec![
-                    text(&skipped.cid().to_string()),
-                    text(Stream::Query.name()),
-                    text(&status.connector),
-                    text(&status.resource),
-                    text("failed"),
-                    Value::Int(1),
-                    Value::Null,
-                    text(problem),
-                    text(name),
-                    Value::Null,
-                    Value::Int(0),
-                ]);
+                let skipped =
+                    query_effect(&status.connector, &status.resource, &ability, name, u64::MAX - index as u64);
+                rows.push(query_row(&skipped, "failed", 1, Some(problem), None, Some(0)));
             }
         }
         rows
@@ -513,15 +471,41 @@ impl Drop for Executor {
     }
 }
 
-/// The query effect describing a source's `sequence`-th read.
-fn read_effect(name: &str, status: &SourceStatus, sequence: u64) -> Effect {
+/// The query effect of the `sequence`-th read of `resource` for `name` (a source or view).
+fn query_effect(connector: &str, resource: &str, ability: &str, name: &str, sequence: u64) -> Effect {
     Effect {
         stream: Stream::Query,
-        connector: status.connector.clone(),
-        resource: status.resource.clone(),
-        ability: format!("{}/read", status.connector),
+        connector: connector.to_string(),
+        resource: resource.to_string(),
+        ability: ability.to_string(),
         payload: weft_effects::Batch { sink: name.to_string(), epoch: 0, sequence, timestamp: 0, changes: Vec::new() },
     }
+}
+
+/// A `weft.effects` row for a query effect (no receipt: reads are not in the outbox).
+fn query_row(
+    effect: &Effect,
+    status: &str,
+    attempts: u64,
+    error: Option<&str>,
+    sequence: Option<u64>,
+    rows: Option<u64>,
+) -> Vec<Value> {
+    let text = |text: &str| Value::Text(text.to_string());
+    let number = |value: Option<u64>| value.map_or(Value::Null, |value| Value::Int(value as i64));
+    vec![
+        text(&effect.cid().to_string()),
+        text(effect.stream.name()),
+        text(&effect.connector),
+        text(&effect.resource),
+        text(status),
+        Value::Int(attempts as i64),
+        Value::Null,
+        error.map_or(Value::Null, text),
+        text(&effect.payload.sink),
+        number(sequence),
+        number(rows),
+    ]
 }
 
 fn jitter_seed(name: &str) -> u64 {

@@ -282,35 +282,27 @@ impl Database {
                 }
                 None => (Vec::new(), appended),
             };
-            if deletes.is_empty() && inserts.is_empty() {
-                continue;
-            }
-            self.ingesting = true;
-            let result = self.change_table(&name, deletes, inserts);
-            self.ingesting = false;
-            match result {
-                Ok(count) => changed += count,
-                Err(error) => {
-                    self.rollback_pending();
-                    return Err(Error::Constraint(format!("source {name}: {error}")));
-                }
-            }
+            changed += self.ingest_into(&name, deletes, inserts, &format!("source {name}"))?;
         }
         let (deletes, inserts) = self.observed_changes();
-        if !inserts.is_empty() {
-            self.ingesting = true;
-            let result = self.change_table(crate::reads::READS_TABLE, deletes, inserts);
-            self.ingesting = false;
-            match result {
-                Ok(count) => changed += count,
-                Err(error) => {
-                    self.rollback_pending();
-                    return Err(Error::Constraint(format!("query effects: {error}")));
-                }
-            }
-        }
+        changed += self.ingest_into(crate::reads::READS_TABLE, deletes, inserts, "query effects")?;
         self.commit_pending()?;
         Ok(changed)
+    }
+
+    /// Applies changes to a managed table within the ingestion transaction; on error the whole
+    /// transaction is rolled back and the error names `what`.
+    fn ingest_into(&mut self, table: &str, deletes: Vec<Row>, inserts: Vec<Row>, what: &str) -> Result<usize, Error> {
+        if deletes.is_empty() && inserts.is_empty() {
+            return Ok(0);
+        }
+        self.ingesting = true;
+        let result = self.change_table(table, deletes, inserts);
+        self.ingesting = false;
+        result.map_err(|error| {
+            self.rollback_pending();
+            Error::Constraint(format!("{what}: {error}"))
+        })
     }
 
     /// The rows to delete from and insert into table `name` so that it holds `desired`.
