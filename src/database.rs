@@ -282,8 +282,8 @@ impl Database {
             return Err(Error::Locked(directory.clone()));
         }
         let (wal, records) = Wal::open(&directory.join("wal"), options.sync)?;
-        let identity = Identity::load_or_create(&directory.join("node.key"))?;
-        let executor = crate::executor::Executor::open(&directory.join("outbox"), options.sync, identity.did())?;
+        let identity = Arc::new(Identity::load_or_create(&directory.join("node.key"))?);
+        let executor = crate::executor::Executor::open(&directory.join("outbox"), options.sync, identity.clone())?;
         let mut database = Database {
             engine: Engine::start(options.workers)?,
             planner: Planner::new()?,
@@ -293,7 +293,7 @@ impl Database {
             wal,
             pending: Vec::new(),
             in_transaction: false,
-            identity: Arc::new(identity),
+            identity,
             runtime: Arc::new(weft_wasm::Runtime::new()),
             memo: Arc::new(RwLock::new(Memo::default())),
             functions: Arc::default(),

@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use weft_connectors::Target;
 use weft_effects::{
-    Backoff, Column, ConnectorError, Datum, Effect, Outbox, OutboxRecord, Sink, Source, SourceRead, Status, Stream,
+    Backoff, Column, ConnectorError, Datum, Effect, Outbox, OutboxRecord, SignedReceipt, Sink, Source, SourceRead,
+    Status, Stream,
 };
 use weft_engine::content::{Outcome, Receipt};
 use weft_engine::Value;
@@ -68,7 +69,7 @@ struct Shared {
     /// Resources wanted while a fresh observation existed (memo hits), and reads made.
     read_hits: AtomicU64,
     read_fetches: AtomicU64,
-    did: String,
+    identity: Arc<crate::identity::Identity>,
     appended: AtomicU64,
 }
 
@@ -117,15 +118,19 @@ impl Shared {
         Ok(())
     }
 
-    fn receipt(&self, effect: &Effect, out: Outcome, duration: Duration) -> Option<String> {
+    /// The receipt of an effect's delivery or failure: its CID and its signed encoding.
+    fn receipt(&self, effect: &Effect, out: Outcome, duration: Duration) -> Option<(String, SignedReceipt)> {
         let receipt = Receipt {
             ran: effect.cid(),
             out,
             fuel: 0,
             duration_us: duration.as_micros() as u64,
-            issuer: self.did.clone(),
+            issuer: self.identity.did().to_string(),
         };
-        receipt.cid().ok().map(|cid| cid.to_string())
+        let encoded = receipt.encode().ok()?;
+        let cid = weft_engine::content::dag_cbor_cid(&encoded);
+        let signature = self.identity.sign(&cid.to_bytes());
+        Some((cid.to_string(), SignedReceipt { encoded, signature }))
     }
 
     fn outcome(&self, effect: &Effect, status: Status, error: Option<String>, duration: Duration) -> OutboxRecord {
@@ -133,16 +138,19 @@ impl Shared {
         let attempts = self.outbox.lock().expect("outbox").entry(&cid).map_or(0, |entry| entry.attempts) + 1;
         let out = match &error {
             Some(message) => Outcome::Error(message.clone()),
-            None => Outcome::Ok(Value::Bool(true)),
+            None => Outcome::Ok(Value::Text("applied".into())),
         };
-        let receipt = if status == Status::Pending { None } else { self.receipt(effect, out, duration) };
-        OutboxRecord::Outcome { cid, status, attempts, receipt, error }
+        let (receipt, signed_receipt) = match status {
+            Status::Pending => (None, None),
+            _ => self.receipt(effect, out, duration).unzip(),
+        };
+        OutboxRecord::Outcome { cid, status, attempts, receipt, error, signed_receipt }
     }
 }
 
 impl Executor {
     /// Opens the outbox at `path`, replaying (and compacting) its log, and starts the runtime.
-    pub fn open(path: &Path, sync: bool, did: &str) -> Result<Executor, ExecutorError> {
+    pub fn open(path: &Path, sync: bool, identity: Arc<crate::identity::Identity>) -> Result<Executor, ExecutorError> {
         let (mut log, records) = Log::<OutboxRecord>::open(path, sync)?;
         let mut outbox = Outbox::default();
         let replayed = records.len();
@@ -165,7 +173,7 @@ impl Executor {
             reads: Mutex::default(),
             read_hits: AtomicU64::new(0),
             read_fetches: AtomicU64::new(0),
-            did: did.to_string(),
+            identity,
             appended: AtomicU64::new(0),
         });
         Ok(Executor { runtime, shared, sinks: HashMap::new(), sources: HashMap::new(), readers: HashMap::new() })
@@ -307,11 +315,17 @@ impl Executor {
             attempts: entry.attempts,
             receipt: entry.receipt.clone(),
             error: entry.error.clone(),
+            signed_receipt: entry.signed_receipt.clone(),
         }])?;
         if let Some(task) = self.sinks.get(&entry.effect.payload.sink) {
             task.wake.notify_one();
         }
         Ok(())
+    }
+
+    /// The signed receipt with this CID, of an effect's delivery or failure.
+    pub fn receipt(&self, cid: &str) -> Option<SignedReceipt> {
+        self.shared.outbox.lock().expect("outbox").entry_by_receipt(cid).and_then(|entry| entry.signed_receipt.clone())
     }
 
     /// The status of one effect.

@@ -193,6 +193,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Receipt { cid, verify } => {
             let cid = weft_engine::content::parse_cid(&cid)?;
+            if let Some(signed) = database.effect_receipt(&cid.to_string()) {
+                let ipld = weft_engine::content::decode(&signed.encoded)?;
+                writeln!(out, "{}", weft::functions::dag_json(&ipld))?;
+                if verify {
+                    let issuer = weft_engine::content::Receipt::from_ipld(&ipld)?.issuer;
+                    weft::identity::verify(&issuer, &cid.to_bytes(), &signed.signature)?;
+                    eprintln!("verified: signed by {issuer}");
+                }
+                return Ok(());
+            }
             let stored = database.receipt(&cid).with_context(|| format!("no receipt {cid} in this data directory"))?;
             let json = weft::functions::dag_json(&weft_engine::content::decode(&stored.encoded)?);
             writeln!(out, "{json}")?;

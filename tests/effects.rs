@@ -758,3 +758,63 @@ fn effects_returned_by_a_wasm_function_run_once_each() {
     drop(database);
     let _ = std::fs::remove_dir_all(&directory);
 }
+
+fn weft(directory: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .arg("--data-dir")
+        .arg(directory)
+        .arg("--no-sync")
+        .args(args)
+        .output()
+        .expect("run weft");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_command_line_lists_retries_and_verifies_effects() {
+    let directory = data_dir("cli");
+    std::fs::create_dir_all(&directory).unwrap();
+    let target = directory.join("out.parquet");
+    std::fs::write(&target, b"not parquet at all").unwrap();
+    let (ok, _, stderr) = weft(
+        &directory,
+        &[
+            "sql",
+            "-c",
+            &format!(
+                "CREATE TABLE t (id BIGINT PRIMARY KEY); CREATE MATERIALIZED VIEW v AS SELECT id FROM t;
+                 INSERT INTO t VALUES (1), (2); CREATE SINK out FROM v INTO files('{}');",
+                target.display()
+            ),
+        ],
+    );
+    assert!(ok, "{stderr}");
+    let (ok, listed, stderr) = weft(&directory, &["effects", "list", "--format", "json"]);
+    assert!(ok, "{stderr}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
+    let failed = rows.iter().find(|row| row["name"] == "out").unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(failed["error"].as_str().unwrap().contains("not a Parquet file"), "{failed}");
+    // The failure's receipt is signed by the node and names the effect.
+    let receipt = failed["receipt"].as_str().unwrap();
+    let (ok, printed, stderr) = weft(&directory, &["receipt", receipt, "--verify"]);
+    assert!(ok && stderr.contains("verified"), "{stderr}");
+    let printed: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    assert_eq!(printed["ran"]["/"], failed["cid"], "{printed}");
+    assert!(printed["out"]["error"].as_str().unwrap().contains("not a Parquet file"), "{printed}");
+    // Fix the cause and retry: delivered.
+    std::fs::remove_file(&target).unwrap();
+    let cid = failed["cid"].as_str().unwrap();
+    let (ok, retried, stderr) = weft(&directory, &["effects", "retry", cid]);
+    assert!(ok, "{retried} {stderr}");
+    let retried: serde_json::Value = serde_json::from_str(retried.trim()).unwrap();
+    assert_eq!(retried["status"], "delivered");
+    assert!(target.exists());
+    let (ok, _, stderr) = weft(&directory, &["effects", "retry", "bafyrmiunknown"]);
+    assert!(!ok && stderr.contains("no effect"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&directory);
+}

@@ -16,4 +16,4 @@ pub mod outbox;
 pub use backoff::Backoff;
 pub use connector::{ConnectorError, Delivery, Sink, Source, SourceRead};
 pub use model::{Batch, Change, Column, ColumnKind, Datum, Effect, Stream};
-pub use outbox::{Entry, Outbox, OutboxRecord, Status};
+pub use outbox::{Entry, Outbox, OutboxRecord, SignedReceipt, Status};

@@ -48,8 +48,20 @@ pub struct Entry {
     pub attempts: u32,
     /// The CID of the receipt of its delivery or failure.
     pub receipt: Option<String>,
+    /// That receipt: its DAG-CBOR bytes and the node's ed25519 signature over its CID.
+    #[serde(default)]
+    pub signed_receipt: Option<SignedReceipt>,
     /// The last error, if any attempt failed.
     pub error: Option<String>,
+}
+
+/// A receipt as stored: canonical DAG-CBOR and the issuer's signature over the receipt's CID.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedReceipt {
+    /// The receipt's DAG-CBOR encoding.
+    pub encoded: Vec<u8>,
+    /// The ed25519 signature over the receipt CID's bytes.
+    pub signature: Vec<u8>,
 }
 
 /// A change to the outbox, as logged.
@@ -61,7 +73,14 @@ pub enum OutboxRecord {
     /// A new effect, pending.
     Enqueued { effect: Effect },
     /// An attempt's outcome.
-    Outcome { cid: String, status: Status, attempts: u32, receipt: Option<String>, error: Option<String> },
+    Outcome {
+        cid: String,
+        status: Status,
+        attempts: u32,
+        receipt: Option<String>,
+        error: Option<String>,
+        signed_receipt: Option<SignedReceipt>,
+    },
     /// A finished effect kept for `weft.effects` (compaction writes these without changes).
     Settled { entry: Entry },
     /// `DROP SINK`: forget the sink's effects.
@@ -120,16 +139,18 @@ impl Outbox {
                     attempts: 0,
                     receipt: None,
                     error: None,
+                    signed_receipt: None,
                 };
                 queue.entries.insert(sequence, entry);
                 self.by_cid.insert(cid, (sink, sequence));
             }
-            OutboxRecord::Outcome { cid, status, attempts, receipt, error } => {
+            OutboxRecord::Outcome { cid, status, attempts, receipt, error, signed_receipt } => {
                 if let Some(entry) = self.entry_mut(&cid) {
                     entry.status = status;
                     entry.attempts = attempts;
                     entry.receipt = receipt;
                     entry.error = error;
+                    entry.signed_receipt = signed_receipt;
                     if status == Status::Delivered {
                         // Delivered rows are needed no more (the sink's sent contents keep
                         // their sum); keep the entry's description for `weft.effects`.
@@ -174,6 +195,11 @@ impl Outbox {
     fn entry_mut(&mut self, cid: &str) -> Option<&mut Entry> {
         let (sink, sequence) = self.by_cid.get(cid)?;
         self.sinks.get_mut(sink)?.entries.get_mut(sequence)
+    }
+
+    /// The effect whose delivery or failure receipt has this CID.
+    pub fn entry_by_receipt(&self, receipt: &str) -> Option<&Entry> {
+        self.entries().find(|entry| entry.receipt.as_deref() == Some(receipt))
     }
 
     /// The effect with this CID.
@@ -245,6 +271,7 @@ impl Outbox {
                     attempts: entry.attempts,
                     receipt: entry.receipt.clone(),
                     error: entry.error.clone(),
+                    signed_receipt: entry.signed_receipt.clone(),
                 });
             }
             records.push(OutboxRecord::Base {
@@ -285,7 +312,7 @@ mod tests {
     }
 
     fn outcome(cid: &str, status: Status) -> OutboxRecord {
-        OutboxRecord::Outcome { cid: cid.into(), status, attempts: 1, receipt: None, error: None }
+        OutboxRecord::Outcome { cid: cid.into(), status, attempts: 1, receipt: None, error: None, signed_receipt: None }
     }
 
     #[test]

@@ -328,6 +328,11 @@ impl Database {
         Ok(self.executor.retry(cid)?)
     }
 
+    /// The signed receipt with this CID of an effect's delivery or failure.
+    pub fn effect_receipt(&self, cid: &str) -> Option<weft_effects::SignedReceipt> {
+        self.executor.receipt(cid)
+    }
+
     /// The status and last error of an effect.
     pub fn effect_status(&self, cid: &str) -> Option<(weft_effects::Status, Option<String>)> {
         self.executor.status(cid)
