@@ -262,6 +262,11 @@ impl Executor {
         Ok(receiver)
     }
 
+    /// How many reads of a source have been made (and their rows sent).
+    pub fn source_reads(&self, name: &str) -> u64 {
+        self.shared.sources.lock().expect("sources").get(name).map_or(0, |status| status.reads)
+    }
+
     /// Stops reading a source.
     pub fn stop_source(&mut self, name: &str) {
         if let Some(task) = self.sources.remove(name) {
@@ -625,26 +630,32 @@ async fn follow(
                 Err(error) => Err(error),
             },
         };
+        // The rows go out before the read is counted: a count of n means n reads were sent.
+        let outcome = match result {
+            Ok(read) => {
+                let problems = read.problems.clone();
+                if (read.snapshot.is_some() || !read.appended.is_empty()) && sender.send(read).is_err() {
+                    return;
+                }
+                Ok(problems)
+            }
+            Err(error) => {
+                opening.opened = None;
+                Err(error.to_string())
+            }
+        };
         {
             let mut sources = shared.sources.lock().expect("sources");
             let Some(status) = sources.get_mut(&name) else { return };
             status.reads += 1;
-            match &result {
-                Ok(read) => {
+            match outcome {
+                Ok(problems) => {
                     status.error = None;
-                    status.problems.extend(read.problems.iter().cloned());
+                    status.problems.extend(problems);
                     let excess = status.problems.len().saturating_sub(PROBLEMS_KEPT);
                     status.problems.drain(..excess);
                 }
-                Err(error) => status.error = Some(error.to_string()),
-            }
-        }
-        if result.is_err() {
-            opening.opened = None;
-        }
-        if let Ok(read) = result {
-            if (read.snapshot.is_some() || !read.appended.is_empty()) && sender.send(read).is_err() {
-                return;
+                Err(error) => status.error = Some(error),
             }
         }
         let delay = if opening.opened.is_some() {

@@ -230,8 +230,15 @@ impl Database {
         let create_table =
             Record::CreateTable { id, name: name.clone(), columns: definition.columns.clone(), primary_key: None };
         self.wal.append(&[create_table, Record::CreateSource { definition: definition.clone() }])?;
-        self.install_table(id, name, definition.columns.clone(), None)?;
+        self.install_table(id, name.clone(), definition.columns.clone(), None)?;
         self.install_source(definition, Some(opened))?;
+        // The snapshot: the statement returns once the first read is in the table (or after a
+        // few seconds; the rows then arrive with a later ingestion).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.executor.source_reads(&name) == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        self.ingest_sources()?;
         Ok(Output::Status("CREATE SOURCE".into()))
     }
 
