@@ -4,7 +4,8 @@
 //! - `calls_per_s`: a view calling `add_one` over distinct rows: every call runs, and its receipt
 //!   is signed, recorded in the memo and logged.
 //! - `memo_hits_per_s`: the same view built again: every call is a memo hit.
-//! - `wasm_bare_calls_per_s`: the runtime's call path alone (fresh instance per call, no memo).
+//! - `wasm_bare_calls_per_s`: the runtime's call path alone (no memo; `add_one`'s module is
+//!   stateless, so one instance serves the calls of a store).
 //! - `native_calls_per_s`: the same arithmetic as a DataFusion built-in over the same rows.
 
 use std::time::Instant;

@@ -3,7 +3,7 @@
 //! signature mismatch), each confined to its call.
 
 use weft_engine::{ColumnType, Value};
-use weft_wasm::{CallError, Limits, Runtime, Signature};
+use weft_wasm::{CallError, CallOutput, Limits, Runtime, Signature};
 
 const MATH: &str = include_str!("../../examples/wasm/math.wat");
 const TEXT: &str = include_str!("../../examples/wasm/text.wat");
@@ -74,4 +74,47 @@ fn every_failure_is_an_error_for_that_call_only() {
     // After all that, the runtime still runs calls.
     let math = runtime.load(MATH.as_bytes()).unwrap();
     assert_eq!(runtime.call(&math, "add_one", &unary, &[Value::Int(1)], limits).unwrap().value, Value::Int(2));
+}
+
+/// A guest that counts its calls in a mutable global and in memory: with a fresh instance per
+/// call it must answer 1 every time.
+const COUNTER: &str = r#"
+(module
+  (memory 1)
+  (global $calls (mut i64) (i64.const 0))
+  (func (export "count") (param i64) (result i64)
+    (global.set $calls (i64.add (global.get $calls) (i64.const 1)))
+    (i64.store (i32.const 8) (i64.add (i64.load (i32.const 8)) (i64.const 1)))
+    (i64.add (global.get $calls) (i64.load (i32.const 8)))))
+"#;
+
+/// No memory, table or mutable global: one instance may serve every call.
+const STATELESS_SPIN: &str = r#"
+(module
+  (global $one i64 (i64.const 1))
+  (func (export "spin_if") (param i64) (result i64)
+    (if (i64.eqz (local.get 0)) (then (loop $forever (br $forever))))
+    (i64.add (local.get 0) (global.get $one))))
+"#;
+
+#[test]
+fn calls_never_see_each_others_state_and_fuel_is_per_call() {
+    let runtime = Runtime::new();
+    let one = signature(&[ColumnType::BigInt], ColumnType::BigInt);
+    let counter = runtime.load(COUNTER.as_bytes()).unwrap();
+    for x in 0..600 {
+        let output = runtime.call(&counter, "count", &one, &[Value::Int(x)], Limits::default()).unwrap();
+        assert_eq!(output.value, Value::Int(2), "call {x} saw state left by another call");
+    }
+    // A stateless module keeps one instance; a call that runs out of fuel leaves nothing behind.
+    let spin = runtime.load(STATELESS_SPIN.as_bytes()).unwrap();
+    let limits = Limits { fuel: 10_000, ..Limits::default() };
+    let first = runtime.call(&spin, "spin_if", &one, &[Value::Int(4)], limits).unwrap();
+    for _ in 0..3 {
+        let error = runtime.call(&spin, "spin_if", &one, &[Value::Int(0)], limits).unwrap_err();
+        assert!(matches!(error, CallError::OutOfFuel(_)), "{error:?}");
+        let again = runtime.call(&spin, "spin_if", &one, &[Value::Int(4)], limits).unwrap();
+        assert_eq!(again, CallOutput { duration_us: again.duration_us, ..first.clone() }, "same value and fuel");
+    }
+    assert_eq!(runtime.call(&spin, "spin_if", &one, &[Value::Int(41)], limits).unwrap().value, Value::Int(42));
 }
