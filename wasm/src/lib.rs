@@ -304,13 +304,13 @@ impl Runtime {
         let instance = match *created {
             Some(instance) => instance,
             None => {
-                let instance = module.pre.instantiate(&mut store).map_err(|error| classify(store, error))?;
+                let instance = module.pre.instantiate(&mut *store).map_err(|error| classify(store, error))?;
                 *created = Some(instance);
                 instance
             }
         };
         let func =
-            instance.get_func(&mut store, function).ok_or_else(|| CallError::MissingExport(function.to_string()))?;
+            instance.get_func(&mut *store, function).ok_or_else(|| CallError::MissingExport(function.to_string()))?;
         let mut params = Vec::with_capacity(signature.params.len() + 1);
         for (arg, column_type) in args.iter().zip(&signature.params) {
             match (arg, column_type) {
@@ -326,11 +326,10 @@ impl Runtime {
                         Value::Bytes(bytes) => bytes.as_slice(),
                         _ => unreachable!("matched above"),
                     };
-                    let pointer =
-                        self.write_guest_bytes(store, &instance, bytes).map_err(|error| match error {
-                            CallError::Trap(message) => CallError::Trap(message),
-                            other => other,
-                        })?;
+                    let pointer = self.write_guest_bytes(store, &instance, bytes).map_err(|error| match error {
+                        CallError::Trap(message) => CallError::Trap(message),
+                        other => other,
+                    })?;
                     params.push(Val::I32(pointer));
                     params.push(Val::I32(bytes.len() as i32));
                 }
@@ -356,7 +355,7 @@ impl Runtime {
         }
         // SAFETY: `raw` holds every parameter with the function's exact types (checked) and has
         // room for its one result; the function belongs to `store`; there are no references.
-        unsafe { func.call_unchecked(&mut store, raw.as_mut_slice()) }.map_err(|error| classify(store, error))?;
+        unsafe { func.call_unchecked(&mut *store, raw.as_mut_slice()) }.map_err(|error| classify(store, error))?;
         let result = match result_type(signature.result) {
             ValType::F64 => Val::F64(raw[0].get_f64()),
             ValType::I32 => Val::I32(raw[0].get_i32()),
