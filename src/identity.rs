@@ -96,7 +96,10 @@ impl Identity {
             return Vec::new();
         }
         let mut level: Vec<[u8; 32]> = leaves.iter().map(|leaf| leaf_hash(leaf)).collect();
-        let mut paths: Vec<Vec<(bool, [u8; 32])>> = vec![Vec::new(); leaves.len()];
+        // Every path has at most one sibling per level: allocate exactly that (growing by
+        // doubling would keep about twice the memory per receipt).
+        let depth = usize::BITS as usize - (leaves.len() - 1).leading_zeros() as usize;
+        let mut paths: Vec<Vec<(bool, [u8; 32])>> = (0..leaves.len()).map(|_| Vec::with_capacity(depth)).collect();
         // positions[i]: where leaf i's ancestor sits in the current level.
         let mut positions: Vec<usize> = (0..leaves.len()).collect();
         while level.len() > 1 {
