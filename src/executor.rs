@@ -4,11 +4,12 @@
 //! mutation effect from the moment a commit produces it: [`Executor::enqueue`] makes the record
 //! durable before the commit returns. Each sink has one delivery task that takes the next run of
 //! its effects in order ([`weft_effects::Outbox::next_run`]), applies it through its connector
-//! and logs the outcome with a receipt (the engine's receipt shape: `ran` is the effect's CID,
-//! `out` the number of effects applied or the error). Transient errors are retried with
-//! exponential backoff and jitter; a permanent one marks the effect failed and holds back its
-//! sink (order is never broken) until [`Executor::retry`]; other sinks go on. Query effects
-//! (source reads) run on separate tasks, one per source, so a slow read never delays a write.
+//! and logs the outcome with a signed receipt (the engine's receipt shape: `ran` is the effect's
+//! CID, `out` is `{"ok": "applied"}` or the error). Transient errors are retried with exponential
+//! backoff and jitter; a permanent one marks the effect failed and holds back its sink (order is
+//! never broken) until [`Executor::retry`]; other sinks go on. Query effects (source reads and
+//! the `http_get` reads of views) run on separate tasks, one per source and per reading view, so
+//! a slow read never delays a write.
 
 use crate::wal::{Log, WalError};
 use std::collections::{BTreeMap, HashMap};
