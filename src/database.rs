@@ -719,6 +719,7 @@ impl Database {
             identity: self.identity.clone(),
             issued: self.issued.clone(),
             running: Mutex::new(()),
+            recent: RwLock::default(),
         });
         let id = weft_engine::functions::register(callable.clone());
         self.planner.register_function(weft_sql::WeftUdf::new(

@@ -360,7 +360,14 @@ pub struct WasmFunction {
     pub running: Mutex<()>,
     /// Encodes this function's invocations from their arguments alone.
     pub template: content::InvocationTemplate,
+    /// Outcomes by arguments, for this function: a memo hit without hashing the invocation.
+    /// Same function, same arguments, same invocation CID, so this can never disagree with the
+    /// memo; it is bounded ([`RECENT_OUTCOMES`]) and simply cleared when full.
+    pub recent: RwLock<HashMap<Vec<Value>, Outcome, ahash::RandomState>>,
 }
+
+/// Entries a function's argument cache holds before it is cleared.
+pub const RECENT_OUTCOMES: usize = 1 << 20;
 
 impl std::fmt::Debug for WasmFunction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -374,6 +381,10 @@ impl weft_engine::functions::Callable for WasmFunction {
             return Ok(Value::Null);
         }
         let definition = &self.definition;
+        if let Some(out) = self.recent.read().expect("argument cache").get(args).cloned() {
+            self.memo.read().expect("memo lock").hits.fetch_add(1, Ordering::Relaxed);
+            return self.finish(out, args);
+        }
         let failed = |message: String| weft_engine::EvalError(format!("function {}: {message}", definition.name));
         let cid = self.template.cid(args).map_err(|error| failed(error.to_string()))?;
         let recall = || self.memo.read().expect("memo lock").recall(&cid).map(|stored| stored.receipt.out.clone());
@@ -383,7 +394,8 @@ impl weft_engine::functions::Callable for WasmFunction {
                 let _running = self.running.lock().expect("running lock");
                 // Another worker may have run it while this one waited.
                 if let Some(out) = recall() {
-                    return self.finish(out, &cid);
+                    self.remember(args, &out);
+                    return self.finish(out, args);
                 }
                 let invocation =
                     Invocation { module: self.module.cid, function: definition.export.clone(), args: args.to_vec() };
@@ -404,16 +416,29 @@ impl weft_engine::functions::Callable for WasmFunction {
                 out
             }
         };
-        self.finish(out, &cid)
+        self.remember(args, &out);
+        self.finish(out, args)
     }
 }
 
 impl WasmFunction {
-    fn finish(&self, out: Outcome, cid: &Cid) -> Result<Value, weft_engine::EvalError> {
+    /// Remembers the outcome for these arguments.
+    fn remember(&self, args: &[Value], out: &Outcome) {
+        let mut recent = self.recent.write().expect("argument cache");
+        if recent.len() >= RECENT_OUTCOMES {
+            recent.clear();
+        }
+        recent.insert(args.to_vec(), out.clone());
+    }
+
+    /// The value of an outcome, or the call's error naming
+    /// the function and the invocation CID.
+    fn finish(&self, out: Outcome, args: &[Value]) -> Result<Value, weft_engine::EvalError> {
         match out {
             Outcome::Ok(value) => Ok(value),
             Outcome::Error(_) if self.definition.on_error_null => Ok(Value::Null),
             Outcome::Error(message) => {
+                let cid = self.template.cid(args).map(|cid| cid.to_string()).unwrap_or_default();
                 Err(weft_engine::EvalError(format!("function {}: {message} (invocation {cid})", self.definition.name)))
             }
         }
