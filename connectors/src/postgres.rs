@@ -204,11 +204,14 @@ impl Writer {
             .join(", ")
     }
 
-    fn delete_statement(&self, rows: usize) -> Result<String, ConnectorError> {
+    /// Deletes the rows whose key is one of `rows` keys. Keys with a NULL need `IS NOT DISTINCT
+    /// FROM`, which PostgreSQL can use neither an index nor a hash join for: only those use it.
+    fn delete_statement(&self, rows: usize, null_safe: bool) -> Result<String, ConnectorError> {
         let table = quote_table(&self.table)?;
         let key_names: Vec<String> = self.key.iter().map(|k| quote_identifier(&self.columns[*k].name)).collect();
+        let equal = if null_safe { "IS NOT DISTINCT FROM" } else { "=" };
         let matches: Vec<String> =
-            key_names.iter().map(|name| format!("{table}.{name} IS NOT DISTINCT FROM weft_keys.{name}")).collect();
+            key_names.iter().map(|name| format!("{table}.{name} {equal} weft_keys.{name}")).collect();
         Ok(format!(
             "DELETE FROM {table} USING (VALUES {}) AS weft_keys({}) WHERE {}",
             self.placeholders(rows, &self.key),
@@ -232,10 +235,14 @@ impl Writer {
         inserts: &[Vec<Datum>],
     ) -> Result<(), ConnectorError> {
         let chunk = rows_per_statement(self.columns.len());
-        for rows in deletes.chunks(chunk) {
-            let parameters: Vec<Parameter> =
-                rows.iter().flat_map(|row| self.key.iter().map(|k| Parameter(&row[*k]))).collect();
-            run(transaction, &self.delete_statement(rows.len())?, &parameters).await?;
+        let (with_null, without_null): (Vec<&Vec<Datum>>, Vec<&Vec<Datum>>) =
+            deletes.iter().partition(|row| self.key.iter().any(|k| row[*k] == Datum::Null));
+        for (rows, null_safe) in [(without_null, false), (with_null, true)] {
+            for rows in rows.chunks(chunk) {
+                let parameters: Vec<Parameter> =
+                    rows.iter().flat_map(|row| self.key.iter().map(|k| Parameter(&row[*k]))).collect();
+                run(transaction, &self.delete_statement(rows.len(), null_safe)?, &parameters).await?;
+            }
         }
         for rows in inserts.chunks(chunk) {
             let parameters: Vec<Parameter> = rows.iter().flat_map(|row| row.iter().map(Parameter)).collect();
