@@ -135,8 +135,9 @@ pub struct Database {
     /// Defined functions, and their ids in the engine's function registry.
     functions: Arc<RwLock<FunctionCatalog>>,
     function_ids: HashMap<String, weft_engine::functions::FunctionId>,
-    /// Receipts issued by calls inside views and queries, not yet in the log.
-    issued: Arc<Mutex<Vec<StoredReceipt>>>,
+    /// Invocations whose receipts calls inside views and queries issued (in the memo), not yet
+    /// signed and logged.
+    issued: Arc<Mutex<Vec<weft_engine::content::Cid>>>,
     /// Held by the open transaction from its first change until it commits or rolls back.
     gate: Arc<Gate>,
     writing: bool,
@@ -159,7 +160,7 @@ pub struct Database {
 pub struct Reader {
     planner: Planner,
     gate: Arc<Gate>,
-    issued: Arc<Mutex<Vec<StoredReceipt>>>,
+    issued: Arc<Mutex<Vec<weft_engine::content::Cid>>>,
 }
 
 impl Reader {
@@ -496,8 +497,9 @@ impl Database {
         };
         let receipt = Receipt { ran: invocation_cid, out, fuel, duration_us, issuer: self.identity.did().to_string() };
         let stored = StoredReceipt::issue(invocation, receipt)?;
-        self.memo_mut().insert(stored.clone());
-        let stored = self.sign_and_log(vec![stored])?.pop().expect("one receipt");
+        self.memo_mut().insert(stored);
+        self.sign_and_log(&[invocation_cid])?;
+        let stored = self.memo.read().expect("memo lock").get(&invocation_cid).cloned().expect("just recorded");
         Ok(Invoked { stored, hit: false })
     }
 
@@ -748,26 +750,42 @@ impl Database {
     pub fn log_issued_receipts(&mut self) -> Result<(), Error> {
         let issued = std::mem::take(&mut *self.issued.lock().expect("issued receipts"));
         if !issued.is_empty() {
-            self.sign_and_log(issued)?;
+            self.sign_and_log(&issued)?;
         }
         Ok(())
     }
 
-    /// Signs receipts with one signature over their Merkle root, records the proofs in the memo
-    /// and appends the receipts to the log.
-    fn sign_and_log(&mut self, mut receipts: Vec<StoredReceipt>) -> Result<Vec<StoredReceipt>, Error> {
-        let leaves: Vec<Vec<u8>> = receipts.iter().map(|stored| stored.cid.to_bytes()).collect();
+    /// Signs the receipts of `invocations` (in the memo) with one signature over their Merkle
+    /// root, attaches the proofs in the memo and appends the receipts to the log, a few
+    /// thousand per frame (the memo holds the only copy of each receipt meanwhile).
+    fn sign_and_log(&mut self, invocations: &[weft_engine::content::Cid]) -> Result<(), Error> {
+        const RECEIPTS_PER_FRAME_BATCH: usize = 4096;
+        let leaves: Vec<Vec<u8>> = {
+            let memo = self.memo.read().expect("memo lock");
+            invocations
+                .iter()
+                .filter_map(|invocation| memo.get(invocation))
+                .map(|stored| stored.cid.to_bytes())
+                .collect()
+        };
         let proofs = self.identity.sign_batch(&leaves);
-        {
-            let mut memo = self.memo_mut();
-            for (stored, proof) in receipts.iter_mut().zip(proofs) {
-                memo.set_proof(&stored.receipt.ran, proof.clone());
-                stored.proof = Some(proof);
-            }
+        let mut proofs = proofs.into_iter();
+        for chunk in invocations.chunks(RECEIPTS_PER_FRAME_BATCH) {
+            let records = {
+                let mut memo = self.memo_mut();
+                let mut records = Vec::with_capacity(chunk.len());
+                for invocation in chunk {
+                    if memo.get(invocation).is_none() {
+                        continue;
+                    }
+                    memo.set_proof(invocation, proofs.next().expect("one proof per receipt"));
+                    records.push(memo.get(invocation).expect("present").record()?);
+                }
+                records
+            };
+            self.wal.append(&records)?;
         }
-        let records = receipts.iter().map(StoredReceipt::record).collect::<Result<Vec<_>, _>>()?;
-        self.wal.append(&records)?;
-        Ok(receipts)
+        Ok(())
     }
 
     /// Executes a query and returns its rows (a convenience for tests and tools).

@@ -121,6 +121,11 @@ impl Memo {
         self.by_invocation.insert(stored.receipt.ran, stored);
     }
 
+    /// The recorded receipt of an invocation (not counted as a hit).
+    pub fn get(&self, invocation: &Cid) -> Option<&StoredReceipt> {
+        self.by_invocation.get(invocation)
+    }
+
     /// Every stored receipt.
     pub fn receipts(&self) -> impl Iterator<Item = &StoredReceipt> {
         self.by_invocation.values()
@@ -354,8 +359,8 @@ pub struct WasmFunction {
     pub runtime: Arc<weft_wasm::Runtime>,
     pub memo: Arc<RwLock<Memo>>,
     pub identity: Arc<Identity>,
-    /// Receipts issued since the log last took them.
-    pub issued: Arc<Mutex<Vec<StoredReceipt>>>,
+    /// Invocations whose receipts were issued (into the memo) since the log last took them.
+    pub issued: Arc<Mutex<Vec<Cid>>>,
     /// Held while a missed invocation runs, so two workers never run the same one.
     pub running: Mutex<()>,
     /// Encodes this function's invocations from their arguments alone.
@@ -411,8 +416,8 @@ impl weft_engine::functions::Callable for WasmFunction {
                 let stored = StoredReceipt::issue(invocation, receipt).map_err(|error| failed(error.to_string()))?;
                 let mut memo = self.memo.write().expect("memo lock");
                 memo.count_miss();
-                memo.insert(stored.clone());
-                self.issued.lock().expect("issued receipts").push(stored);
+                memo.insert(stored);
+                self.issued.lock().expect("issued receipts").push(cid);
                 out
             }
         };
