@@ -110,6 +110,8 @@ fn errors_carry_sqlstate_and_touch_only_their_client() {
             ("CREATE TABLE orders (x BIGINT)", "42P07"),
             ("VACUUM orders", "0A000"),
             ("SUBSCRIBE TO nowhere", "42P01"),
+            ("RETRY EFFECT 'bafyrmiunknown'", "42704"),
+            ("CREATE SINK s FROM orders INTO ftp('x')", "42000"),
         ];
         for (sql, expected) in cases {
             let error = client.simple_query(sql).await.expect_err(sql);
@@ -384,4 +386,47 @@ fn a_password_guards_both_protocols() {
         .unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("without a password"));
+}
+
+#[test]
+fn sinks_sources_and_effects_through_the_postgres_protocol() {
+    let server = Server::start("effects", &[]);
+    let directory = server.directory.join("files");
+    std::fs::create_dir_all(directory.join("in")).unwrap();
+    std::fs::write(directory.join("in/a.jsonl"), "{\"customer\": \"ada\", \"amount\": 2.5}\n").unwrap();
+    runtime().block_on(async {
+        let client = server.connect().await;
+        client
+            .batch_execute(&format!(
+                "CREATE SOURCE purchases FROM files('{dir}/in/*.jsonl') WITH (poll_ms = 20);
+                 CREATE MATERIALIZED VIEW spent AS SELECT customer, sum(amount) AS total FROM purchases GROUP BY customer;
+                 CREATE SINK spent_out FROM spent INTO files('{dir}/spent.jsonl') KEY (customer);",
+                dir = directory.display()
+            ))
+            .await
+            .unwrap();
+        // The server applies new source lines on its own; the sink follows.
+        std::fs::write(directory.join("in/b.jsonl"), "{\"customer\": \"ada\", \"amount\": 1.5}\n").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let rows = client
+                .query("SELECT status, rows FROM weft.effects WHERE name = $1 ORDER BY sequence", &[&"spent_out"])
+                .await
+                .unwrap();
+            let statuses: Vec<(String, i64)> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+            if statuses.len() == 2 && statuses.iter().all(|(status, _)| status == "delivered") {
+                assert_eq!(statuses[1].1, 2, "an update is one retraction and one insertion");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{statuses:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let total: f64 = client.query_one("SELECT total FROM spent", &[]).await.unwrap().get(0);
+        assert_eq!(total, 4.0);
+        let written = std::fs::read_to_string(directory.join("spent.jsonl")).unwrap();
+        assert_eq!(written.lines().count(), 3, "{written}");
+        let error = client.simple_query("INSERT INTO purchases VALUES ('x', 1.0)").await.unwrap_err();
+        let message = error.as_db_error().map(|error| error.message().to_string()).unwrap_or_default();
+        assert!(message.contains("filled by source"), "{error:?}");
+    });
 }

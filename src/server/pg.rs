@@ -475,6 +475,9 @@ pub fn sqlstate(error: &Error) -> &'static str {
         Error::Engine(weft_engine::EngineError::ViewError { .. }) => "22000",
         Error::Convert(_) => "22P02",
         Error::File { .. } => "58030",
+        Error::Effects(crate::executor::ExecutorError::UnknownEffect(_)) => "42704",
+        Error::Effects(crate::executor::ExecutorError::Connector(_)) => "08000",
+        Error::Effects(crate::executor::ExecutorError::Log(_)) => "58030",
         _ => "XX000",
     }
 }
