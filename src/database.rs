@@ -658,7 +658,7 @@ impl Database {
                 outputs.push(self.execute_function_statement(statement)?);
                 continue;
             }
-            for statement in weft_sql::parse(&text)? {
+            for statement in weft_sql::parse(&crate::reads::hoist_view_options(&text))? {
                 outputs.push(self.execute_statement(statement)?);
             }
         }

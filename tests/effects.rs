@@ -672,7 +672,12 @@ fn query_effects_read_once_per_ttl_and_update_views_only_when_the_answer_changes
     eventually(&mut database, 10, "the memo hit", |database| bodies(database).contains(&"5|first a".to_string()));
     assert_eq!(site.hits("/a"), 1);
     // Another view reading the same resources shares the observations: memo hits.
-    database.execute("CREATE MATERIALIZED VIEW titles AS SELECT id, http_get(url) FROM urls WHERE id < 3").unwrap();
+    // (Options may also follow the query, as here.)
+    database
+        .execute(
+            "CREATE MATERIALIZED VIEW titles AS SELECT id, http_get(url) FROM urls WHERE id < 3 WITH (ttl = '1 hour')",
+        )
+        .unwrap();
     eventually(&mut database, 10, "the second view", |database| {
         view_text(database, "SELECT id, http_get FROM titles") == ["1|first a", "2|only b"]
     });
