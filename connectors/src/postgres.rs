@@ -24,10 +24,32 @@ pub const APPLIED_TABLE: &str = "weft_applied_effects";
 /// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
 const POSTGRES_EPOCH_US: i64 = 946_684_800_000_000;
 
+/// Parses a libpq connection string, filling what it leaves out as libpq does: the user from
+/// `PGUSER` or the login name, the password from `PGPASSWORD`, the port from `PGPORT`, the host
+/// from `PGHOST` (else localhost).
 fn parse_config(conninfo: &str) -> Result<Config, ConnectorError> {
-    conninfo
+    let mut config = conninfo
         .parse::<Config>()
-        .map_err(|error| ConnectorError::Permanent(format!("invalid PostgreSQL connection string: {error}")))
+        .map_err(|error| ConnectorError::Permanent(format!("invalid PostgreSQL connection string: {error}")))?;
+    let environment = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+    if config.get_user().is_none() {
+        let user = environment("PGUSER").or_else(|| environment("USER")).or_else(|| environment("LOGNAME"));
+        config.user(user.as_deref().unwrap_or("postgres"));
+    }
+    if config.get_password().is_none() {
+        if let Some(password) = environment("PGPASSWORD") {
+            config.password(password);
+        }
+    }
+    if config.get_ports().is_empty() {
+        if let Some(port) = environment("PGPORT").and_then(|port| port.parse().ok()) {
+            config.port(port);
+        }
+    }
+    if config.get_hosts().is_empty() {
+        config.host(environment("PGHOST").as_deref().unwrap_or("localhost"));
+    }
+    Ok(config)
 }
 
 /// `postgres://host:port/dbname/table`, without user or password.
@@ -442,5 +464,24 @@ impl Source for PostgresSource {
             self.client = None;
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_strings_are_completed_as_libpq_would() {
+        let config = parse_config("host=127.0.0.1 dbname=app").unwrap();
+        assert!(config.get_user().is_some(), "a user is always set");
+        assert_eq!(
+            resource("host=127.0.0.1 port=5433 user=u password=secret dbname=app", "s.t").unwrap(),
+            "postgres://127.0.0.1:5433/app/s.t"
+        );
+        assert!(!resource("host=h password=secret dbname=d", "t").unwrap().contains("secret"));
+        assert!(parse_config("port=notanumber").is_err());
+        assert!(quote_table("a..b").is_err());
+        assert_eq!(quote_table("public.my \"t\"").unwrap(), "\"public\".\"my \"\"t\"\"\"");
     }
 }
