@@ -12,7 +12,9 @@ mod reading;
 
 use crate::catalog::{Relation, RelationKind, TableData, ViewSource};
 use crate::fastpath;
-use crate::functions::{FunctionCatalog, FunctionDefinition, FunctionStatement, Memo, StoredReceipt, WasmFunction};
+use crate::functions::{
+    FunctionCatalog, FunctionDefinition, FunctionStatement, Memo, ReceiptProof, StoredReceipt, WasmFunction,
+};
 use crate::identity::Identity;
 use crate::server::catalog::{ListedRelation, Listing};
 use crate::wal::{Record, Wal, WalError};
@@ -456,8 +458,17 @@ impl Database {
         for sink in self.sinks.values() {
             records.push(Record::CreateSink { definition: sink.definition.clone() });
         }
+        // Receipts signed in one batch get their proofs from one pass over it.
+        let mut batch_proofs: HashMap<*const crate::identity::SignedBatch, Vec<crate::identity::Proof>> =
+            HashMap::new();
         for stored in self.memo.read().expect("memo lock").receipts() {
-            records.push(stored.record()?);
+            let proof = match &stored.proof {
+                Some(ReceiptProof::InBatch { batch, index }) => {
+                    batch_proofs.entry(Arc::as_ptr(batch)).or_insert_with(|| batch.proofs())[*index as usize].clone()
+                }
+                _ => stored.signed_proof()?,
+            };
+            records.push(stored.record_with(proof)?);
         }
         self.wal.rewrite(&records)?;
         Ok(())
@@ -768,8 +779,9 @@ impl Database {
                 .map(|stored| stored.cid.to_bytes())
                 .collect()
         };
-        let proofs = self.identity.sign_batch(&leaves);
-        let mut proofs = proofs.into_iter();
+        let Some(batch) = self.identity.sign_leaves(&leaves) else { return Ok(()) };
+        let mut proofs = batch.proofs().into_iter();
+        let mut index: u32 = 0;
         for chunk in invocations.chunks(RECEIPTS_PER_FRAME_BATCH) {
             let records = {
                 let mut memo = self.memo_mut();
@@ -778,8 +790,10 @@ impl Database {
                     if memo.get(invocation).is_none() {
                         continue;
                     }
-                    memo.set_proof(invocation, proofs.next().expect("one proof per receipt"));
-                    records.push(memo.get(invocation).expect("present").record()?);
+                    let proof = proofs.next().expect("one proof per receipt");
+                    memo.set_proof(invocation, ReceiptProof::InBatch { batch: batch.clone(), index });
+                    index += 1;
+                    records.push(memo.get(invocation).expect("present").record_with(proof)?);
                 }
                 records
             };

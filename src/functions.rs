@@ -25,11 +25,31 @@ pub struct StoredReceipt {
     pub receipt: Receipt,
     pub invocation: Invocation,
     pub encoded: Vec<u8>,
-    pub proof: Option<Proof>,
+    pub proof: Option<ReceiptProof>,
     /// When this node first ran the invocation (nanoseconds since the epoch).
     pub first_seen_ns: i64,
     /// The timely worker that ran it (0 outside dataflows).
     pub worker: u32,
+}
+
+/// A receipt's signature proof: its own (as read from the log), or its place in a batch signed
+/// by this process (the path is rebuilt from the batch when needed).
+#[derive(Clone, Debug)]
+pub enum ReceiptProof {
+    /// A complete proof.
+    Own(Box<Proof>),
+    /// Leaf `index` of a signed batch.
+    InBatch { batch: Arc<crate::identity::SignedBatch>, index: u32 },
+}
+
+impl ReceiptProof {
+    /// The complete proof (rebuilt from the batch: one pass over it).
+    pub fn proof(&self) -> Proof {
+        match self {
+            ReceiptProof::Own(proof) => proof.as_ref().clone(),
+            ReceiptProof::InBatch { batch, index } => batch.proof(*index as usize),
+        }
+    }
 }
 
 impl StoredReceipt {
@@ -44,15 +64,23 @@ impl StoredReceipt {
         Ok(StoredReceipt { cid, receipt, invocation, encoded, proof: None, first_seen_ns, worker })
     }
 
-    /// The log record of this receipt.
-    pub fn record(&self) -> Result<Record, ContentError> {
+    /// The log record of this receipt, with its complete `proof`.
+    pub fn record_with(&self, proof: Proof) -> Result<Record, ContentError> {
         Ok(Record::Receipt {
             invocation: self.invocation.encode()?,
             receipt: self.encoded.clone(),
-            proof: self.proof.clone().ok_or_else(|| ContentError::Encoding("receipt is not signed yet".into()))?,
+            proof,
             first_seen_ns: self.first_seen_ns,
             worker: self.worker,
         })
+    }
+
+    /// The complete proof, if the receipt is signed.
+    pub fn signed_proof(&self) -> Result<Proof, ContentError> {
+        self.proof
+            .as_ref()
+            .map(ReceiptProof::proof)
+            .ok_or_else(|| ContentError::Encoding("receipt is not signed yet".into()))
     }
 
     /// Rebuilds a stored receipt from its logged bytes.
@@ -70,7 +98,7 @@ impl StoredReceipt {
             receipt: decoded,
             invocation,
             encoded: receipt.to_vec(),
-            proof: Some(proof),
+            proof: Some(ReceiptProof::Own(Box::new(proof))),
             first_seen_ns,
             worker,
         })
@@ -109,7 +137,7 @@ impl Memo {
     }
 
     /// Attaches the signature proof to the receipt of `invocation`.
-    pub fn set_proof(&mut self, invocation: &Cid, proof: Proof) {
+    pub fn set_proof(&mut self, invocation: &Cid, proof: ReceiptProof) {
         if let Some(stored) = self.by_invocation.get_mut(invocation) {
             stored.proof = Some(proof);
         }

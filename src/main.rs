@@ -207,8 +207,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let json = weft::functions::dag_json(&weft_engine::content::decode(&stored.encoded)?);
             writeln!(out, "{json}")?;
             if verify {
-                let proof = stored.proof.as_ref().context("the receipt is not signed yet")?;
-                weft::identity::verify_proof(&stored.receipt.issuer, &stored.cid.to_bytes(), proof)?;
+                let proof = stored.signed_proof()?;
+                weft::identity::verify_proof(&stored.receipt.issuer, &stored.cid.to_bytes(), &proof)?;
                 eprintln!("verified: signed by {}", stored.receipt.issuer);
             }
             Ok(())

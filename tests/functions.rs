@@ -51,6 +51,11 @@ fn invocations_run_once_and_receipts_survive_restarts() {
             vec![vec![Value::Int(1), Value::Int(4), Value::Int(4)]]
         );
         assert!(database.execute("CREATE VIEW r AS SELECT * FROM weft.receipts").is_err());
+        // Receipts signed by this process verify, and a checkpoint logs their proofs.
+        let live = database.receipt(&first.stored.cid).unwrap();
+        let proof = live.signed_proof().unwrap();
+        weft::identity::verify_proof(database.node_did(), &live.cid.to_bytes(), &proof).unwrap();
+        database.checkpoint().unwrap();
         (first.stored.cid, database.node_did().to_string())
     };
     let mut database = Database::open(options).unwrap();
@@ -61,9 +66,9 @@ fn invocations_run_once_and_receipts_survive_restarts() {
     }
     assert_eq!(database.memo_counts(), (3, 0), "nothing ran after the restart");
     let stored = database.receipt(&receipt_cid).expect("receipt by CID").clone();
-    let proof = stored.proof.as_ref().expect("logged receipts are signed");
-    weft::identity::verify_proof(&stored.receipt.issuer, &stored.cid.to_bytes(), proof).unwrap();
-    assert!(weft::identity::verify_proof(&stored.receipt.issuer, b"tampered", proof).is_err());
+    let proof = stored.signed_proof().expect("logged receipts are signed");
+    weft::identity::verify_proof(&stored.receipt.issuer, &stored.cid.to_bytes(), &proof).unwrap();
+    assert!(weft::identity::verify_proof(&stored.receipt.issuer, b"tampered", &proof).is_err());
     database.checkpoint().unwrap();
     drop(database);
     let database = Database::open(Options { data_dir: directory.clone(), workers: 1, sync: true }).unwrap();
