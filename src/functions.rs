@@ -521,6 +521,21 @@ pub fn split_statements(sql: &str) -> Vec<String> {
     statements
 }
 
+/// The text up to the closing `quote` (a doubled quote is one quote character), consumed.
+fn quoted(chars: &mut std::iter::Peekable<std::str::Chars<'_>>, quote: char) -> Option<String> {
+    let mut text = String::new();
+    loop {
+        match chars.next()? {
+            c if c == quote && chars.peek() == Some(&quote) => {
+                chars.next();
+                text.push(quote);
+            }
+            c if c == quote => return Some(text),
+            c => text.push(c),
+        }
+    }
+}
+
 /// Words, quoted strings and punctuation of a function statement.
 pub(crate) fn tokens(sql: &str) -> Result<Vec<String>, String> {
     let mut tokens = Vec::new();
@@ -529,37 +544,13 @@ pub(crate) fn tokens(sql: &str) -> Result<Vec<String>, String> {
         if c.is_whitespace() {
             chars.next();
         } else if c == '\'' {
+            // A string: `'` and its text (quotes doubled inside are one quote).
             chars.next();
-            let mut text = String::from("'");
-            loop {
-                match chars.next() {
-                    Some('\'') if chars.peek() == Some(&'\'') => {
-                        chars.next();
-                        text.push('\'');
-                    }
-                    Some('\'') => break,
-                    Some(c) => text.push(c),
-                    None => return Err("unterminated string".into()),
-                }
-            }
-            tokens.push(text);
+            tokens.push(format!("'{}", quoted(&mut chars, '\'').ok_or("unterminated string")?));
         } else if c == '"' {
             // A quoted identifier stays one token, quotes included, its case kept.
             chars.next();
-            let mut text = String::from("\"");
-            loop {
-                match chars.next() {
-                    Some('"') if chars.peek() == Some(&'"') => {
-                        chars.next();
-                        text.push('"');
-                    }
-                    Some('"') => break,
-                    Some(c) => text.push(c),
-                    None => return Err("unterminated quoted identifier".into()),
-                }
-            }
-            text.push('"');
-            tokens.push(text);
+            tokens.push(format!("\"{}\"", quoted(&mut chars, '"').ok_or("unterminated quoted identifier")?));
         } else if c.is_alphanumeric() || c == '_' || c == '.' {
             let mut word = String::new();
             while let Some(&c) = chars.peek() {
