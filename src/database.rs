@@ -779,8 +779,8 @@ impl Database {
                 .map(|stored| stored.cid.to_bytes())
                 .collect()
         };
-        let Some(batch) = self.identity.sign_leaves(&leaves) else { return Ok(()) };
-        let mut proofs = batch.proofs().into_iter();
+        let Some((batch, proofs)) = self.identity.sign_leaves(&leaves) else { return Ok(()) };
+        let mut proofs = proofs.into_iter();
         let mut index: u32 = 0;
         for chunk in invocations.chunks(RECEIPTS_PER_FRAME_BATCH) {
             let records = {

@@ -59,6 +59,9 @@ impl Identity {
     }
 }
 
+/// Sibling hashes from a leaf up to the root; `true` where the sibling is on the left.
+pub type MerklePath = Vec<(bool, [u8; 32])>;
+
 /// A receipt's signature: the node signs the Merkle root of all receipt CIDs it issued in one
 /// statement (one signature per batch, not per call); each receipt keeps its inclusion path.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -66,7 +69,7 @@ pub struct Proof {
     /// The Merkle root the signature covers.
     pub root: [u8; 32],
     /// Sibling hashes from the leaf up; `true` where the sibling is on the left.
-    pub path: Vec<(bool, [u8; 32])>,
+    pub path: MerklePath,
     /// ed25519 signature over `root`.
     pub signature: Vec<u8>,
 }
@@ -99,11 +102,6 @@ pub struct SignedBatch {
 }
 
 impl SignedBatch {
-    /// The Merkle root the signature covers.
-    pub fn root(&self) -> [u8; 32] {
-        self.root
-    }
-
     /// The proof of every leaf, in order (one pass over the tree).
     pub fn proofs(&self) -> Vec<Proof> {
         self.paths(None)
@@ -119,57 +117,56 @@ impl SignedBatch {
     }
 
     /// Sibling paths of every leaf, or only of leaf `only`.
-    fn paths(&self, only: Option<usize>) -> Vec<Vec<(bool, [u8; 32])>> {
+    fn paths(&self, only: Option<usize>) -> Vec<MerklePath> {
         let tracked: Vec<usize> = match only {
             Some(index) => vec![index],
             None => (0..self.leaves.len()).collect(),
         };
-        // Every path has at most one sibling per level: allocate exactly that.
-        let depth = usize::BITS as usize - self.leaves.len().saturating_sub(1).leading_zeros() as usize;
-        let mut paths: Vec<Vec<(bool, [u8; 32])>> = tracked.iter().map(|_| Vec::with_capacity(depth)).collect();
-        // positions[i]: where tracked leaf i's ancestor sits in the current level.
-        let mut positions = tracked;
-        let mut level = self.leaves.clone();
-        while level.len() > 1 {
-            for (path, position) in paths.iter_mut().zip(positions.iter_mut()) {
-                let sibling = *position ^ 1;
-                if sibling < level.len() {
-                    path.push((sibling < *position, level[sibling]));
-                }
-                *position /= 2;
-            }
-            level = level
-                .chunks(2)
-                .map(|pair| if pair.len() == 2 { node_hash(&pair[0], &pair[1]) } else { pair[0] })
-                .collect();
-        }
-        paths
+        merkle(&self.leaves, tracked).1
     }
 }
 
+/// The Merkle root of `leaves` (leaf hashes) and the sibling paths of the `tracked` leaves, in
+/// one pass over the tree.
+fn merkle(leaves: &[[u8; 32]], tracked: Vec<usize>) -> ([u8; 32], Vec<MerklePath>) {
+    // Every path has at most one sibling per level: allocate exactly that.
+    let depth = usize::BITS as usize - leaves.len().saturating_sub(1).leading_zeros() as usize;
+    let mut paths: Vec<MerklePath> = tracked.iter().map(|_| Vec::with_capacity(depth)).collect();
+    // positions[i]: where tracked leaf i's ancestor sits in the current level.
+    let mut positions = tracked;
+    let mut level = leaves.to_vec();
+    while level.len() > 1 {
+        for (path, position) in paths.iter_mut().zip(positions.iter_mut()) {
+            let sibling = *position ^ 1;
+            if sibling < level.len() {
+                path.push((sibling < *position, level[sibling]));
+            }
+            *position /= 2;
+        }
+        level =
+            level.chunks(2).map(|pair| if pair.len() == 2 { node_hash(&pair[0], &pair[1]) } else { pair[0] }).collect();
+    }
+    (level[0], paths)
+}
+
 impl Identity {
-    /// Signs a batch of leaves (receipt CID bytes) with one signature over their Merkle root.
-    pub fn sign_leaves(&self, leaves: &[Vec<u8>]) -> Option<std::sync::Arc<SignedBatch>> {
+    /// Signs a batch of leaves (receipt CID bytes) with one signature over their Merkle root;
+    /// returns the batch and each leaf's proof, in order, from one pass over the tree.
+    pub fn sign_leaves(&self, leaves: &[Vec<u8>]) -> Option<(std::sync::Arc<SignedBatch>, Vec<Proof>)> {
         if leaves.is_empty() {
             return None;
         }
         let hashes: Vec<[u8; 32]> = leaves.iter().map(|leaf| leaf_hash(leaf)).collect();
-        let mut level = hashes.clone();
-        while level.len() > 1 {
-            level = level
-                .chunks(2)
-                .map(|pair| if pair.len() == 2 { node_hash(&pair[0], &pair[1]) } else { pair[0] })
-                .collect();
-        }
-        let root = level[0];
+        let (root, paths) = merkle(&hashes, (0..hashes.len()).collect());
         let signature = self.sign(&root);
-        Some(std::sync::Arc::new(SignedBatch { root, signature, leaves: hashes }))
+        let proofs = paths.into_iter().map(|path| Proof { root, path, signature: signature.clone() }).collect();
+        Some((std::sync::Arc::new(SignedBatch { root, signature, leaves: hashes }), proofs))
     }
 
     /// Signs a batch of leaves with one signature over their Merkle root, returning each leaf's
     /// proof, in order.
     pub fn sign_batch(&self, leaves: &[Vec<u8>]) -> Vec<Proof> {
-        self.sign_leaves(leaves).map(|batch| batch.proofs()).unwrap_or_default()
+        self.sign_leaves(leaves).map(|(_, proofs)| proofs).unwrap_or_default()
     }
 }
 
@@ -232,8 +229,9 @@ mod tests {
         // One leaf's proof rebuilt from the batch equals the one made for all leaves at once.
         for size in [1usize, 2, 5, 8, 33] {
             let leaves: Vec<Vec<u8>> = (0..size).map(|leaf| (leaf as u32).to_le_bytes().to_vec()).collect();
-            let batch = first.sign_leaves(&leaves).unwrap();
+            let (batch, signed) = first.sign_leaves(&leaves).unwrap();
             let all = batch.proofs();
+            assert_eq!(all, signed, "the proofs made while signing are the batch's");
             for (index, leaf) in leaves.iter().enumerate() {
                 assert_eq!(batch.proof(index), all[index]);
                 verify_proof(first.did(), leaf, &all[index]).unwrap();
