@@ -120,9 +120,14 @@ impl Shared {
     }
 
     /// The receipt of an effect's delivery or failure: its CID and its signed encoding.
-    fn receipt(&self, effect: &Effect, out: Outcome, duration: Duration) -> Option<(String, SignedReceipt)> {
+    fn receipt(
+        &self,
+        ran: weft_engine::content::Cid,
+        out: Outcome,
+        duration: Duration,
+    ) -> Option<(String, SignedReceipt)> {
         let receipt = Receipt {
-            ran: effect.cid(),
+            ran,
             out,
             fuel: 0,
             duration_us: duration.as_micros() as u64,
@@ -135,7 +140,9 @@ impl Shared {
     }
 
     fn outcome(&self, effect: &Effect, status: Status, error: Option<String>, duration: Duration) -> OutboxRecord {
-        let cid = effect.cid().to_string();
+        // The CID encodes the whole payload: compute it once per outcome.
+        let effect_cid = effect.cid();
+        let cid = effect_cid.to_string();
         let attempts = self.outbox.lock().expect("outbox").entry(&cid).map_or(0, |entry| entry.attempts) + 1;
         let out = match &error {
             Some(message) => Outcome::Error(message.clone()),
@@ -143,7 +150,7 @@ impl Shared {
         };
         let (receipt, signed_receipt) = match status {
             Status::Pending => (None, None),
-            _ => self.receipt(effect, out, duration).unzip(),
+            _ => self.receipt(effect_cid, out, duration).unzip(),
         };
         OutboxRecord::Outcome { cid, status, attempts, receipt, error, signed_receipt }
     }
@@ -358,17 +365,16 @@ impl Executor {
     fn all_retrying(&self) -> bool {
         let outbox = self.shared.outbox.lock().expect("outbox");
         self.sinks.keys().all(|sink| {
-            let run = outbox.next_run(sink, 0, 1);
-            run.first().is_none_or(|effect| {
-                outbox.entry(&effect.cid().to_string()).is_some_and(|entry| entry.error.is_some() && entry.attempts > 1)
-            })
+            outbox
+                .head(sink)
+                .is_none_or(|entry| entry.status == Status::Failed || (entry.error.is_some() && entry.attempts > 1))
         })
     }
 
     /// Effects waiting on sinks that are not held back by a failure.
     pub fn pending_count(&self) -> usize {
         let outbox = self.shared.outbox.lock().expect("outbox");
-        self.sinks.keys().map(|sink| outbox.next_run(sink, u64::MAX, usize::MAX).len()).sum()
+        self.sinks.keys().map(|sink| outbox.deliverable(sink)).sum()
     }
 
     /// Effects by status, for metrics.
@@ -457,21 +463,13 @@ impl Shared {
             .collect();
         for ((view, resource), status) in self.reads.lock().expect("reads").iter() {
             let read = query_effect("http", resource, "http/get", view, status.reads);
-            let state = match (&status.error, status.reads) {
-                (Some(_), _) => "failed",
-                (None, 0) => "pending",
-                (None, _) => "delivered",
-            };
+            let state = read_state(status.error.as_ref(), status.reads);
             rows.push(query_row(&read, state, status.reads, status.error.as_deref(), Some(status.reads), None));
         }
         for (name, status) in self.sources.lock().expect("sources").iter() {
             let ability = format!("{}/read", status.connector);
             let read = query_effect(&status.connector, &status.resource, &ability, name, status.reads);
-            let state = match (&status.error, status.reads) {
-                (Some(_), _) => "failed",
-                (None, 0) => "pending",
-                (None, _) => "delivered",
-            };
+            let state = read_state(status.error.as_ref(), status.reads);
             rows.push(query_row(&read, state, status.reads, status.error.as_deref(), Some(status.reads), None));
             for (index, problem) in status.problems.iter().enumerate() {
                 let skipped =
@@ -488,6 +486,15 @@ impl Drop for Executor {
         for task in self.sinks.values().chain(self.sources.values()).chain(self.readers.values()) {
             task.handle.abort();
         }
+    }
+}
+
+/// The status of a query effect: its last read failed, none was made yet, or it answered.
+fn read_state(error: Option<&String>, reads: u64) -> &'static str {
+    match (error, reads) {
+        (Some(_), _) => "failed",
+        (None, 0) => "pending",
+        (None, _) => "delivered",
     }
 }
 
@@ -695,7 +702,7 @@ async fn read_resources(
 ) {
     let ReadPlan { view, ttl, concurrency, mut observed } = plan;
     let lookup = weft_connectors::http::HttpLookup::new(
-        Duration::from_secs(10),
+        weft_connectors::http::REQUEST_TIMEOUT,
         std::env::var("WEFT_IPFS_GATEWAY").ok().filter(|gateway| !gateway.is_empty()),
     );
     let mut backoff = Backoff::new(100, 60_000, jitter_seed(&view));

@@ -13,7 +13,7 @@ use std::time::Duration;
 use weft_effects::{Column, ConnectorError, Delivery, Effect, Sink};
 
 /// How long one POST may take, connection included, unless `timeout_ms=N` says otherwise.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reads the optional second argument of `http(url, 'timeout_ms=N')`.
 pub fn timeout(option: Option<&str>) -> Result<Duration, ConnectorError> {
@@ -26,6 +26,12 @@ pub fn timeout(option: Option<&str>) -> Result<Duration, ConnectorError> {
         .ok_or_else(|| {
             ConnectorError::Permanent(format!("http sink option {option:?}: expected 'timeout_ms=N' (N > 0)"))
         })
+}
+
+/// An HTTP client whose requests give up after `timeout` and whose error statuses come back as
+/// answers (the connectors classify them).
+pub fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false).build().new_agent()
 }
 
 /// Checks that `url` is an `http://` URL (TLS is not built in).
@@ -50,9 +56,7 @@ impl HttpSink {
     /// A sink posting to `url`.
     pub fn new(url: &str, timeout: Duration, columns: Vec<Column>) -> Result<HttpSink, ConnectorError> {
         check_url(url)?;
-        let agent =
-            ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false).build().new_agent();
-        Ok(HttpSink { url: url.to_string(), columns, agent })
+        Ok(HttpSink { url: url.to_string(), columns, agent: agent(timeout) })
     }
 
     /// The JSON body for one effect.
@@ -72,14 +76,8 @@ impl HttpSink {
     }
 }
 
-impl HttpSink {
-    /// POSTs `body` to `url` with `Idempotency-Key: key`, classifying the answer.
-    pub fn post_with(agent: &ureq::Agent, url: &str, key: &str, body: &str) -> Result<(), ConnectorError> {
-        post(agent, url, key, body)
-    }
-}
-
-fn post(agent: &ureq::Agent, url: &str, key: &str, body: &str) -> Result<(), ConnectorError> {
+/// POSTs `body` to `url` with `Idempotency-Key: key`, classifying the answer.
+pub fn post(agent: &ureq::Agent, url: &str, key: &str, body: &str) -> Result<(), ConnectorError> {
     let response = agent
         .post(url)
         .header("Idempotency-Key", key)
@@ -133,9 +131,7 @@ pub struct HttpLookup {
 impl HttpLookup {
     /// A reader with a per-request `timeout`.
     pub fn new(timeout: Duration, ipfs_gateway: Option<String>) -> HttpLookup {
-        let agent =
-            ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false).build().new_agent();
-        HttpLookup { agent, ipfs_gateway }
+        HttpLookup { agent: agent(timeout), ipfs_gateway }
     }
 
     /// The body at `resource`, as text. 408, 429, 5xx and transport failures are transient.

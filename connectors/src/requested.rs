@@ -9,7 +9,6 @@
 //! `Idempotency-Key` header, or written into the line and looked for before appending again.
 //! Rows leaving the view request nothing (what was done stays done).
 
-use crate::http::HttpSink;
 use async_trait::async_trait;
 use std::io::Write;
 use weft_effects::{Column, ConnectorError, Datum, Delivery, Effect, Sink};
@@ -52,11 +51,7 @@ impl RequestedSink {
         let column = columns.iter().position(|column| column.name == column_name).ok_or_else(|| {
             ConnectorError::Permanent(format!("effects('{column_name}'): the view has no column {column_name}"))
         })?;
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(std::time::Duration::from_secs(10)))
-            .http_status_as_error(false)
-            .build()
-            .new_agent();
+        let agent = crate::http::agent(crate::http::REQUEST_TIMEOUT);
         Ok(RequestedSink { column, column_name: column_name.to_string(), agent })
     }
 
@@ -66,7 +61,7 @@ impl RequestedSink {
                 crate::http::check_url(&request.resource)?;
                 let agent = self.agent.clone();
                 let body = request.payload.to_string();
-                tokio::task::spawn_blocking(move || HttpSink::post_with(&agent, &request.resource, &key, &body))
+                tokio::task::spawn_blocking(move || crate::http::post(&agent, &request.resource, &key, &body))
                     .await
                     .map_err(|error| ConnectorError::Transient(format!("requested effect task: {error}")))?
             }

@@ -237,6 +237,25 @@ impl Outbox {
         run
     }
 
+    /// The sink's first undelivered effect (the one its next run starts with, or that holds it
+    /// back).
+    pub fn head(&self, sink: &str) -> Option<&Entry> {
+        self.sinks.get(sink)?.entries.values().find(|entry| entry.status != Status::Delivered)
+    }
+
+    /// How many effects [`Outbox::next_run`] would hand out without size limits, counted without
+    /// copying them.
+    pub fn deliverable(&self, sink: &str) -> usize {
+        self.sinks.get(sink).map_or(0, |queue| {
+            queue
+                .entries
+                .values()
+                .filter(|entry| entry.status != Status::Delivered)
+                .take_while(|entry| entry.status != Status::Failed)
+                .count()
+        })
+    }
+
     /// Every effect of every sink, in sink and sequence order.
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
         self.sinks.values().flat_map(|queue| queue.entries.values())
@@ -329,9 +348,12 @@ mod tests {
         outbox.apply(outcome(&first, Status::Delivered));
         outbox.apply(outcome(&second, Status::Failed));
         assert!(outbox.next_run("a", 100, 100).is_empty(), "a failed effect holds back the ones after it");
+        assert_eq!(outbox.deliverable("a"), 0);
+        assert_eq!(outbox.head("a").map(|entry| entry.status), Some(Status::Failed));
         assert_eq!(outbox.next_run("b", 100, 100).len(), 1, "other sinks go on");
         outbox.apply(outcome(&second, Status::Pending));
         assert_eq!(outbox.next_run("a", 100, 100).len(), 2);
+        assert_eq!(outbox.deliverable("a"), 2);
         assert_eq!(outbox.counts()["delivered"], 1);
         assert_eq!(outbox.next_sequence("a"), 3);
     }

@@ -19,6 +19,8 @@ use weft_engine::ViewChanges;
 /// A running sink.
 pub(super) struct SinkState {
     pub(super) definition: SinkDefinition,
+    /// The target's resource name (parsed once, not per effect).
+    resource: String,
     key: Vec<usize>,
     changes: Receiver<ViewChanges>,
     /// Set when an effect could not be written to the outbox: the next commit reconciles.
@@ -133,7 +135,9 @@ impl Database {
         };
         let name = definition.name.clone();
         let target = definition.target.clone();
-        let mut sink = SinkState { definition, key: key.clone(), changes: subscription.changes, stale: false };
+        let resource = target.resource().map_err(crate::executor::ExecutorError::from)?;
+        let mut sink =
+            SinkState { definition, resource, key: key.clone(), changes: subscription.changes, stale: false };
         self.reconcile(&mut sink, subscription.snapshot, subscription.time)?;
         self.executor.start_sink(&name, target, columns_of(&columns), key);
         self.sinks.insert(name, sink);
@@ -162,7 +166,7 @@ impl Database {
         Effect {
             stream: Stream::Mutation,
             connector: definition.target.connector.clone(),
-            resource: definition.target.resource().unwrap_or_default(),
+            resource: sink.resource.clone(),
             ability: definition.target.sink_ability().to_string(),
             payload: Batch {
                 sink: definition.name.clone(),
