@@ -12,6 +12,7 @@
 //! the heavy generic code stays in one place.
 
 use crate::expr::{eval_all, EvalError, Expr};
+use crate::hashed_row::HashedRow;
 use crate::plan::{Aggregate, AggregateFunction, JoinKind, Plan, RelationId, SortKey};
 use crate::value::{Row, Value};
 use differential_dataflow::difference::{IsZero, Multiply, Semigroup};
@@ -36,7 +37,7 @@ use timely::worker::Worker;
 pub type Time = u64;
 
 type Collection<'scope> = VecCollection<'scope, Time, Row, isize>;
-type RowTrace = TraceAgent<KeySpine<Row, Time, isize>>;
+type RowTrace = TraceAgent<KeySpine<HashedRow, Time, isize>>;
 
 /// Errors of the engine itself.
 #[derive(Debug, thiserror::Error)]
@@ -347,7 +348,7 @@ fn receive_soon<T>(channel: &Receiver<T>, spins: u32) -> Option<T> {
 
 #[derive(Default)]
 struct WorkerState {
-    inputs: HashMap<RelationId, InputSession<Time, Row, isize>>,
+    inputs: HashMap<RelationId, InputSession<Time, HashedRow, isize>>,
     traces: HashMap<RelationId, RowTrace>,
     dataflows: HashMap<RelationId, usize>,
     probes: HashMap<RelationId, ProbeHandle<Time>>,
@@ -371,7 +372,7 @@ fn run_worker(worker: &mut Worker, commands: Receiver<Command>, replies: Sender<
             Command::CreateTable { id } => {
                 let dataflow = worker.next_dataflow_index();
                 let (mut input, trace, probe) = worker.dataflow::<Time, _, _>(|scope| {
-                    let (input, rows) = scope.new_collection::<Row, isize>();
+                    let (input, rows) = scope.new_collection::<HashedRow, isize>();
                     let arranged = rows.arrange_by_self();
                     let (probe, _) = arranged.stream.clone().probe();
                     (input, arranged.trace, probe)
@@ -387,11 +388,11 @@ fn run_worker(worker: &mut Worker, commands: Receiver<Command>, replies: Sender<
                 let traces = &mut state.traces;
                 let (trace, probe) = worker.dataflow::<Time, _, _>(|scope| {
                     let output = render(&plan, scope, traces, &view);
-                    let arranged = output.arrange_by_self();
+                    let arranged = output.map(HashedRow::new).arrange_by_self();
                     let mirror = view.clone();
                     let (probe, _) = arranged
                         .clone()
-                        .as_collection(|row: &Row, _| row.clone())
+                        .as_collection(|row: &HashedRow, _| row.row().clone())
                         .inspect_batch(move |_, updates| mirror.apply(updates))
                         .probe();
                     (arranged.trace, probe)
@@ -415,7 +416,7 @@ fn run_worker(worker: &mut Worker, commands: Receiver<Command>, replies: Sender<
             Command::Commit { time, changes } => {
                 for change in changes {
                     if let Some(input) = state.inputs.get_mut(&change.table) {
-                        input.update(change.row, change.diff);
+                        input.update(HashedRow::new(change.row), change.diff);
                     }
                 }
                 advance(worker, &mut state, time);
@@ -476,19 +477,14 @@ fn render<'scope>(
             .expect("dependencies are checked before rendering")
             .import_frontier(scope, "Import")
             .0
-            .as_collection(|row: &Row, _| row.clone()),
+            .as_collection(|row: &HashedRow, _| row.row().clone()),
         Plan::Constant { rows, .. } => constant(scope, rows.clone()),
-        Plan::Project { .. } | Plan::Filter { .. } => {
-            let (base, map) = peel(plan);
-            apply_map(&(render(base, scope, traces, view), map), view)
-        }
+        Plan::Project { .. } | Plan::Filter { .. } => apply_map(&render_mapped(plan, scope, traces, view), view),
         Plan::Join { left, right, kind, left_keys, right_keys, nulls_equal, residual } => {
             let left_arity = left.arity();
             let right_arity = right.arity();
-            let (left, left_map) = peel(left);
-            let (right, right_map) = peel(right);
-            let left = (render(left, scope, traces, view), left_map);
-            let right = (render(right, scope, traces, view), right_map);
+            let left = render_mapped(left, scope, traces, view);
+            let right = render_mapped(right, scope, traces, view);
             render_join(
                 left,
                 right,
@@ -500,13 +496,13 @@ fn render<'scope>(
                     residual: residual.clone(),
                     left_arity,
                     right_arity,
+                    columns: None,
                 },
                 view,
             )
         }
         Plan::Reduce { input, group, aggregates } => {
-            let (input, map) = peel(input);
-            let input = (render(input, scope, traces, view), map);
+            let input = render_mapped(input, scope, traces, view);
             let output = if plan.accumulable() {
                 render_accumulable_reduce(input, group.clone(), aggregates.clone(), view)
             } else {
@@ -525,7 +521,7 @@ fn render<'scope>(
                 output
             }
         }
-        Plan::Distinct { input } => render(input, scope, traces, view).distinct(),
+        Plan::Distinct { input } => distinct(render(input, scope, traces, view)),
         Plan::Union { inputs } => {
             let inputs: Vec<Collection<'scope>> =
                 inputs.iter().map(|input| render(input, scope, traces, view)).collect();
@@ -550,6 +546,48 @@ struct JoinSpec {
     residual: Option<Expr>,
     left_arity: usize,
     right_arity: usize,
+    /// For an inner join without residual whose consumer keeps only some columns: the columns
+    /// (of left row ++ right row) to build, so the others are never copied.
+    columns: Option<Vec<usize>>,
+}
+
+/// Renders `plan` with the chain of projections and filters on top of it still to apply (see
+/// [`peel`]). An inner join whose rows are first narrowed to some of their columns builds only
+/// those columns.
+fn render_mapped<'scope>(
+    plan: &Plan,
+    scope: Scope<'scope, Time>,
+    traces: &mut HashMap<RelationId, RowTrace>,
+    view: &Arc<ViewState>,
+) -> Mapped<'scope> {
+    let (base, mut map) = peel(plan);
+    if let Plan::Join { left, right, kind: JoinKind::Inner, left_keys, right_keys, nulls_equal, residual: None } = base
+    {
+        let columns = match map.steps.first() {
+            Some(Step::Select(columns)) => Some(columns.clone()),
+            Some(Step::Project(exprs)) => {
+                exprs.iter().map(|expr| if let Expr::Column(index) = expr { Some(*index) } else { None }).collect()
+            }
+            _ => None,
+        };
+        if let Some(columns) = columns {
+            map.steps.remove(0);
+            let spec = JoinSpec {
+                kind: JoinKind::Inner,
+                left_keys: left_keys.clone(),
+                right_keys: right_keys.clone(),
+                nulls_equal: *nulls_equal,
+                residual: None,
+                left_arity: left.arity(),
+                right_arity: right.arity(),
+                columns: Some(columns),
+            };
+            let left = render_mapped(left, scope, traces, view);
+            let right = render_mapped(right, scope, traces, view);
+            return (render_join(left, right, spec, view), map);
+        }
+    }
+    (render(base, scope, traces, view), map)
 }
 
 /// One step of a [`RowMap`].
@@ -645,7 +683,7 @@ fn keyed<'scope>(
     keys: Vec<Expr>,
     nulls_equal: bool,
     view: &Arc<ViewState>,
-) -> VecCollection<'scope, Time, (Row, Row), isize> {
+) -> VecCollection<'scope, Time, (HashedRow, HashedRow), isize> {
     let view = view.clone();
     let map = input.1.clone();
     input
@@ -659,7 +697,7 @@ fn keyed<'scope>(
             });
             match keyed {
                 Ok(Some((key, row))) if nulls_equal || !key.iter().any(Value::is_null) => {
-                    Some(((key, row), time, diff))
+                    Some(((HashedRow::new(key), HashedRow::new(row)), time, diff))
                 }
                 Ok(_) => None,
                 Err(error) => {
@@ -673,7 +711,12 @@ fn keyed<'scope>(
 
 /// The rows of `all` that also occur (as whole rows) in the set `present`.
 fn rows_in<'scope>(all: Collection<'scope>, present: Collection<'scope>) -> Collection<'scope> {
-    all.map(|row| (row, ())).semijoin(present).map(|(row, ())| row)
+    all.map(|row| (HashedRow::new(row), ())).semijoin(present.map(HashedRow::new)).map(|(row, ())| row.into_row())
+}
+
+/// Each distinct row of `rows` once.
+fn distinct(rows: Collection<'_>) -> Collection<'_> {
+    rows.map(HashedRow::new).distinct().map(HashedRow::into_row)
 }
 
 fn pad<'scope>(rows: Collection<'scope>, nulls: usize, nulls_first: bool) -> Collection<'scope> {
@@ -701,13 +744,25 @@ fn render_join<'scope>(
     let semi_without_residual = spec.residual.is_none() && matches!(spec.kind, JoinKind::LeftSemi | JoinKind::LeftAnti);
     if semi_without_residual {
         let keys = right_keyed.map(|(key, _)| key).distinct();
-        let matched = left_keyed.semijoin(keys).map(|(_, row)| row);
+        let matched = left_keyed.semijoin(keys).map(|(_, row)| row.into_row());
         return match spec.kind {
             JoinKind::LeftSemi => matched,
             _ => left().concat(matched.negate()),
         };
     }
-    let mut joined = left_keyed.join_map(right_keyed, |_, left_row: &Row, right_row: &Row| {
+    if let Some(columns) = spec.columns {
+        let left_arity = spec.left_arity;
+        return left_keyed.join_map(right_keyed, move |_, left_row: &HashedRow, right_row: &HashedRow| {
+            let (left_row, right_row) = (left_row.row(), right_row.row());
+            columns
+                .iter()
+                .map(|column| if *column < left_arity { &left_row[*column] } else { &right_row[column - left_arity] })
+                .cloned()
+                .collect()
+        });
+    }
+    let mut joined = left_keyed.join_map(right_keyed, |_, left_row: &HashedRow, right_row: &HashedRow| {
+        let (left_row, right_row) = (left_row.row(), right_row.row());
         let mut row = Vec::with_capacity(left_row.len() + right_row.len());
         row.extend_from_slice(left_row);
         row.extend_from_slice(right_row);
@@ -717,8 +772,8 @@ fn render_join<'scope>(
         joined = evaluate(joined, view, move |row: Row| Ok(residual.eval_predicate(&row)?.then_some(row)));
     }
     let left_arity = spec.left_arity;
-    let matched_left = || joined.clone().map(move |row| row[..left_arity].to_vec()).distinct();
-    let matched_right = || joined.clone().map(move |row| row[left_arity..].to_vec()).distinct();
+    let matched_left = || distinct(joined.clone().map(move |row| row[..left_arity].to_vec()));
+    let matched_right = || distinct(joined.clone().map(move |row| row[left_arity..].to_vec()));
     let unmatched =
         |all: Collection<'scope>, matched: Collection<'scope>| all.clone().concat(rows_in(all, matched).negate());
     match spec.kind {
@@ -824,7 +879,7 @@ fn render_accumulable_reduce<'scope>(
     let failures = view.clone();
     let args: Vec<Option<Expr>> = aggregates.iter().map(|aggregate| aggregate.arg.clone()).collect();
     let (input, map) = input;
-    let exploded: VecCollection<'scope, Time, Row, Accumulators> = input
+    let exploded: VecCollection<'scope, Time, HashedRow, Accumulators> = input
         .inner
         .flat_map(move |(row, time, diff)| {
             let row = match map.apply(row) {
@@ -851,7 +906,7 @@ fn render_accumulable_reduce<'scope>(
                         _ => Accumulator { count: 1, ..Accumulator::default() },
                     });
                 }
-                Ok((key, Accumulators { rows: 1, values }.multiply(&diff)))
+                Ok((HashedRow::new(key), Accumulators { rows: 1, values }.multiply(&diff)))
             });
             match evaluated {
                 Ok((key, accumulators)) => Some((key, time, accumulators)),
@@ -862,11 +917,12 @@ fn render_accumulable_reduce<'scope>(
             }
         })
         .as_collection();
-    exploded.count_core::<isize>().flat_map(move |(mut key, accumulators)| {
+    exploded.count_core::<isize>().flat_map(move |(key, accumulators)| {
         // A group whose rows are all retracted can keep float rounding residue: it is empty.
         if accumulators.rows == 0 {
             return None;
         }
+        let mut key = key.into_row();
         for (aggregate, value) in aggregates.iter().zip(&accumulators.values) {
             key.push(match aggregate.function {
                 AggregateFunction::Count => Value::Int(value.count),
@@ -936,7 +992,7 @@ fn render_rescan_reduce<'scope>(
         aggregates.iter().map(|aggregate| aggregate.arg.clone().unwrap_or(Expr::Literal(Value::Bool(true)))).collect();
     let failures = view.clone();
     let (input, map) = input;
-    let keyed: VecCollection<'scope, Time, (Row, Row), isize> = input
+    let keyed: VecCollection<'scope, Time, (HashedRow, Row), isize> = input
         .inner
         .flat_map(move |(row, time, diff)| {
             let evaluated = map.apply(row).and_then(|row| match row {
@@ -944,7 +1000,7 @@ fn render_rescan_reduce<'scope>(
                 None => Ok(None),
             });
             match evaluated {
-                Ok(Some((key, values))) => Some(((key, values), time, diff)),
+                Ok(Some((key, values))) => Some(((HashedRow::new(key), values), time, diff)),
                 Ok(None) => None,
                 Err(error) => {
                     failures.record_error(&error, diff);
@@ -962,7 +1018,8 @@ fn render_rescan_reduce<'scope>(
                 .collect();
             output.push((row, 1));
         })
-        .map(|(mut key, values)| {
+        .map(|(key, values)| {
+            let mut key = key.into_row();
             key.extend(values);
             key
         })

@@ -8,6 +8,7 @@ pub mod dataflow;
 pub mod expr;
 pub mod functions;
 pub mod gate;
+pub mod hashed_row;
 pub mod plan;
 pub mod value;
 

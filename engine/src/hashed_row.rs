@@ -1,0 +1,95 @@
+//! Rows carrying their hash, ordered by it: the record type of weft's arrangements.
+//!
+//! Differential dataflow sorts every update it arranges (joins, reductions, distinct, the
+//! tables and the views' outputs), and merges sorted runs again and again as batches grow. An
+//! arrangement needs *a* total order consistent with equality, not SQL's: comparing two rows
+//! value by value (enum dispatch, `memcmp` for text, and the next column whenever the first ties,
+//! as join keys usually do) made sorting the largest cost of a bulk load. A [`HashedRow`]
+//! computes a 64-bit hash once and compares by it first, so nearly every comparison is one
+//! integer comparison; rows are compared only when their hashes are equal. The same hash routes
+//! the row between workers, so exchanging does not hash it again.
+//!
+//! The hash is `foldhash` with a fixed seed: the same row has the same hash in every worker and
+//! every process of a cluster, which exchanging requires. Its order is not a persistent format.
+
+use crate::value::Row;
+use std::cmp::Ordering;
+use std::hash::{BuildHasher, Hash, Hasher};
+
+/// A row and its hash; ordered by hash, then by the row.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct HashedRow {
+    hash: u64,
+    row: Row,
+}
+
+impl HashedRow {
+    /// Hashes `row`.
+    pub fn new(row: Row) -> HashedRow {
+        let mut hasher = foldhash::quality::FixedState::with_seed(0x77ef7).build_hasher();
+        row.hash(&mut hasher);
+        HashedRow { hash: hasher.finish(), row }
+    }
+
+    /// The row.
+    pub fn row(&self) -> &Row {
+        &self.row
+    }
+
+    /// The row, giving up the hash.
+    pub fn into_row(self) -> Row {
+        self.row
+    }
+}
+
+impl PartialEq for HashedRow {
+    fn eq(&self, other: &HashedRow) -> bool {
+        self.hash == other.hash && self.row == other.row
+    }
+}
+
+impl Eq for HashedRow {}
+
+impl PartialOrd for HashedRow {
+    fn partial_cmp(&self, other: &HashedRow) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for HashedRow {
+    fn cmp(&self, other: &HashedRow) -> Ordering {
+        self.hash.cmp(&other.hash).then_with(|| self.row.cmp(&other.row))
+    }
+}
+
+impl Hash for HashedRow {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::Value;
+
+    #[test]
+    fn equal_rows_have_equal_hashes_and_order_is_total() {
+        let rows = [
+            vec![Value::Int(1), Value::Text("a".into())],
+            vec![Value::Int(1), Value::Text("b".into())],
+            vec![Value::Null],
+            vec![Value::float(-0.0)],
+            vec![Value::float(0.0)],
+        ];
+        let hashed: Vec<HashedRow> = rows.iter().cloned().map(HashedRow::new).collect();
+        assert_eq!(hashed[3], hashed[4], "-0.0 and 0.0 are one value");
+        assert_ne!(hashed[0], hashed[1]);
+        for left in &hashed {
+            for right in &hashed {
+                assert_eq!(left.cmp(right) == Ordering::Equal, left.row() == right.row());
+                assert_eq!(left.cmp(right), right.cmp(left).reverse());
+            }
+        }
+    }
+}
