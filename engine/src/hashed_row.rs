@@ -26,9 +26,7 @@ pub struct HashedRow {
 impl HashedRow {
     /// Hashes `row`.
     pub fn new(row: Row) -> HashedRow {
-        let mut hasher = foldhash::quality::FixedState::with_seed(0x77ef7).build_hasher();
-        row.hash(&mut hasher);
-        HashedRow { hash: hasher.finish(), row }
+        HashedRow { hash: foldhash::quality::FixedState::with_seed(0x77ef7).hash_one(&row), row }
     }
 
     /// The row.
