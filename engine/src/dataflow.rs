@@ -11,14 +11,15 @@
 //! the same, complete timestamp. This is the only module that names timely or differential types:
 //! the heavy generic code stays in one place.
 
+use crate::batcher::SortBatcher;
 use crate::expr::{eval_all, EvalError, Expr};
 use crate::hashed_row::HashedRow;
 use crate::plan::{Aggregate, AggregateFunction, JoinKind, Plan, RelationId, SortKey};
 use crate::value::{Row, Value};
 use differential_dataflow::difference::{IsZero, Multiply, Semigroup};
 use differential_dataflow::input::{Input, InputSession};
-use differential_dataflow::operators::arrange::TraceAgent;
-use differential_dataflow::trace::implementations::KeySpine;
+use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
+use differential_dataflow::trace::implementations::{KeyBuilder, KeySpine, ValBuilder, ValSpine};
 use differential_dataflow::trace::TraceReader;
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
@@ -38,6 +39,20 @@ pub type Time = u64;
 
 type Collection<'scope> = VecCollection<'scope, Time, Row, isize>;
 type RowTrace = TraceAgent<KeySpine<HashedRow, Time, isize>>;
+type PairTrace = TraceAgent<ValSpine<HashedRow, HashedRow, Time, isize>>;
+
+/// Arranges rows by themselves (tables and views), sorting with a [`SortBatcher`].
+fn arrange_rows(rows: VecCollection<'_, Time, HashedRow, isize>) -> Arranged<'_, RowTrace> {
+    rows.map(|row| (row, ()))
+        .arrange::<SortBatcher<HashedRow, (), isize, KeyBuilder<HashedRow, Time, isize>>, _>(SortBatcher::new)
+}
+
+/// Arranges `(key, row)` pairs by key (a join's sides), sorting with a [`SortBatcher`].
+fn arrange_pairs(pairs: VecCollection<'_, Time, (HashedRow, HashedRow), isize>) -> Arranged<'_, PairTrace> {
+    pairs.arrange::<SortBatcher<HashedRow, HashedRow, isize, ValBuilder<HashedRow, HashedRow, Time, isize>>, _>(
+        SortBatcher::new,
+    )
+}
 
 /// Errors of the engine itself.
 #[derive(Debug, thiserror::Error)]
@@ -373,7 +388,7 @@ fn run_worker(worker: &mut Worker, commands: Receiver<Command>, replies: Sender<
                 let dataflow = worker.next_dataflow_index();
                 let (mut input, trace, probe) = worker.dataflow::<Time, _, _>(|scope| {
                     let (input, rows) = scope.new_collection::<HashedRow, isize>();
-                    let arranged = rows.arrange_by_self();
+                    let arranged = arrange_rows(rows);
                     let (probe, _) = arranged.stream.clone().probe();
                     (input, arranged.trace, probe)
                 });
@@ -388,7 +403,7 @@ fn run_worker(worker: &mut Worker, commands: Receiver<Command>, replies: Sender<
                 let traces = &mut state.traces;
                 let (trace, probe) = worker.dataflow::<Time, _, _>(|scope| {
                     let output = render(&plan, scope, traces, &view);
-                    let arranged = output.map(HashedRow::new).arrange_by_self();
+                    let arranged = arrange_rows(output.map(HashedRow::new));
                     let mirror = view.clone();
                     let (probe, _) = arranged
                         .clone()
@@ -752,21 +767,22 @@ fn render_join<'scope>(
     }
     if let Some(columns) = spec.columns {
         let left_arity = spec.left_arity;
-        return left_keyed.join_map(right_keyed, move |_, left_row: &HashedRow, right_row: &HashedRow| {
+        return arrange_pairs(left_keyed).join_core(arrange_pairs(right_keyed), move |_, left_row, right_row| {
             let (left_row, right_row) = (left_row.row(), right_row.row());
-            columns
+            let row: Row = columns
                 .iter()
                 .map(|column| if *column < left_arity { &left_row[*column] } else { &right_row[column - left_arity] })
                 .cloned()
-                .collect()
+                .collect();
+            Some(row)
         });
     }
-    let mut joined = left_keyed.join_map(right_keyed, |_, left_row: &HashedRow, right_row: &HashedRow| {
+    let mut joined = arrange_pairs(left_keyed).join_core(arrange_pairs(right_keyed), |_, left_row, right_row| {
         let (left_row, right_row) = (left_row.row(), right_row.row());
         let mut row = Vec::with_capacity(left_row.len() + right_row.len());
         row.extend_from_slice(left_row);
         row.extend_from_slice(right_row);
-        row
+        Some(row)
     });
     if let Some(residual) = spec.residual {
         joined = evaluate(joined, view, move |row: Row| Ok(residual.eval_predicate(&row)?.then_some(row)));

@@ -60,6 +60,25 @@ impl Ord for HashedRow {
     }
 }
 
+/// Records whose order starts with a 64-bit hash they carry, so a sort can compare hashes
+/// before it compares records.
+pub trait Prehashed {
+    /// The hash the record's order compares first.
+    fn prehash(&self) -> u64;
+}
+
+impl Prehashed for HashedRow {
+    fn prehash(&self) -> u64 {
+        self.hash
+    }
+}
+
+impl Prehashed for () {
+    fn prehash(&self) -> u64 {
+        0
+    }
+}
+
 impl Hash for HashedRow {
     fn hash<H: Hasher>(&self, state: &mut H) {
         state.write_u64(self.hash);

@@ -3,6 +3,7 @@
 //!
 //! The engine knows nothing of SQL text or DataFusion: `weft-sql` hands it [`plan::Plan`]s.
 
+pub mod batcher;
 pub mod content;
 pub mod dataflow;
 pub mod expr;
