@@ -18,12 +18,15 @@ use differential_dataflow::logging::Logger;
 use std::marker::PhantomData;
 use timely::progress::frontier::{Antichain, AntichainRef};
 
+/// One update of an arrangement: `((key, value), time, diff)`.
+type Update<K, V, R> = ((K, V), Time, R);
+
 /// A [`Batcher`] of `((key, value), time, diff)` updates that sorts at extraction; `S` builds the
 /// batch from the sorted, consolidated updates.
 pub struct SortBatcher<K, V, R, S> {
     /// The containers as they arrived (kept whole: appending them to one vector as they come
     /// would copy every update again each time the vector doubles).
-    chunks: Vec<Vec<((K, V), Time, R)>>,
+    chunks: Vec<Vec<Update<K, V, R>>>,
     frontier: Antichain<Time>,
     sealer: PhantomData<S>,
 }
