@@ -5,9 +5,10 @@
 //! queries read tables through DataFusion. Views' contents live in the engine's [`ViewState`].
 
 use datafusion::arrow::datatypes::SchemaRef;
-use std::collections::HashMap;
+use hashbrown::hash_table::{Entry, HashTable};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, RwLock};
-use weft_engine::{ColumnType, Plan, RelationId, Row, ViewState};
+use weft_engine::{ColumnType, Plan, RelationId, Row, Value, ViewState};
 use weft_sql::RowSource;
 
 /// A table or a view.
@@ -45,26 +46,48 @@ impl Relation {
     }
 }
 
-/// The rows of one table. Rows are indexed by their primary key, or by the whole row (with a
-/// count of copies) when the table has no primary key.
+/// The rows of one table, indexed by their primary key, or by the whole row (with a count of
+/// copies) when the table has no primary key. The index hashes the key columns of the stored
+/// row itself, so a row is kept once, without a separate copy of its key.
 #[derive(Debug)]
 pub struct TableData {
     pub primary_key: Option<Vec<usize>>,
-    rows: RwLock<HashMap<Row, (Row, usize), ahash::RandomState>>,
+    rows: RwLock<HashTable<(Row, usize)>>,
+    hasher: ahash::RandomState,
 }
 
 impl TableData {
     /// An empty table.
     pub fn new(primary_key: Option<Vec<usize>>) -> TableData {
-        TableData { primary_key, rows: RwLock::new(HashMap::default()) }
+        TableData { primary_key, rows: RwLock::new(HashTable::new()), hasher: ahash::RandomState::new() }
     }
 
     /// The index key of a row.
-    pub fn key(&self, row: &[weft_engine::Value]) -> Row {
-        match &self.primary_key {
-            Some(columns) => columns.iter().map(|column| row[*column].clone()).collect(),
-            None => row.to_vec(),
+    pub fn key(&self, row: &[Value]) -> Row {
+        self.key_values(row).cloned().collect()
+    }
+
+    /// The values of a row's index key, in key order.
+    fn key_values<'a>(&'a self, row: &'a [Value]) -> impl Iterator<Item = &'a Value> + 'a {
+        let (columns, whole_row): (&[usize], &[Value]) = match &self.primary_key {
+            Some(columns) => (columns, &[]),
+            None => (&[], row),
+        };
+        columns.iter().map(move |column| &row[*column]).chain(whole_row)
+    }
+
+    /// The hash of an index key given by its values.
+    fn hash_key<'a>(&self, key: impl Iterator<Item = &'a Value>) -> u64 {
+        let mut hasher = self.hasher.build_hasher();
+        for value in key {
+            value.hash(&mut hasher);
         }
+        hasher.finish()
+    }
+
+    /// Whether stored `row` has index key `key`.
+    fn has_key(&self, row: &[Value], key: &[Value]) -> bool {
+        self.key_values(row).eq(key.iter())
     }
 
     /// Adds (`diff > 0`) or removes (`diff < 0`) `diff.abs()` copies of `row`. Fails, changing
@@ -81,7 +104,7 @@ impl TableData {
         changes: impl ExactSizeIterator<Item = (&'a Row, i64)> + Clone,
     ) -> Result<(), (usize, String)> {
         let mut rows = self.rows.write().expect("table lock");
-        rows.reserve(changes.len());
+        rows.reserve(changes.len(), |(row, _)| self.hash_key(self.key_values(row)));
         for (index, (row, diff)) in changes.clone().enumerate() {
             if let Err(message) = self.apply_locked(&mut rows, row, diff) {
                 for (row, diff) in changes.take(index).collect::<Vec<_>>().into_iter().rev() {
@@ -93,31 +116,28 @@ impl TableData {
         Ok(())
     }
 
-    fn apply_locked(
-        &self,
-        rows: &mut HashMap<Row, (Row, usize), ahash::RandomState>,
-        row: &Row,
-        diff: i64,
-    ) -> Result<(), String> {
-        let key = self.key(row);
+    fn apply_locked(&self, rows: &mut HashTable<(Row, usize)>, row: &Row, diff: i64) -> Result<(), String> {
+        let hash = self.hash_key(self.key_values(row));
+        let same_key = |(stored, _): &(Row, usize)| self.key_values(stored).eq(self.key_values(row));
+        let rehash = |(stored, _): &(Row, usize)| self.hash_key(self.key_values(stored));
         if diff > 0 {
-            match rows.get_mut(&key) {
-                Some(_) if self.primary_key.is_some() => {
-                    let shown: Vec<String> = key.iter().map(|value| value.to_string()).collect();
+            match rows.entry(hash, same_key, rehash) {
+                Entry::Occupied(_) if self.primary_key.is_some() => {
+                    let shown: Vec<String> = self.key_values(row).map(|value| value.to_string()).collect();
                     return Err(format!("duplicate primary key ({})", shown.join(", ")));
                 }
-                Some((_, count)) => *count += diff as usize,
-                None => {
-                    rows.insert(key, (row.clone(), diff as usize));
+                Entry::Occupied(mut entry) => entry.get_mut().1 += diff as usize,
+                Entry::Vacant(entry) => {
+                    entry.insert((row.clone(), diff as usize));
                 }
             }
         } else if diff < 0 {
             let removed = diff.unsigned_abs() as usize;
-            match rows.get_mut(&key) {
-                Some((existing, count)) if existing == row && *count >= removed => {
-                    *count -= removed;
-                    if *count == 0 {
-                        rows.remove(&key);
+            match rows.find_entry(hash, same_key) {
+                Ok(mut entry) if entry.get().0 == *row && entry.get().1 >= removed => {
+                    entry.get_mut().1 -= removed;
+                    if entry.get().1 == 0 {
+                        entry.remove();
                     }
                 }
                 _ => return Err("row to delete is not in the table".to_string()),
@@ -128,12 +148,14 @@ impl TableData {
 
     /// The row with primary key `key`, if any.
     pub fn get(&self, key: &Row) -> Option<Row> {
-        self.rows.read().expect("table lock").get(key).map(|(row, _)| row.clone())
+        let hash = self.hash_key(key.iter());
+        let rows = self.rows.read().expect("table lock");
+        rows.find(hash, |(stored, _)| self.has_key(stored, key)).map(|(row, _)| row.clone())
     }
 
     /// Calls `visit` with every distinct row and its number of copies.
     pub fn for_each(&self, mut visit: impl FnMut(&Row, usize)) {
-        for (row, count) in self.rows.read().expect("table lock").values() {
+        for (row, count) in self.rows.read().expect("table lock").iter() {
             visit(row, *count);
         }
     }
@@ -147,7 +169,7 @@ impl TableData {
 
     /// Number of rows, duplicates included.
     pub fn len(&self) -> usize {
-        self.rows.read().expect("table lock").values().map(|(_, count)| count).sum()
+        self.rows.read().expect("table lock").iter().map(|(_, count)| count).sum()
     }
 
     /// Whether the table has no rows.
