@@ -20,7 +20,7 @@ use differential_dataflow::difference::{IsZero, Multiply, Semigroup};
 use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::trace::implementations::{KeyBuilder, KeySpine, ValBuilder, ValSpine};
-use differential_dataflow::trace::TraceReader;
+use differential_dataflow::trace::{Cursor, Navigable, TraceReader};
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use timely::dataflow::operators::vec::Map;
-use timely::dataflow::operators::{Probe, ToStream};
+use timely::dataflow::operators::{Inspect, Probe, ToStream};
 use timely::dataflow::{ProbeHandle, Scope};
 use timely::progress::frontier::AntichainRef;
 use timely::worker::Worker;
@@ -40,6 +40,24 @@ pub type Time = u64;
 type Collection<'scope> = VecCollection<'scope, Time, Row, isize>;
 type RowTrace = TraceAgent<KeySpine<HashedRow, Time, isize>>;
 type PairTrace = TraceAgent<ValSpine<HashedRow, HashedRow, Time, isize>>;
+
+/// The rows of a batch of a rows arrangement, each with its total change in the batch.
+fn batch_updates(batch: &<RowTrace as TraceReader>::Batch) -> Vec<(&Row, isize)> {
+    let mut cursor = batch.cursor();
+    let mut updates = Vec::new();
+    while let Some(row) = cursor.get_key(batch) {
+        let mut total = 0;
+        while cursor.get_val(batch).is_some() {
+            cursor.map_times(batch, |_, diff| total += *diff);
+            cursor.step_val(batch);
+        }
+        if total != 0 {
+            updates.push((row.row(), total));
+        }
+        cursor.step_key(batch);
+    }
+    updates
+}
 
 /// Arranges rows by themselves (tables and views), sorting with a [`SortBatcher`].
 fn arrange_rows(rows: VecCollection<'_, Time, HashedRow, isize>) -> Arranged<'_, RowTrace> {
@@ -159,18 +177,24 @@ impl ViewState {
     }
 
     /// Applies a batch of the workers' output to the readable rows (and the pending changes).
-    fn apply(&self, updates: &[(Row, Time, isize)]) {
+    fn apply<'a>(&self, updates: impl Iterator<Item = (&'a Row, isize)>) {
         let mut rows = self.rows.lock().expect("rows lock");
         let subscribed = self.subscribed.load(AtomicOrdering::SeqCst);
         let mut pending = subscribed.then(|| self.pending.lock().expect("pending lock"));
-        for (row, _, diff) in updates {
-            let count = rows.entry(row.clone()).or_insert(0);
-            *count += diff;
-            if *count == 0 {
-                rows.remove(row);
+        for (row, diff) in updates {
+            match rows.get_mut(row) {
+                Some(count) => {
+                    *count += diff;
+                    if *count == 0 {
+                        rows.remove(row);
+                    }
+                }
+                None => {
+                    rows.insert(row.clone(), diff);
+                }
             }
             if let Some(pending) = pending.as_mut() {
-                pending.push((row.clone(), *diff));
+                pending.push((row.clone(), diff));
             }
         }
     }
@@ -405,10 +429,17 @@ fn run_worker(worker: &mut Worker, commands: Receiver<Command>, replies: Sender<
                     let output = render(&plan, scope, traces, &view);
                     let arranged = arrange_rows(output.map(HashedRow::new));
                     let mirror = view.clone();
+                    // The mirror reads the output's batches directly: one operator, no copies.
                     let (probe, _) = arranged
+                        .stream
                         .clone()
-                        .as_collection(|row: &HashedRow, _| row.row().clone())
-                        .inspect_batch(move |_, updates| mirror.apply(updates))
+                        .inspect_core(move |event| {
+                            if let Ok((_, batches)) = event {
+                                for batch in batches.iter().filter_map(|span| span.inner.as_ref()) {
+                                    mirror.apply(batch_updates(batch).into_iter());
+                                }
+                            }
+                        })
                         .probe();
                     (arranged.trace, probe)
                 });
