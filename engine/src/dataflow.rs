@@ -526,27 +526,7 @@ fn render<'scope>(
             .as_collection(|row: &HashedRow, _| row.row().clone()),
         Plan::Constant { rows, .. } => constant(scope, rows.clone()),
         Plan::Project { .. } | Plan::Filter { .. } => apply_map(&render_mapped(plan, scope, traces, view), view),
-        Plan::Join { left, right, kind, left_keys, right_keys, nulls_equal, residual } => {
-            let left_arity = left.arity();
-            let right_arity = right.arity();
-            let left = render_mapped(left, scope, traces, view);
-            let right = render_mapped(right, scope, traces, view);
-            render_join(
-                left,
-                right,
-                JoinSpec {
-                    kind: *kind,
-                    left_keys: left_keys.clone(),
-                    right_keys: right_keys.clone(),
-                    nulls_equal: *nulls_equal,
-                    residual: residual.clone(),
-                    left_arity,
-                    right_arity,
-                    columns: None,
-                },
-                view,
-            )
-        }
+        Plan::Join { .. } => render_join_plan(plan, None, scope, traces, view),
         Plan::Reduce { input, group, aggregates } => {
             let input = render_mapped(input, scope, traces, view);
             let output = if plan.accumulable() {
@@ -607,8 +587,7 @@ fn render_mapped<'scope>(
     view: &Arc<ViewState>,
 ) -> Mapped<'scope> {
     let (base, mut map) = peel(plan);
-    if let Plan::Join { left, right, kind: JoinKind::Inner, left_keys, right_keys, nulls_equal, residual: None } = base
-    {
+    if let Plan::Join { kind: JoinKind::Inner, residual: None, .. } = base {
         let columns = match map.steps.first() {
             Some(Step::Select(columns)) => Some(columns.clone()),
             Some(Step::Project(exprs)) => {
@@ -618,22 +597,36 @@ fn render_mapped<'scope>(
         };
         if let Some(columns) = columns {
             map.steps.remove(0);
-            let spec = JoinSpec {
-                kind: JoinKind::Inner,
-                left_keys: left_keys.clone(),
-                right_keys: right_keys.clone(),
-                nulls_equal: *nulls_equal,
-                residual: None,
-                left_arity: left.arity(),
-                right_arity: right.arity(),
-                columns: Some(columns),
-            };
-            let left = render_mapped(left, scope, traces, view);
-            let right = render_mapped(right, scope, traces, view);
-            return (render_join(left, right, spec, view), map);
+            return (render_join_plan(base, Some(columns), scope, traces, view), map);
         }
     }
     (render(base, scope, traces, view), map)
+}
+
+/// Renders a `Plan::Join`, building only `columns` of its rows if given (see [`JoinSpec`]).
+fn render_join_plan<'scope>(
+    plan: &Plan,
+    columns: Option<Vec<usize>>,
+    scope: Scope<'scope, Time>,
+    traces: &mut HashMap<RelationId, RowTrace>,
+    view: &Arc<ViewState>,
+) -> Collection<'scope> {
+    let Plan::Join { left, right, kind, left_keys, right_keys, nulls_equal, residual } = plan else {
+        unreachable!("render_join_plan renders joins only")
+    };
+    let spec = JoinSpec {
+        kind: *kind,
+        left_keys: left_keys.clone(),
+        right_keys: right_keys.clone(),
+        nulls_equal: *nulls_equal,
+        residual: residual.clone(),
+        left_arity: left.arity(),
+        right_arity: right.arity(),
+        columns,
+    };
+    let left = render_mapped(left, scope, traces, view);
+    let right = render_mapped(right, scope, traces, view);
+    render_join(left, right, spec, view)
 }
 
 /// One step of a [`RowMap`].
