@@ -451,13 +451,13 @@ fn file_sources_and_sinks_follow_changes_exactly_once_across_restarts() {
     assert_eq!(database.wait_for_effects(Duration::from_secs(30)), 0);
     assert_eq!(folded_jsonl(), expected_rows(&mut database));
     // The Parquet sink holds the current contents; reading it back gives the view.
-    database
-        .execute(&format!(
-            "CREATE TABLE from_parquet (user TEXT, total BIGINT); COPY from_parquet FROM '{}'",
-            output.join("totals.parquet").display()
-        ))
-        .unwrap();
-    assert_eq!(view_text(&mut database, "SELECT user, total FROM from_parquet"), expected_rows(&mut database));
+    let parquet = output.join("totals.parquet");
+    let read_back_parquet = |database: &mut Database| {
+        database.execute(&format!("DELETE FROM from_parquet; COPY from_parquet FROM '{}'", parquet.display())).unwrap();
+        view_text(database, "SELECT user, total FROM from_parquet")
+    };
+    database.execute("CREATE TABLE from_parquet (user TEXT, total BIGINT)").unwrap();
+    assert_eq!(read_back_parquet(&mut database), expected_rows(&mut database));
     // Sinks created again on the same files start them over, exactly once again.
     database.execute("DROP SINK totals_jsonl; DROP SINK totals_parquet").unwrap();
     database
@@ -465,18 +465,12 @@ fn file_sources_and_sinks_follow_changes_exactly_once_across_restarts() {
             "CREATE SINK totals_jsonl FROM totals INTO files('{}') KEY (user);
              CREATE SINK totals_parquet FROM totals INTO files('{}');",
             jsonl_out.display(),
-            output.join("totals.parquet").display()
+            parquet.display()
         ))
         .unwrap();
     assert_eq!(database.wait_for_effects(Duration::from_secs(30)), 0);
     assert_eq!(folded_jsonl(), expected_rows(&mut database));
-    database
-        .execute(&format!(
-            "DELETE FROM from_parquet; COPY from_parquet FROM '{}'",
-            output.join("totals.parquet").display()
-        ))
-        .unwrap();
-    assert_eq!(view_text(&mut database, "SELECT user, total FROM from_parquet"), expected_rows(&mut database));
+    assert_eq!(read_back_parquet(&mut database), expected_rows(&mut database));
     // A source's table cannot be written by statements.
     let error = database.execute("INSERT INTO clicks VALUES ('x', 1)").unwrap_err().to_string();
     assert!(error.contains("filled by source clicks"), "{error}");
