@@ -12,9 +12,7 @@ mod reading;
 
 use crate::catalog::{Relation, RelationKind, TableData, ViewSource};
 use crate::fastpath;
-use crate::functions::{
-    FunctionCatalog, FunctionDefinition, FunctionStatement, Memo, ReceiptProof, StoredReceipt, WasmFunction,
-};
+use crate::functions::{FunctionCatalog, FunctionDefinition, FunctionStatement, Memo, StoredReceipt, WasmFunction};
 use crate::identity::Identity;
 use crate::server::catalog::{ListedRelation, Listing};
 use crate::wal::{Record, Wal, WalError};
@@ -139,7 +137,7 @@ pub struct Database {
     function_ids: HashMap<String, weft_engine::functions::FunctionId>,
     /// Invocations whose receipts calls inside views and queries issued (in the memo), not yet
     /// signed and logged.
-    issued: Arc<Mutex<Vec<weft_engine::content::Cid>>>,
+    issued: Arc<Mutex<Vec<u32>>>,
     /// Held by the open transaction from its first change until it commits or rolls back.
     gate: Arc<Gate>,
     writing: bool,
@@ -162,7 +160,7 @@ pub struct Database {
 pub struct Reader {
     planner: Planner,
     gate: Arc<Gate>,
-    issued: Arc<Mutex<Vec<weft_engine::content::Cid>>>,
+    issued: Arc<Mutex<Vec<u32>>>,
 }
 
 impl Reader {
@@ -335,10 +333,14 @@ impl Database {
         let frames = records.len();
         // Receipts first: rebuilding views must find every call already in the memo.
         let (receipts, records): (Vec<Record>, Vec<Record>) =
-            records.into_iter().partition(|record| matches!(record, Record::Receipt { .. }));
+            records.into_iter().partition(|record| matches!(record, Record::Receipt { .. } | Record::Receipts(_)));
         for record in receipts {
-            if let Record::Receipt { invocation, receipt, proof, first_seen_ns, worker } = record {
-                self.memo_mut().insert(StoredReceipt::decode(&invocation, &receipt, proof, first_seen_ns, worker)?);
+            match record {
+                Record::Receipt { invocation, receipt, proof, first_seen_ns, worker } => {
+                    self.memo_mut().replay_single(&invocation, &receipt, proof, first_seen_ns, worker)?
+                }
+                Record::Receipts(batch) => self.memo_mut().replay_batch(batch)?,
+                _ => {}
             }
         }
         // Consecutive commits are applied to the engine as one timestamp: restart cost is then
@@ -363,7 +365,7 @@ impl Database {
                     self.install_view(id, name, &query, sql, None)?;
                 }
                 Record::Drop { id } => self.uninstall(id)?,
-                Record::Receipt { .. } => {}
+                Record::Receipt { .. } | Record::Receipts(_) => {}
                 Record::CreateFunction { definition } => self.install_function(definition)?,
                 Record::DropFunction { name } => self.uninstall_function(&name)?,
                 Record::CreateSink { definition } => {
@@ -458,18 +460,7 @@ impl Database {
         for sink in self.sinks.values() {
             records.push(Record::CreateSink { definition: sink.definition.clone() });
         }
-        // Receipts signed in one batch get their proofs from one pass over it.
-        let mut batch_proofs: HashMap<*const crate::identity::SignedBatch, Vec<crate::identity::Proof>> =
-            HashMap::new();
-        for stored in self.memo.read().expect("memo lock").receipts() {
-            let proof = match &stored.proof {
-                Some(ReceiptProof::InBatch { batch, index }) => {
-                    batch_proofs.entry(Arc::as_ptr(batch)).or_insert_with(|| batch.proofs())[*index as usize].clone()
-                }
-                _ => stored.signed_proof()?,
-            };
-            records.push(stored.record_with(proof)?);
-        }
+        records.extend(self.memo.read().expect("memo lock").snapshot_records()?);
         self.wal.rewrite(&records)?;
         Ok(())
     }
@@ -493,11 +484,10 @@ impl Database {
         let module = self.runtime.load(source)?;
         let invocation = weft_wasm::Runtime::invocation(&module, function, &args);
         let invocation_cid = invocation.cid()?;
-        let recorded = self.memo.read().expect("memo lock").recall(&invocation_cid).cloned();
+        let recorded = self.memo.read().expect("memo lock").recall(&invocation_cid);
         if let Some(stored) = recorded {
             return Ok(Invoked { stored, hit: true });
         }
-        self.memo.read().expect("memo lock").count_miss();
         let params = args.iter().map(|arg| arg.column_type().unwrap_or(ColumnType::BigInt)).collect();
         let result =
             returns.or_else(|| weft_wasm::Runtime::result_type(&module, function)).unwrap_or(ColumnType::BigInt);
@@ -506,17 +496,35 @@ impl Database {
             Ok(output) => (Outcome::Ok(output.value), output.fuel, output.duration_us),
             Err(error) => (Outcome::Error(error.to_string()), 0, 0),
         };
+        // Checks the receipt encodes (DAG-CBOR has no NaN or infinity) before recording it.
         let receipt = Receipt { ran: invocation_cid, out, fuel, duration_us, issuer: self.identity.did().to_string() };
-        let stored = StoredReceipt::issue(invocation, receipt)?;
-        self.memo_mut().insert(stored);
-        self.sign_and_log(&[invocation_cid])?;
-        let stored = self.memo.read().expect("memo lock").get(&invocation_cid).cloned().expect("just recorded");
+        receipt.encode()?;
+        let index = {
+            let mut memo = self.memo_mut();
+            memo.count_miss();
+            let entry = crate::functions::Entry {
+                invocation: weft_engine::content::digest_of(&invocation_cid).expect("invocation CIDs are sha3-256"),
+                receipt: None,
+                function: memo.function_index(module.cid, function),
+                args: invocation.args.into_boxed_slice(),
+                out: receipt.out,
+                fuel,
+                duration_us,
+                first_seen_ns: crate::functions::now_ns(),
+                worker: 0,
+                issuer: memo.issuer_index(self.identity.did()),
+                proof: None,
+            };
+            memo.record(entry)
+        };
+        self.sign_and_log(&[index])?;
+        let stored = self.memo.read().expect("memo lock").stored(index);
         Ok(Invoked { stored, hit: false })
     }
 
     /// A receipt by its CID.
     pub fn receipt(&self, cid: &weft_engine::content::Cid) -> Option<StoredReceipt> {
-        self.memo.read().expect("memo lock").receipt(cid).cloned()
+        self.memo.read().expect("memo lock").receipt(cid)
     }
 
     fn memo_mut(&self) -> std::sync::RwLockWriteGuard<'_, Memo> {
@@ -723,13 +731,18 @@ impl Database {
             return catalog_error(format!("module has no exported function {} returning one value", definition.export));
         }
         let template = weft_engine::content::InvocationTemplate::new(module.cid, &definition.export)?;
+        let (function_index, issuer_index) = {
+            let mut memo = self.memo_mut();
+            (memo.function_index(module.cid, &definition.export), memo.issuer_index(self.identity.did()))
+        };
         let callable = Arc::new(WasmFunction {
+            function_index,
+            issuer_index,
             template,
             definition: definition.clone(),
             module,
             runtime: self.runtime.clone(),
             memo: self.memo.clone(),
-            identity: self.identity.clone(),
             issued: self.issued.clone(),
             running: Mutex::new(()),
             recent: RwLock::default(),
@@ -766,39 +779,11 @@ impl Database {
         Ok(())
     }
 
-    /// Signs the receipts of `invocations` (in the memo) with one signature over their Merkle
-    /// root, attaches the proofs in the memo and appends the receipts to the log, a few
-    /// thousand per frame (the memo holds the only copy of each receipt meanwhile).
-    fn sign_and_log(&mut self, invocations: &[weft_engine::content::Cid]) -> Result<(), Error> {
-        const RECEIPTS_PER_FRAME_BATCH: usize = 4096;
-        let leaves: Vec<Vec<u8>> = {
-            let memo = self.memo.read().expect("memo lock");
-            invocations
-                .iter()
-                .filter_map(|invocation| memo.get(invocation))
-                .map(|stored| stored.cid.to_bytes())
-                .collect()
-        };
-        let Some((batch, proofs)) = self.identity.sign_leaves(&leaves) else { return Ok(()) };
-        let mut proofs = proofs.into_iter();
-        let mut index: u32 = 0;
-        for chunk in invocations.chunks(RECEIPTS_PER_FRAME_BATCH) {
-            let records = {
-                let mut memo = self.memo_mut();
-                let mut records = Vec::with_capacity(chunk.len());
-                for invocation in chunk {
-                    if memo.get(invocation).is_none() {
-                        continue;
-                    }
-                    let proof = proofs.next().expect("one proof per receipt");
-                    memo.set_proof(invocation, ReceiptProof::InBatch { batch: batch.clone(), index });
-                    index += 1;
-                    records.push(memo.get(invocation).expect("present").record_with(proof)?);
-                }
-                records
-            };
-            self.wal.append(&records)?;
-        }
+    /// Signs the receipts of memo entries `indices`, a batch at a time (see [`Memo::sign`]),
+    /// and appends them to the log.
+    fn sign_and_log(&mut self, indices: &[u32]) -> Result<(), Error> {
+        let records = Memo::sign(&self.memo, &self.identity, indices)?;
+        self.wal.append(&records)?;
         Ok(())
     }
 

@@ -12,13 +12,14 @@ use ipld_core::ipld::Ipld;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use weft_engine::content::{self, ContentError, Invocation, Outcome, Receipt};
+use weft_engine::content::{self, ContentError, Digest, Invocation, Outcome, Receipt};
 use weft_engine::Value;
 use weft_engine::{ColumnType, Row};
 use weft_sql::{RelationProvider, RowSource};
 
-/// A receipt as stored: its CID, its decoded form, its DAG-CBOR bytes and, once the statement
-/// that issued it ends, the node's signature proof.
+/// A receipt as a caller sees it: its CID, its decoded form, its DAG-CBOR bytes, its invocation
+/// and, once the statement that issued it ends, the node's signature proof. Built on demand
+/// from the memo's compact [`Entry`].
 #[derive(Clone, Debug)]
 pub struct StoredReceipt {
     pub cid: Cid,
@@ -32,8 +33,8 @@ pub struct StoredReceipt {
     pub worker: u32,
 }
 
-/// A receipt's signature proof: its own (as read from the log), or its place in a batch signed
-/// by this process (the path is rebuilt from the batch when needed).
+/// A receipt's signature proof: its own (as read from a log written before receipts were
+/// logged in signed batches), or its place in a signed batch.
 #[derive(Clone, Debug)]
 pub enum ReceiptProof {
     /// A complete proof.
@@ -53,28 +54,6 @@ impl ReceiptProof {
 }
 
 impl StoredReceipt {
-    /// Builds and addresses the receipt of `invocation` (signed later, in a batch).
-    pub fn issue(invocation: Invocation, receipt: Receipt) -> Result<StoredReceipt, ContentError> {
-        let encoded = receipt.encode()?;
-        let cid = content::dag_cbor_cid(&encoded);
-        let first_seen_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_nanos() as i64);
-        let worker = weft_engine::dataflow::current_worker().unwrap_or(0) as u32;
-        Ok(StoredReceipt { cid, receipt, invocation, encoded, proof: None, first_seen_ns, worker })
-    }
-
-    /// The log record of this receipt, with its complete `proof`.
-    pub fn record_with(&self, proof: Proof) -> Result<Record, ContentError> {
-        Ok(Record::Receipt {
-            invocation: self.invocation.encode()?,
-            receipt: self.encoded.clone(),
-            proof,
-            first_seen_ns: self.first_seen_ns,
-            worker: self.worker,
-        })
-    }
-
     /// The complete proof, if the receipt is signed.
     pub fn signed_proof(&self) -> Result<Proof, ContentError> {
         self.proof
@@ -82,34 +61,52 @@ impl StoredReceipt {
             .map(ReceiptProof::proof)
             .ok_or_else(|| ContentError::Encoding("receipt is not signed yet".into()))
     }
-
-    /// Rebuilds a stored receipt from its logged bytes.
-    pub fn decode(
-        invocation: &[u8],
-        receipt: &[u8],
-        proof: Proof,
-        first_seen_ns: i64,
-        worker: u32,
-    ) -> Result<StoredReceipt, ContentError> {
-        let invocation = Invocation::from_ipld(&content::decode(invocation)?)?;
-        let decoded = Receipt::from_ipld(&content::decode(receipt)?)?;
-        Ok(StoredReceipt {
-            cid: content::dag_cbor_cid(receipt),
-            receipt: decoded,
-            invocation,
-            encoded: receipt.to_vec(),
-            proof: Some(ReceiptProof::Own(Box::new(proof))),
-            first_seen_ns,
-            worker,
-        })
-    }
 }
 
-/// Every receipt this node holds, by invocation and by receipt CID, with hit and miss counts.
+/// Nanoseconds since the epoch, now.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_nanos() as i64)
+}
+
+/// What the memo keeps of one invocation and its receipt: the two digests (the CIDs' only
+/// variable part), the call, its outcome and metadata. The receipt's bytes are not kept: they
+/// are canonical, so they are written again whenever someone asks for them.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The invocation CID's digest: the memo key.
+    pub invocation: Digest,
+    /// The receipt CID's digest, once the receipt is signed (computed with its signature, off
+    /// the call path).
+    pub receipt: Option<Digest>,
+    /// Index of the module and export in [`Memo::functions`].
+    pub function: u32,
+    pub args: Box<[Value]>,
+    pub out: Outcome,
+    pub fuel: u64,
+    pub duration_us: u64,
+    pub first_seen_ns: i64,
+    pub worker: u32,
+    /// Index of the issuer's did in [`Memo::issuers`].
+    pub issuer: u32,
+    pub proof: Option<ReceiptProof>,
+}
+
+/// A memo hash table's hash of a digest: its first eight bytes (digests are uniform).
+fn digest_hash(digest: &Digest) -> u64 {
+    u64::from_le_bytes(digest[..8].try_into().expect("eight bytes"))
+}
+
+/// Every receipt this node holds, indexed by invocation and by receipt digest, with hit and
+/// miss counts. Entries are only ever appended: an entry's index names it for good.
 #[derive(Default)]
 pub struct Memo {
-    by_invocation: HashMap<Cid, StoredReceipt>,
-    invocation_of_receipt: HashMap<Cid, Cid>,
+    entries: Vec<Entry>,
+    by_invocation: hashbrown::HashTable<u32>,
+    by_receipt: hashbrown::HashTable<u32>,
+    /// `(module CID, export)` of the functions entries call.
+    functions: Vec<(Cid, String)>,
+    /// Dids of the nodes that issued receipts (this node's, and any found in an old log).
+    issuers: Vec<String>,
     /// Calls answered from a recorded receipt.
     pub hits: AtomicU64,
     /// Calls that ran.
@@ -117,18 +114,62 @@ pub struct Memo {
 }
 
 impl Memo {
-    /// A receipt by its own CID.
-    pub fn receipt(&self, cid: &Cid) -> Option<&StoredReceipt> {
-        self.by_invocation.get(self.invocation_of_receipt.get(cid)?)
+    /// The index of function `export` of `module`, added if new.
+    pub fn function_index(&mut self, module: Cid, export: &str) -> u32 {
+        match self.functions.iter().position(|(cid, name)| *cid == module && name == export) {
+            Some(index) => index as u32,
+            None => {
+                self.functions.push((module, export.to_string()));
+                (self.functions.len() - 1) as u32
+            }
+        }
+    }
+
+    /// The index of issuer `did`, added if new.
+    pub fn issuer_index(&mut self, did: &str) -> u32 {
+        match self.issuers.iter().position(|issuer| issuer == did) {
+            Some(index) => index as u32,
+            None => {
+                self.issuers.push(did.to_string());
+                (self.issuers.len() - 1) as u32
+            }
+        }
+    }
+
+    fn find_invocation(&self, digest: &Digest) -> Option<u32> {
+        self.by_invocation
+            .find(digest_hash(digest), |index| self.entries[*index as usize].invocation == *digest)
+            .copied()
+    }
+
+    fn find_receipt(&self, digest: &Digest) -> Option<u32> {
+        self.by_receipt
+            .find(digest_hash(digest), |index| self.entries[*index as usize].receipt.as_ref() == Some(digest))
+            .copied()
+    }
+
+    /// The recorded outcome of the invocation with `digest`, counted as a memo hit.
+    pub fn recall_outcome(&self, digest: &Digest) -> Option<&Outcome> {
+        let index = self.find_invocation(digest)?;
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(&self.entries[index as usize].out)
     }
 
     /// The recorded receipt of an invocation, counted as a memo hit when there is one.
-    pub fn recall(&self, invocation: &Cid) -> Option<&StoredReceipt> {
-        let found = self.by_invocation.get(invocation);
-        if found.is_some() {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-        }
-        found
+    pub fn recall(&self, invocation: &Cid) -> Option<StoredReceipt> {
+        let index = self.find_invocation(&content::digest_of(invocation)?)?;
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(self.stored(index))
+    }
+
+    /// The recorded receipt of an invocation (not counted as a hit).
+    pub fn get(&self, invocation: &Cid) -> Option<StoredReceipt> {
+        Some(self.stored(self.find_invocation(&content::digest_of(invocation)?)?))
+    }
+
+    /// A receipt by its own CID.
+    pub fn receipt(&self, cid: &Cid) -> Option<StoredReceipt> {
+        Some(self.stored(self.find_receipt(&content::digest_of(cid)?)?))
     }
 
     /// Counts a call that had to run.
@@ -136,28 +177,311 @@ impl Memo {
         self.misses.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Attaches the signature proof to the receipt of `invocation`.
-    pub fn set_proof(&mut self, invocation: &Cid, proof: ReceiptProof) {
-        if let Some(stored) = self.by_invocation.get_mut(invocation) {
-            stored.proof = Some(proof);
+    /// Records an entry, returning its index (the existing entry's, if the invocation is
+    /// already recorded: receipts are facts, the first one stays).
+    pub fn record(&mut self, entry: Entry) -> u32 {
+        if let Some(index) = self.find_invocation(&entry.invocation) {
+            return index;
+        }
+        let index = self.entries.len() as u32;
+        let hash = digest_hash(&entry.invocation);
+        let entries = &self.entries;
+        self.by_invocation.insert_unique(hash, index, |other| digest_hash(&entries[*other as usize].invocation));
+        let receipt = entry.receipt;
+        self.entries.push(entry);
+        if let Some(receipt) = receipt {
+            self.set_receipt(index, receipt, None);
+        }
+        index
+    }
+
+    /// Records the receipt digest of entry `index` (and its proof, if given).
+    fn set_receipt(&mut self, index: u32, receipt: Digest, proof: Option<ReceiptProof>) {
+        let entry = &mut self.entries[index as usize];
+        if proof.is_some() {
+            entry.proof = proof;
+        }
+        if entry.receipt.replace(receipt) == Some(receipt) && self.find_receipt(&receipt).is_some() {
+            return;
+        }
+        let entries = &self.entries;
+        self.by_receipt.insert_unique(digest_hash(&receipt), index, |other| {
+            digest_hash(entries[*other as usize].receipt.as_ref().expect("indexed receipts have digests"))
+        });
+    }
+
+    /// Entry `index`.
+    pub fn entry(&self, index: u32) -> &Entry {
+        &self.entries[index as usize]
+    }
+
+    /// Every entry, in the order recorded.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// The `(module, export)` an entry calls.
+    pub fn function_of(&self, entry: &Entry) -> &(Cid, String) {
+        &self.functions[entry.function as usize]
+    }
+
+    /// The did that issued an entry's receipt.
+    pub fn issuer_of(&self, entry: &Entry) -> &str {
+        &self.issuers[entry.issuer as usize]
+    }
+
+    /// The receipt of an entry.
+    pub fn receipt_of(&self, entry: &Entry) -> Receipt {
+        Receipt {
+            ran: content::cid_of_digest(&entry.invocation),
+            out: entry.out.clone(),
+            fuel: entry.fuel,
+            duration_us: entry.duration_us,
+            issuer: self.issuer_of(entry).to_string(),
         }
     }
 
-    /// Records a receipt.
-    pub fn insert(&mut self, stored: StoredReceipt) {
-        self.invocation_of_receipt.insert(stored.cid, stored.receipt.ran);
-        self.by_invocation.insert(stored.receipt.ran, stored);
+    /// The receipt CID of an entry (computed if it is not signed yet).
+    pub fn receipt_cid_of(&self, entry: &Entry) -> Cid {
+        match &entry.receipt {
+            Some(digest) => content::cid_of_digest(digest),
+            None => content::dag_cbor_cid(&self.receipt_of(entry).encode().unwrap_or_default()),
+        }
     }
 
-    /// The recorded receipt of an invocation (not counted as a hit).
-    pub fn get(&self, invocation: &Cid) -> Option<&StoredReceipt> {
-        self.by_invocation.get(invocation)
+    /// Entry `index` as a [`StoredReceipt`].
+    pub fn stored(&self, index: u32) -> StoredReceipt {
+        let entry = self.entry(index);
+        let receipt = self.receipt_of(entry);
+        // Outcomes are checked to be encodable before they are recorded.
+        let encoded = receipt.encode().unwrap_or_default();
+        let (module, function) = self.function_of(entry).clone();
+        StoredReceipt {
+            cid: entry.receipt.as_ref().map_or_else(|| content::dag_cbor_cid(&encoded), content::cid_of_digest),
+            invocation: Invocation { module, function, args: entry.args.to_vec() },
+            receipt,
+            encoded,
+            proof: entry.proof.clone(),
+            first_seen_ns: entry.first_seen_ns,
+            worker: entry.worker,
+        }
     }
 
-    /// Every stored receipt.
-    pub fn receipts(&self) -> impl Iterator<Item = &StoredReceipt> {
-        self.by_invocation.values()
+    /// Signs the receipts of entries `indices` in batches of [`RECEIPTS_PER_BATCH`], one
+    /// signature over the Merkle root of each batch's receipt CIDs, attaching the proofs and
+    /// returning one log record per batch. Encoding and hashing the receipts is spread over the
+    /// machine's cores.
+    pub fn sign(memo: &RwLock<Memo>, identity: &Identity, indices: &[u32]) -> Result<Vec<Record>, ContentError> {
+        let digests: Vec<Digest> = {
+            let memo = memo.read().expect("memo lock");
+            let threads = std::thread::available_parallelism().map_or(1, |cores| cores.get()).min(8);
+            let part = indices.len().div_ceil(threads).max(1024);
+            let memo = &*memo;
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = indices
+                    .chunks(part)
+                    .map(|part| {
+                        scope.spawn(move || {
+                            part.iter()
+                                .map(|index| Ok(content::sha3_digest(&memo.receipt_of(memo.entry(*index)).encode()?)))
+                                .collect::<Result<Vec<Digest>, ContentError>>()
+                        })
+                    })
+                    .collect();
+                let mut digests = Vec::with_capacity(indices.len());
+                for handle in handles {
+                    digests.extend(handle.join().expect("receipt hashing thread")?);
+                }
+                Ok::<_, ContentError>(digests)
+            })?
+        };
+        let mut records = Vec::new();
+        for (chunk, chunk_digests) in indices.chunks(RECEIPTS_PER_BATCH).zip(digests.chunks(RECEIPTS_PER_BATCH)) {
+            let leaves: Vec<Vec<u8>> =
+                chunk_digests.iter().map(|digest| content::cid_of_digest(digest).to_bytes()).collect();
+            let Some(batch) = identity.sign_tree(&leaves) else { continue };
+            let mut memo = memo.write().expect("memo lock");
+            for (position, (index, digest)) in chunk.iter().zip(chunk_digests).enumerate() {
+                let proof = ReceiptProof::InBatch { batch: batch.clone(), index: position as u32 };
+                memo.set_receipt(*index, *digest, Some(proof));
+            }
+            records.push(memo.batch_record(chunk, batch.signature()));
+        }
+        Ok(records)
     }
+
+    /// The log record of a signed batch: entries `indices`, in leaf order.
+    fn batch_record(&self, indices: &[u32], signature: &[u8]) -> Record {
+        let mut functions: Vec<(Vec<u8>, String)> = Vec::new();
+        let mut function_slots: HashMap<u32, u32> = HashMap::new();
+        let mut receipts = Vec::with_capacity(indices.len());
+        let issuer = indices.first().map(|index| self.issuer_of(self.entry(*index)).to_string()).unwrap_or_default();
+        for index in indices {
+            let entry = self.entry(*index);
+            let function = *function_slots.entry(entry.function).or_insert_with(|| {
+                let (module, export) = self.function_of(entry);
+                functions.push((module.to_bytes(), export.clone()));
+                (functions.len() - 1) as u32
+            });
+            receipts.push(LoggedReceipt {
+                invocation: entry.invocation,
+                receipt: entry.receipt.unwrap_or_default(),
+                function,
+                args: entry.args.to_vec(),
+                out: entry.out.clone(),
+                fuel: entry.fuel,
+                duration_us: entry.duration_us,
+                first_seen_ns: entry.first_seen_ns,
+                worker: entry.worker,
+            });
+        }
+        Record::Receipts(LoggedBatch { issuer, signature: signature.to_vec(), functions, receipts })
+    }
+
+    /// Records a logged batch (replay): its entries, with proofs from the batch rebuilt from
+    /// their receipt CIDs.
+    pub fn replay_batch(&mut self, batch: LoggedBatch) -> Result<(), ContentError> {
+        let functions: Vec<u32> = batch
+            .functions
+            .iter()
+            .map(|(module, export)| {
+                let module = Cid::try_from(module.as_slice()).map_err(|error| ContentError::InvalidCid {
+                    text: format!("{module:02x?}"),
+                    message: error.to_string(),
+                })?;
+                Ok(self.function_index(module, export))
+            })
+            .collect::<Result<_, ContentError>>()?;
+        let issuer = self.issuer_index(&batch.issuer);
+        let leaves: Vec<Vec<u8>> =
+            batch.receipts.iter().map(|logged| content::cid_of_digest(&logged.receipt).to_bytes()).collect();
+        let signed = Arc::new(crate::identity::SignedBatch::from_signature(&leaves, batch.signature));
+        for (position, logged) in batch.receipts.into_iter().enumerate() {
+            let function = *functions
+                .get(logged.function as usize)
+                .ok_or_else(|| ContentError::Encoding(format!("logged receipt names function {}", logged.function)))?;
+            self.record(Entry {
+                invocation: logged.invocation,
+                receipt: Some(logged.receipt),
+                function,
+                args: logged.args.into_boxed_slice(),
+                out: logged.out,
+                fuel: logged.fuel,
+                duration_us: logged.duration_us,
+                first_seen_ns: logged.first_seen_ns,
+                worker: logged.worker,
+                issuer,
+                proof: Some(ReceiptProof::InBatch { batch: signed.clone(), index: position as u32 }),
+            });
+        }
+        Ok(())
+    }
+
+    /// Records a receipt logged on its own (by versions before batches were logged).
+    pub fn replay_single(
+        &mut self,
+        invocation: &[u8],
+        receipt: &[u8],
+        proof: Proof,
+        first_seen_ns: i64,
+        worker: u32,
+    ) -> Result<(), ContentError> {
+        let decoded_invocation = Invocation::from_ipld(&content::decode(invocation)?)?;
+        let decoded = Receipt::from_ipld(&content::decode(receipt)?)?;
+        let function = self.function_index(decoded_invocation.module, &decoded_invocation.function);
+        let issuer = self.issuer_index(&decoded.issuer);
+        self.record(Entry {
+            invocation: content::sha3_digest(invocation),
+            receipt: Some(content::sha3_digest(receipt)),
+            function,
+            args: decoded_invocation.args.into_boxed_slice(),
+            out: decoded.out,
+            fuel: decoded.fuel,
+            duration_us: decoded.duration_us,
+            first_seen_ns,
+            worker,
+            issuer,
+            proof: Some(ReceiptProof::Own(Box::new(proof))),
+        });
+        Ok(())
+    }
+
+    /// Log records holding every signed receipt (for a snapshot): each signed batch again as
+    /// one record, and each receipt with its own proof as before.
+    pub fn snapshot_records(&self) -> Result<Vec<Record>, ContentError> {
+        let mut records = Vec::new();
+        let mut batches: HashMap<*const crate::identity::SignedBatch, Vec<(u32, u32)>> = HashMap::new();
+        let mut order = Vec::new();
+        for (index, entry) in self.entries.iter().enumerate() {
+            match &entry.proof {
+                Some(ReceiptProof::InBatch { batch, index: leaf }) => {
+                    let members = batches.entry(Arc::as_ptr(batch)).or_default();
+                    if members.is_empty() {
+                        order.push((Arc::as_ptr(batch), batch.clone()));
+                    }
+                    members.push((*leaf, index as u32));
+                }
+                Some(ReceiptProof::Own(proof)) => {
+                    let stored = self.stored(index as u32);
+                    records.push(Record::Receipt {
+                        invocation: stored.invocation.encode()?,
+                        receipt: stored.encoded,
+                        proof: proof.as_ref().clone(),
+                        first_seen_ns: entry.first_seen_ns,
+                        worker: entry.worker,
+                    });
+                }
+                None => {}
+            }
+        }
+        for (pointer, batch) in order {
+            let mut members = batches.remove(&pointer).unwrap_or_default();
+            members.sort_unstable();
+            let indices: Vec<u32> = members.into_iter().map(|(_, index)| index).collect();
+            records.push(self.batch_record(&indices, batch.signature()));
+        }
+        Ok(records)
+    }
+
+    /// The number of receipts.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the memo holds no receipt.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Receipts signed (and logged) together: one signature per this many.
+pub const RECEIPTS_PER_BATCH: usize = 4096;
+
+/// One signed batch of receipts as logged: the signature over the Merkle root of the receipt
+/// CIDs (in order), the functions called, and each receipt's fields. The root and every proof
+/// are rebuilt from the receipts when the log is read.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LoggedBatch {
+    pub issuer: String,
+    pub signature: Vec<u8>,
+    /// `(module CID bytes, export)`.
+    pub functions: Vec<(Vec<u8>, String)>,
+    pub receipts: Vec<LoggedReceipt>,
+}
+
+/// One receipt of a [`LoggedBatch`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LoggedReceipt {
+    pub invocation: Digest,
+    pub receipt: Digest,
+    /// Index into the batch's functions.
+    pub function: u32,
+    pub args: Vec<Value>,
+    pub out: Outcome,
+    pub fuel: u64,
+    pub duration_us: u64,
+    pub first_seen_ns: i64,
+    pub worker: u32,
 }
 
 /// A weft value as JSON.
@@ -221,7 +545,7 @@ struct SystemTable {
 
 impl std::fmt::Debug for Memo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Memo({} receipts)", self.by_invocation.len())
+        write!(f, "Memo({} receipts)", self.entries.len())
     }
 }
 
@@ -248,40 +572,43 @@ impl RowSource for SystemTable {
                 })
                 .collect(),
             SystemRelation::Invocations => memo
-                .receipts()
-                .map(|stored| {
-                    let args: Vec<serde_json::Value> = stored.invocation.args.iter().map(value_json).collect();
+                .entries()
+                .iter()
+                .map(|entry| {
+                    let (module, function) = memo.function_of(entry);
+                    let args: Vec<serde_json::Value> = entry.args.iter().map(value_json).collect();
                     vec![
-                        text(stored.receipt.ran.to_string()),
+                        text(content::cid_of_digest(&entry.invocation).to_string()),
                         text("wasm/run"),
-                        text(stored.invocation.module.to_string()),
-                        text(stored.invocation.function.clone()),
+                        text(module.to_string()),
+                        text(function.clone()),
                         text(serde_json::Value::from(args).to_string()),
-                        Value::Timestamp(stored.first_seen_ns),
+                        Value::Timestamp(entry.first_seen_ns),
                     ]
                 })
                 .collect(),
             SystemRelation::Receipts => memo
-                .receipts()
-                .map(|stored| {
-                    let (out, error) = outcome_json(&stored.receipt.out);
+                .entries()
+                .iter()
+                .map(|entry| {
+                    let (out, error) = outcome_json(&entry.out);
                     vec![
-                        text(stored.cid.to_string()),
-                        text(stored.receipt.ran.to_string()),
+                        text(memo.receipt_cid_of(entry).to_string()),
+                        text(content::cid_of_digest(&entry.invocation).to_string()),
                         Value::Bool(error.is_none()),
                         if error.is_none() { text(out.to_string()) } else { Value::Null },
                         error.map_or(Value::Null, Value::Text),
-                        Value::Int(stored.receipt.fuel as i64),
-                        Value::Int(stored.receipt.duration_us as i64),
-                        Value::Int(i64::from(stored.worker)),
-                        text(stored.receipt.issuer.clone()),
+                        Value::Int(entry.fuel as i64),
+                        Value::Int(entry.duration_us as i64),
+                        Value::Int(i64::from(entry.worker)),
+                        text(memo.issuer_of(entry)),
                     ]
                 })
                 .collect(),
             SystemRelation::MemoStats => vec![vec![
                 Value::Int(memo.hits.load(Ordering::Relaxed) as i64),
                 Value::Int(memo.misses.load(Ordering::Relaxed) as i64),
-                Value::Int(memo.by_invocation.len() as i64),
+                Value::Int(memo.len() as i64),
             ]],
         })
     }
@@ -386,9 +713,12 @@ pub struct WasmFunction {
     pub module: Arc<weft_wasm::LoadedModule>,
     pub runtime: Arc<weft_wasm::Runtime>,
     pub memo: Arc<RwLock<Memo>>,
-    pub identity: Arc<Identity>,
-    /// Invocations whose receipts were issued (into the memo) since the log last took them.
-    pub issued: Arc<Mutex<Vec<Cid>>>,
+    /// Memo entries (by index) issued since the log last took them.
+    pub issued: Arc<Mutex<Vec<u32>>>,
+    /// This function's index in the memo's functions.
+    pub function_index: u32,
+    /// This node's index in the memo's issuers.
+    pub issuer_index: u32,
     /// Held while a missed invocation runs, so two workers never run the same one.
     pub running: Mutex<()>,
     /// Encodes this function's invocations from their arguments alone.
@@ -419,8 +749,8 @@ impl weft_engine::functions::Callable for WasmFunction {
             return self.finish(out, args);
         }
         let failed = |message: String| weft_engine::EvalError(format!("function {}: {message}", definition.name));
-        let cid = self.template.cid(args).map_err(|error| failed(error.to_string()))?;
-        let recall = || self.memo.read().expect("memo lock").recall(&cid).map(|stored| stored.receipt.out.clone());
+        let digest = self.template.digest(args).map_err(|error| failed(error.to_string()))?;
+        let recall = || self.memo.read().expect("memo lock").recall_outcome(&digest).cloned();
         let out = match recall() {
             Some(out) => out,
             None => {
@@ -430,8 +760,6 @@ impl weft_engine::functions::Callable for WasmFunction {
                     self.remember(args, &out);
                     return self.finish(out, args);
                 }
-                let invocation =
-                    Invocation { module: self.module.cid, function: definition.export.clone(), args: args.to_vec() };
                 let signature = weft_wasm::Signature { params: definition.params.clone(), result: definition.result };
                 let limits = weft_wasm::Limits { fuel: definition.fuel, memory_bytes: definition.memory_bytes };
                 let (out, fuel, duration_us) =
@@ -439,13 +767,31 @@ impl weft_engine::functions::Callable for WasmFunction {
                         Ok(output) => (Outcome::Ok(output.value), output.fuel, output.duration_us),
                         Err(error) => (Outcome::Error(error.to_string()), 0, 0),
                     };
-                let receipt =
-                    Receipt { ran: cid, out: out.clone(), fuel, duration_us, issuer: self.identity.did().to_string() };
-                let stored = StoredReceipt::issue(invocation, receipt).map_err(|error| failed(error.to_string()))?;
-                let mut memo = self.memo.write().expect("memo lock");
-                memo.count_miss();
-                memo.insert(stored);
-                self.issued.lock().expect("issued receipts").push(cid);
+                // A receipt must be encodable: DAG-CBOR has no NaN or infinity.
+                if let Outcome::Ok(Value::Float(value)) = &out {
+                    if !value.is_finite() {
+                        return Err(failed(format!("returned {value}, which a receipt cannot record")));
+                    }
+                }
+                let entry = Entry {
+                    invocation: digest,
+                    receipt: None,
+                    function: self.function_index,
+                    args: args.into(),
+                    out: out.clone(),
+                    fuel,
+                    duration_us,
+                    first_seen_ns: now_ns(),
+                    worker: weft_engine::dataflow::current_worker().unwrap_or(0) as u32,
+                    issuer: self.issuer_index,
+                    proof: None,
+                };
+                let index = {
+                    let mut memo = self.memo.write().expect("memo lock");
+                    memo.count_miss();
+                    memo.record(entry)
+                };
+                self.issued.lock().expect("issued receipts").push(index);
                 out
             }
         };

@@ -102,6 +102,19 @@ pub struct SignedBatch {
 }
 
 impl SignedBatch {
+    /// The batch of `leaves` (receipt CID bytes, in order) signed with `signature` (as read from
+    /// the log: the root is computed again, the signature is checked by whoever verifies a proof).
+    pub fn from_signature(leaves: &[Vec<u8>], signature: Vec<u8>) -> SignedBatch {
+        let leaves: Vec<[u8; 32]> = leaves.iter().map(|leaf| leaf_hash(leaf)).collect();
+        let (root, _) = merkle(&leaves, Vec::new());
+        SignedBatch { root, signature, leaves }
+    }
+
+    /// The signature over the root.
+    pub fn signature(&self) -> &[u8] {
+        &self.signature
+    }
+
     /// The proof of every leaf, in order (one pass over the tree).
     pub fn proofs(&self) -> Vec<Proof> {
         self.paths(None)
@@ -161,6 +174,17 @@ impl Identity {
         let signature = self.sign(&root);
         let proofs = paths.into_iter().map(|path| Proof { root, path, signature: signature.clone() }).collect();
         Some((std::sync::Arc::new(SignedBatch { root, signature, leaves: hashes }), proofs))
+    }
+
+    /// Signs a batch of leaves with one signature over their Merkle root; the proofs are built
+    /// from the batch when asked for.
+    pub fn sign_tree(&self, leaves: &[Vec<u8>]) -> Option<std::sync::Arc<SignedBatch>> {
+        if leaves.is_empty() {
+            return None;
+        }
+        let hashes: Vec<[u8; 32]> = leaves.iter().map(|leaf| leaf_hash(leaf)).collect();
+        let (root, _) = merkle(&hashes, Vec::new());
+        Some(std::sync::Arc::new(SignedBatch { root, signature: self.sign(&root), leaves: hashes }))
     }
 
     /// Signs a batch of leaves with one signature over their Merkle root, returning each leaf's
@@ -238,6 +262,14 @@ mod tests {
             }
         }
         assert!(first.sign_leaves(&[]).is_none());
+        // A batch signed without proofs, and the same batch read back from its signature.
+        let leaves: Vec<Vec<u8>> = (0..9u8).map(|leaf| vec![leaf; 36]).collect();
+        let signed = first.sign_tree(&leaves).unwrap();
+        let read = SignedBatch::from_signature(&leaves, signed.signature().to_vec());
+        for (index, leaf) in leaves.iter().enumerate() {
+            assert_eq!(read.proof(index), signed.proof(index));
+            verify_proof(first.did(), leaf, &read.proof(index)).unwrap();
+        }
         std::fs::remove_dir_all(&directory).unwrap();
     }
 }

@@ -25,7 +25,7 @@ pub enum Record {
     /// One committed transaction: rows inserted (`diff > 0`) and deleted (`diff < 0`).
     Commit { changes: Vec<(RelationId, Row, i64)> },
     /// A receipt: the invocation's instruction and the receipt, both DAG-CBOR, and the proof of
-    /// the node's signature over the receipt's CID.
+    /// the node's signature over the receipt's CID (logs written before [`Record::Receipts`]).
     Receipt { invocation: Vec<u8>, receipt: Vec<u8>, proof: crate::identity::Proof, first_seen_ns: i64, worker: u32 },
     /// `CREATE FUNCTION`, with the module's bytes.
     CreateFunction { definition: crate::functions::FunctionDefinition },
@@ -39,6 +39,8 @@ pub enum Record {
     DropEffectful { name: String },
     /// A view that reads the world (`http_get`): its query effects.
     CreateReads { definition: crate::reads::ReadsDefinition },
+    /// Receipts signed together: one signature over the Merkle root of their CIDs.
+    Receipts(crate::functions::LoggedBatch),
 }
 
 /// Errors of the log.

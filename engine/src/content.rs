@@ -154,17 +154,133 @@ impl InvocationTemplate {
 
     /// The CID of the invocation with `args`.
     pub fn cid(&self, args: &[Value]) -> Result<Cid, ContentError> {
-        let list = Ipld::List(args.iter().map(value_to_ipld).collect());
+        Ok(cid_of_digest(&self.digest(args)?))
+    }
+
+    /// The sha3-256 digest of the invocation with `args` (its CID's multihash digest).
+    pub fn digest(&self, args: &[Value]) -> Result<Digest, ContentError> {
         let mut bytes = Vec::with_capacity(self.prefix.len() + self.suffix.len() + 16 * args.len());
         bytes.extend_from_slice(&self.prefix);
-        bytes.extend_from_slice(&encode(&list)?);
+        cbor::write_head(&mut bytes, cbor::ARRAY, args.len() as u64);
+        for arg in args {
+            cbor::write_value(&mut bytes, arg)?;
+        }
         bytes.extend_from_slice(&self.suffix);
-        Ok(dag_cbor_cid(&bytes))
+        Ok(sha3_digest(&bytes))
+    }
+}
+
+/// A sha3-256 digest: what a dag-cbor CID of weft's names, the rest of it being fixed.
+pub type Digest = [u8; 32];
+
+/// The sha3-256 digest of `bytes`.
+pub fn sha3_digest(bytes: &[u8]) -> Digest {
+    use sha3::Digest as _;
+    sha3::Sha3_256::digest(bytes).into()
+}
+
+/// The dag-cbor, sha3-256 CID with `digest`.
+pub fn cid_of_digest(digest: &Digest) -> Cid {
+    let multihash = cid::multihash::Multihash::wrap(SHA3_256_CODE, digest).expect("32 bytes fit a multihash");
+    Cid::new_v1(DAG_CBOR_CODEC, multihash)
+}
+
+/// The digest of a dag-cbor, sha3-256 CID (`None` for any other kind of CID).
+pub fn digest_of(cid: &Cid) -> Option<Digest> {
+    if cid.codec() != DAG_CBOR_CODEC || cid.hash().code() != SHA3_256_CODE {
+        return None;
+    }
+    cid.hash().digest().try_into().ok()
+}
+
+/// The sha3-256 multihash code.
+pub const SHA3_256_CODE: u64 = 0x16;
+
+/// Canonical DAG-CBOR written directly, for the shapes on the hot path of calls: invocation
+/// arguments and receipts. [`encode`] (through IPLD values) remains the reference; tests check
+/// both agree.
+pub mod cbor {
+    use super::{Cid, ContentError};
+    use crate::value::Value;
+
+    pub const UNSIGNED: u8 = 0;
+    pub const NEGATIVE: u8 = 1;
+    pub const BYTES: u8 = 2;
+    pub const TEXT: u8 = 3;
+    pub const ARRAY: u8 = 4;
+    pub const MAP: u8 = 5;
+    pub const TAG: u8 = 6;
+
+    /// A head: major type and argument, in the shortest form.
+    pub fn write_head(out: &mut Vec<u8>, major: u8, argument: u64) {
+        let major = major << 5;
+        match argument {
+            0..=23 => out.push(major | argument as u8),
+            24..=0xff => out.extend_from_slice(&[major | 24, argument as u8]),
+            0x100..=0xffff => {
+                out.push(major | 25);
+                out.extend_from_slice(&(argument as u16).to_be_bytes());
+            }
+            0x1_0000..=0xffff_ffff => {
+                out.push(major | 26);
+                out.extend_from_slice(&(argument as u32).to_be_bytes());
+            }
+            _ => {
+                out.push(major | 27);
+                out.extend_from_slice(&argument.to_be_bytes());
+            }
+        }
+    }
+
+    /// A text string.
+    pub fn write_text(out: &mut Vec<u8>, text: &str) {
+        write_head(out, TEXT, text.len() as u64);
+        out.extend_from_slice(text.as_bytes());
+    }
+
+    /// An integer.
+    pub fn write_integer(out: &mut Vec<u8>, value: i64) {
+        if value >= 0 {
+            write_head(out, UNSIGNED, value as u64);
+        } else {
+            write_head(out, NEGATIVE, !(value as u64));
+        }
+    }
+
+    /// A weft value as its IPLD kind (see [`super::value_to_ipld`]).
+    pub fn write_value(out: &mut Vec<u8>, value: &Value) -> Result<(), ContentError> {
+        match value {
+            Value::Null => out.push(0xf6),
+            Value::Bool(b) => out.push(if *b { 0xf5 } else { 0xf4 }),
+            Value::Int(i) | Value::Timestamp(i) => write_integer(out, *i),
+            Value::Float(f) => {
+                if !f.is_finite() {
+                    return Err(ContentError::Encoding("Float must be a finite number, not Infinity or NaN".into()));
+                }
+                out.push(0xfb);
+                out.extend_from_slice(&(if *f == 0.0 { 0.0f64 } else { *f }).to_be_bytes());
+            }
+            Value::Text(text) => write_text(out, text),
+            Value::Bytes(bytes) => {
+                write_head(out, BYTES, bytes.len() as u64);
+                out.extend_from_slice(bytes);
+            }
+        }
+        Ok(())
+    }
+
+    /// A link: tag 42 over the CID's bytes behind a zero byte.
+    pub fn write_link(out: &mut Vec<u8>, cid: &Cid) {
+        let bytes = cid.to_bytes();
+        write_head(out, TAG, 42);
+        write_head(out, BYTES, bytes.len() as u64 + 1);
+        out.push(0);
+        out.extend_from_slice(&bytes);
     }
 }
 
 /// The outcome of an invocation.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Outcome {
     Ok(Value),
     Error(String),
@@ -206,9 +322,36 @@ impl Receipt {
         ])
     }
 
-    /// The receipt's canonical DAG-CBOR bytes.
+    /// The receipt's canonical DAG-CBOR bytes, written directly (keys in canonical order:
+    /// `fx`, `iss`, `out`, `ran`, `meta`; inside `meta`, `fuel` before `duration_us`).
     pub fn encode(&self) -> Result<Vec<u8>, ContentError> {
-        encode(&self.to_ipld())
+        let mut out = Vec::with_capacity(160 + self.issuer.len());
+        cbor::write_head(&mut out, cbor::MAP, 5);
+        cbor::write_text(&mut out, "fx");
+        cbor::write_head(&mut out, cbor::ARRAY, 0);
+        cbor::write_text(&mut out, "iss");
+        cbor::write_text(&mut out, &self.issuer);
+        cbor::write_text(&mut out, "out");
+        cbor::write_head(&mut out, cbor::MAP, 1);
+        match &self.out {
+            Outcome::Ok(value) => {
+                cbor::write_text(&mut out, "ok");
+                cbor::write_value(&mut out, value)?;
+            }
+            Outcome::Error(message) => {
+                cbor::write_text(&mut out, "error");
+                cbor::write_text(&mut out, message);
+            }
+        }
+        cbor::write_text(&mut out, "ran");
+        cbor::write_link(&mut out, &self.ran);
+        cbor::write_text(&mut out, "meta");
+        cbor::write_head(&mut out, cbor::MAP, 2);
+        cbor::write_text(&mut out, "fuel");
+        cbor::write_head(&mut out, cbor::UNSIGNED, self.fuel);
+        cbor::write_text(&mut out, "duration_us");
+        cbor::write_head(&mut out, cbor::UNSIGNED, self.duration_us);
+        Ok(out)
     }
 
     /// The receipt's CID.
@@ -375,6 +518,50 @@ mod tests {
         let other = Invocation { args: vec![Value::Int(43)], ..invocation.clone() };
         assert_ne!(other.cid().unwrap(), invocation.cid().unwrap());
         assert!(parse_cid("not-a-cid").is_err());
+    }
+
+    #[test]
+    fn direct_encodings_equal_the_ipld_encoder() {
+        let module = parse_cid(MODULE).unwrap();
+        let template = InvocationTemplate::new(module, "f").unwrap();
+        let values = [
+            Value::Null,
+            Value::Bool(false),
+            Value::Bool(true),
+            Value::float(0.0),
+            Value::float(-2.5e300),
+            Value::Text(String::new()),
+            Value::Text("ü".repeat(40)),
+            Value::Bytes(vec![7; 300]),
+            Value::Timestamp(1_700_000_000_000_000_000),
+        ];
+        let mut integers = vec![i64::MIN, i64::MAX, 0, -1, -24, -25, 23, 24, 255, 256, 65535, 65536, -65537];
+        integers.extend([u32::MAX as i64, u32::MAX as i64 + 1, -(u32::MAX as i64) - 1, -(u32::MAX as i64) - 2]);
+        let mut cases: Vec<Vec<Value>> = values.iter().map(|value| vec![value.clone()]).collect();
+        cases.extend(integers.iter().map(|i| vec![Value::Int(*i)]));
+        cases.push(values.to_vec());
+        for args in cases {
+            let whole = Invocation { module, function: "f".into(), args: args.clone() };
+            assert_eq!(template.cid(&args).unwrap(), whole.cid().unwrap(), "{args:?}");
+            for out in [Outcome::Ok(args.first().cloned().unwrap_or(Value::Null)), Outcome::Error("trap: x".into())] {
+                let receipt = Receipt {
+                    ran: whole.cid().unwrap(),
+                    out,
+                    fuel: 70_000,
+                    duration_us: 3,
+                    issuer: "did:key:z".into(),
+                };
+                assert_eq!(receipt.encode().unwrap(), encode(&receipt.to_ipld()).unwrap());
+            }
+        }
+        for bad in [f64::NAN, f64::INFINITY] {
+            let args = [Value::Float(bad)];
+            assert!(template.cid(&args).is_err());
+            assert!(Invocation { module, function: "f".into(), args: args.to_vec() }.cid().is_err());
+        }
+        let cid = template.cid(&[Value::Int(1)]).unwrap();
+        assert_eq!(cid_of_digest(&digest_of(&cid).unwrap()), cid);
+        assert_eq!(digest_of(&module), None, "a module CID is raw sha2-256");
     }
 
     #[test]

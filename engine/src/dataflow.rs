@@ -13,14 +13,15 @@
 
 use crate::batcher::SortBatcher;
 use crate::expr::{eval_all, EvalError, Expr};
-use crate::hashed_row::HashedRow;
+use crate::hashed_row::{HashedRow, PrehashedState};
 use crate::plan::{Aggregate, AggregateFunction, JoinKind, Plan, RelationId, SortKey};
 use crate::value::{Row, Value};
 use differential_dataflow::difference::{IsZero, Multiply, Semigroup};
 use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::trace::implementations::{KeyBuilder, KeySpine, ValBuilder, ValSpine};
-use differential_dataflow::trace::{Cursor, Navigable, TraceReader};
+use differential_dataflow::trace::wrappers::frontier::TraceFrontier;
+use differential_dataflow::trace::{Cursor, Navigable, SpanOf, TraceReader};
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
@@ -28,9 +29,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Inspect, Probe, ToStream};
-use timely::dataflow::{ProbeHandle, Scope};
+use timely::dataflow::{ProbeHandle, Scope, Stream};
 use timely::progress::frontier::AntichainRef;
 use timely::worker::Worker;
 
@@ -39,10 +42,12 @@ pub type Time = u64;
 
 type Collection<'scope> = VecCollection<'scope, Time, Row, isize>;
 type RowTrace = TraceAgent<KeySpine<HashedRow, Time, isize>>;
+/// A table's or view's arrangement as a view imports it.
+type ImportedTrace = TraceFrontier<RowTrace>;
 type PairTrace = TraceAgent<ValSpine<HashedRow, HashedRow, Time, isize>>;
 
 /// The rows of a batch of a rows arrangement, each with its total change in the batch.
-fn batch_updates(batch: &<RowTrace as TraceReader>::Batch) -> Vec<(&Row, isize)> {
+fn batch_updates(batch: &<RowTrace as TraceReader>::Batch) -> Vec<(&HashedRow, isize)> {
     let mut cursor = batch.cursor();
     let mut updates = Vec::new();
     while let Some(row) = cursor.get_key(batch) {
@@ -52,7 +57,7 @@ fn batch_updates(batch: &<RowTrace as TraceReader>::Batch) -> Vec<(&Row, isize)>
             cursor.step_val(batch);
         }
         if total != 0 {
-            updates.push((row.row(), total));
+            updates.push((row, total));
         }
         cursor.step_key(batch);
     }
@@ -60,9 +65,8 @@ fn batch_updates(batch: &<RowTrace as TraceReader>::Batch) -> Vec<(&Row, isize)>
 }
 
 /// Arranges rows by themselves (tables and views), sorting with a [`SortBatcher`].
-fn arrange_rows(rows: VecCollection<'_, Time, HashedRow, isize>) -> Arranged<'_, RowTrace> {
-    rows.map(|row| (row, ()))
-        .arrange::<SortBatcher<HashedRow, (), isize, KeyBuilder<HashedRow, Time, isize>>, _>(SortBatcher::new)
+fn arrange_rows(rows: VecCollection<'_, Time, (HashedRow, ()), isize>) -> Arranged<'_, RowTrace> {
+    rows.arrange::<SortBatcher<HashedRow, (), isize, KeyBuilder<HashedRow, Time, isize>>, _>(SortBatcher::new)
 }
 
 /// Arranges `(key, row)` pairs by key (a join's sides), sorting with a [`SortBatcher`].
@@ -102,7 +106,7 @@ pub struct Change {
 #[derive(Debug, Default)]
 pub struct ViewState {
     name: String,
-    rows: Mutex<HashMap<Row, isize>>,
+    rows: Mutex<HashMap<HashedRow, isize, PrehashedState>>,
     errors: Mutex<BTreeMap<String, isize>>,
     /// The changes of the timestamp being applied; kept only while someone subscribes.
     pending: Mutex<Vec<(Row, isize)>>,
@@ -143,7 +147,7 @@ impl ViewState {
             return Err(EngineError::ViewError { view: self.name.clone(), message: message.clone() });
         }
         let rows = self.rows.lock().expect("rows lock");
-        Ok(rows.iter().map(|(row, count)| (row.clone(), *count)).collect())
+        Ok(rows.iter().map(|(row, count)| (row.row().clone(), *count)).collect())
     }
 
     /// The latest timestamp the view's rows are complete for.
@@ -177,7 +181,7 @@ impl ViewState {
     }
 
     /// Applies a batch of the workers' output to the readable rows (and the pending changes).
-    fn apply<'a>(&self, updates: impl Iterator<Item = (&'a Row, isize)>) {
+    fn apply<'a>(&self, updates: impl Iterator<Item = (&'a HashedRow, isize)>) {
         let mut rows = self.rows.lock().expect("rows lock");
         let subscribed = self.subscribed.load(AtomicOrdering::SeqCst);
         let mut pending = subscribed.then(|| self.pending.lock().expect("pending lock"));
@@ -194,7 +198,7 @@ impl ViewState {
                 }
             }
             if let Some(pending) = pending.as_mut() {
-                pending.push((row.clone(), diff));
+                pending.push((row.row().clone(), diff));
             }
         }
     }
@@ -387,7 +391,7 @@ fn receive_soon<T>(channel: &Receiver<T>, spins: u32) -> Option<T> {
 
 #[derive(Default)]
 struct WorkerState {
-    inputs: HashMap<RelationId, InputSession<Time, HashedRow, isize>>,
+    inputs: HashMap<RelationId, InputSession<Time, (HashedRow, ()), isize>>,
     traces: HashMap<RelationId, RowTrace>,
     dataflows: HashMap<RelationId, usize>,
     probes: HashMap<RelationId, ProbeHandle<Time>>,
@@ -411,7 +415,7 @@ fn run_worker(worker: &mut Worker, commands: Receiver<Command>, replies: Sender<
             Command::CreateTable { id } => {
                 let dataflow = worker.next_dataflow_index();
                 let (mut input, trace, probe) = worker.dataflow::<Time, _, _>(|scope| {
-                    let (input, rows) = scope.new_collection::<HashedRow, isize>();
+                    let (input, rows) = scope.new_collection::<(HashedRow, ()), isize>();
                     let arranged = arrange_rows(rows);
                     let (probe, _) = arranged.stream.clone().probe();
                     (input, arranged.trace, probe)
@@ -426,8 +430,10 @@ fn run_worker(worker: &mut Worker, commands: Receiver<Command>, replies: Sender<
                 let dataflow = worker.next_dataflow_index();
                 let traces = &mut state.traces;
                 let (trace, probe) = worker.dataflow::<Time, _, _>(|scope| {
-                    let output = render(&plan, scope, traces, &view);
-                    let arranged = arrange_rows(output.map(HashedRow::new));
+                    // The view's last row map and the hashing of its rows share one operator.
+                    let output = render_mapped(&plan, scope, traces, &view)
+                        .evaluate(&view, |row, diff| Ok(Some(((HashedRow::new(row), ()), diff))));
+                    let arranged = arrange_rows(output);
                     let mirror = view.clone();
                     // The mirror reads the output's batches directly: one operator, no copies.
                     let (probe, _) = arranged
@@ -462,7 +468,7 @@ fn run_worker(worker: &mut Worker, commands: Receiver<Command>, replies: Sender<
             Command::Commit { time, changes } => {
                 for change in changes {
                     if let Some(input) = state.inputs.get_mut(&change.table) {
-                        input.update(HashedRow::new(change.row), change.diff);
+                        input.update((HashedRow::new(change.row), ()), change.diff);
                     }
                 }
                 advance(worker, &mut state, time);
@@ -492,25 +498,6 @@ fn advance(worker: &mut Worker, state: &mut WorkerState, time: Time) {
     state.time = next;
 }
 
-/// Turns a stream of evaluation results into a collection, recording failures on the view.
-fn evaluate<'scope, D: Clone + 'static>(
-    input: VecCollection<'scope, Time, D, isize>,
-    view: &Arc<ViewState>,
-    mut logic: impl FnMut(D) -> Result<Option<Row>, EvalError> + 'static,
-) -> Collection<'scope> {
-    let view = view.clone();
-    input
-        .inner
-        .flat_map(move |(data, time, diff)| match logic(data) {
-            Ok(row) => row.map(|row| (row, time, diff)),
-            Err(error) => {
-                view.record_error(&error, diff);
-                None
-            }
-        })
-        .as_collection()
-}
-
 fn render<'scope>(
     plan: &Plan,
     scope: Scope<'scope, Time>,
@@ -518,12 +505,7 @@ fn render<'scope>(
     view: &Arc<ViewState>,
 ) -> Collection<'scope> {
     match plan {
-        Plan::Get { id, .. } => traces
-            .get_mut(id)
-            .expect("dependencies are checked before rendering")
-            .import_frontier(scope, "Import")
-            .0
-            .as_collection(|row: &HashedRow, _| row.row().clone()),
+        Plan::Get { .. } => apply_map(&render_mapped(plan, scope, traces, view), view),
         Plan::Constant { rows, .. } => constant(scope, rows.clone()),
         Plan::Project { .. } | Plan::Filter { .. } => apply_map(&render_mapped(plan, scope, traces, view), view),
         Plan::Join { .. } => render_join_plan(plan, None, scope, traces, view),
@@ -597,10 +579,21 @@ fn render_mapped<'scope>(
         };
         if let Some(columns) = columns {
             map.steps.remove(0);
-            return (render_join_plan(base, Some(columns), scope, traces, view), map);
+            return Mapped { source: Source::Rows(render_join_plan(base, Some(columns), scope, traces, view)), map };
         }
     }
-    (render(base, scope, traces, view), map)
+    let source = match base {
+        Plan::Get { id, .. } => Source::Imported(
+            traces
+                .get_mut(id)
+                .expect("dependencies are checked before rendering")
+                .import_frontier(scope, "Import")
+                .0
+                .stream,
+        ),
+        _ => Source::Rows(render(base, scope, traces, view)),
+    };
+    Mapped { source, map }
 }
 
 /// Renders a `Plan::Join`, building only `columns` of its rows if given (see [`JoinSpec`]).
@@ -646,8 +639,31 @@ struct RowMap {
 }
 
 impl RowMap {
-    fn apply(&self, mut row: Row) -> Result<Option<Row>, EvalError> {
-        for step in &self.steps {
+    /// Maps a borrowed row: the first projection builds the new row from references, so only
+    /// the values it keeps are copied; filters before it read the stored row in place.
+    fn apply_ref(&self, row: &Row) -> Result<Option<Row>, EvalError> {
+        for (index, step) in self.steps.iter().enumerate() {
+            let built = match step {
+                Step::Filter(predicate) => {
+                    if !predicate.eval_predicate(row)? {
+                        return Ok(None);
+                    }
+                    continue;
+                }
+                Step::Project(exprs) => eval_all(exprs, row)?,
+                Step::Select(columns) => columns.iter().map(|column| row[*column].clone()).collect(),
+            };
+            return RowMap::apply_steps(&self.steps[index + 1..], built);
+        }
+        Ok(Some(row.clone()))
+    }
+
+    fn apply(&self, row: Row) -> Result<Option<Row>, EvalError> {
+        RowMap::apply_steps(&self.steps, row)
+    }
+
+    fn apply_steps(steps: &[Step], mut row: Row) -> Result<Option<Row>, EvalError> {
+        for step in steps {
             match step {
                 Step::Filter(predicate) => {
                     if !predicate.eval_predicate(&row)? {
@@ -706,15 +722,101 @@ fn peel(plan: &Plan) -> (&Plan, RowMap) {
     (current, RowMap { steps })
 }
 
-/// A rendered collection with a row map still to apply.
-type Mapped<'scope> = (Collection<'scope>, RowMap);
+/// Where a [`Mapped`] input's rows come from.
+enum Source<'scope> {
+    /// A rendered collection.
+    Rows(Collection<'scope>),
+    /// An imported table or view arrangement, read in place: each row is mapped from a
+    /// reference to the stored row, so rows the map drops or rewrites are never copied whole.
+    Imported(Stream<'scope, Time, Vec<SpanOf<ImportedTrace>>>),
+}
 
-fn apply_map<'scope>(input: &Mapped<'scope>, view: &Arc<ViewState>) -> Collection<'scope> {
-    if input.1.is_identity() {
-        return input.0.clone();
+/// A rendered input with a row map still to apply (in its consumer's operator).
+struct Mapped<'scope> {
+    source: Source<'scope>,
+    map: RowMap,
+}
+
+impl<'scope> Mapped<'scope> {
+    /// Applies the row map and then `logic` (given the mapped row and its multiplicity) to every
+    /// update, in one operator, recording evaluation errors on the view.
+    fn evaluate<D, R>(
+        &self,
+        view: &Arc<ViewState>,
+        mut logic: impl FnMut(Row, isize) -> Result<Option<(D, R)>, EvalError> + 'static,
+    ) -> VecCollection<'scope, Time, D, R>
+    where
+        D: Clone + 'static,
+        R: Semigroup + 'static,
+    {
+        let view = view.clone();
+        let map = self.map.clone();
+        match &self.source {
+            Source::Rows(rows) => rows
+                .inner
+                .clone()
+                .flat_map(move |(row, time, diff)| {
+                    match map.apply(row).and_then(|row| row.map_or(Ok(None), |row| logic(row, diff))) {
+                        Ok(output) => output.map(|(data, difference)| (data, time, difference)),
+                        Err(error) => {
+                            view.record_error(&error, diff);
+                            None
+                        }
+                    }
+                })
+                .as_collection(),
+            Source::Imported(stream) => stream
+                .clone()
+                .unary(Pipeline, "ImportMapped", move |_, _| {
+                    let mut times: Vec<(Time, isize)> = Vec::new();
+                    move |input, output| {
+                        input.for_each(|time, data| {
+                            let mut session = output.session(&time);
+                            for batch in data.iter().filter_map(|span| span.inner.as_ref()) {
+                                let mut cursor = batch.cursor();
+                                while let Some(row) = cursor.get_key(batch) {
+                                    times.clear();
+                                    while cursor.get_val(batch).is_some() {
+                                        cursor.map_times(batch, |time, diff| times.push((*time, *diff)));
+                                        cursor.step_val(batch);
+                                    }
+                                    times.retain(|(_, diff)| *diff != 0);
+                                    let mapped = match map.apply_ref(row.row()) {
+                                        Ok(mapped) => mapped,
+                                        Err(error) => {
+                                            times.iter().for_each(|(_, diff)| view.record_error(&error, *diff));
+                                            None
+                                        }
+                                    };
+                                    if let Some(mapped) = mapped {
+                                        let last = times.len().saturating_sub(1);
+                                        let mut mapped = Some(mapped);
+                                        for (index, (time, diff)) in times.iter().enumerate() {
+                                            let row = if index == last { mapped.take() } else { mapped.clone() };
+                                            match logic(row.expect("taken last"), *diff) {
+                                                Ok(Some((data, difference))) => session.give((data, *time, difference)),
+                                                Ok(None) => {}
+                                                Err(error) => view.record_error(&error, *diff),
+                                            }
+                                        }
+                                    }
+                                    cursor.step_key(batch);
+                                }
+                            }
+                        });
+                    }
+                })
+                .as_collection(),
+        }
     }
-    let map = input.1.clone();
-    evaluate(input.0.clone(), view, move |row: Row| map.apply(row))
+}
+
+/// The rows of a mapped input.
+fn apply_map<'scope>(input: &Mapped<'scope>, view: &Arc<ViewState>) -> Collection<'scope> {
+    match &input.source {
+        Source::Rows(rows) if input.map.is_identity() => rows.clone(),
+        _ => input.evaluate(view, |row, diff| Ok(Some((row, diff)))),
+    }
 }
 
 fn keyed<'scope>(
@@ -723,29 +825,14 @@ fn keyed<'scope>(
     nulls_equal: bool,
     view: &Arc<ViewState>,
 ) -> VecCollection<'scope, Time, (HashedRow, HashedRow), isize> {
-    let view = view.clone();
-    let map = input.1.clone();
-    input
-        .0
-        .clone()
-        .inner
-        .flat_map(move |(row, time, diff)| {
-            let keyed = map.apply(row).and_then(|row| match row {
-                Some(row) => Ok(Some((eval_all(&keys, &row)?, row))),
-                None => Ok(None),
-            });
-            match keyed {
-                Ok(Some((key, row))) if nulls_equal || !key.iter().any(Value::is_null) => {
-                    Some(((HashedRow::new(key), HashedRow::new(row)), time, diff))
-                }
-                Ok(_) => None,
-                Err(error) => {
-                    view.record_error(&error, diff);
-                    None
-                }
-            }
-        })
-        .as_collection()
+    input.evaluate(view, move |row, diff| {
+        let key = eval_all(&keys, &row)?;
+        if nulls_equal || !key.iter().any(Value::is_null) {
+            Ok(Some(((HashedRow::new(key), HashedRow::new(row)), diff)))
+        } else {
+            Ok(None)
+        }
+    })
 }
 
 /// The rows of `all` that also occur (as whole rows) in the set `present`.
@@ -809,7 +896,8 @@ fn render_join<'scope>(
         Some(row)
     });
     if let Some(residual) = spec.residual {
-        joined = evaluate(joined, view, move |row: Row| Ok(residual.eval_predicate(&row)?.then_some(row)));
+        let filtered = Mapped { source: Source::Rows(joined), map: RowMap { steps: vec![Step::Filter(residual)] } };
+        joined = apply_map(&filtered, view);
     }
     let left_arity = spec.left_arity;
     let matched_left = || distinct(joined.clone().map(move |row| row[..left_arity].to_vec()));
@@ -916,47 +1004,24 @@ fn render_accumulable_reduce<'scope>(
     aggregates: Vec<Aggregate>,
     view: &Arc<ViewState>,
 ) -> Collection<'scope> {
-    let failures = view.clone();
     let args: Vec<Option<Expr>> = aggregates.iter().map(|aggregate| aggregate.arg.clone()).collect();
-    let (input, map) = input;
-    let exploded: VecCollection<'scope, Time, HashedRow, Accumulators> = input
-        .inner
-        .flat_map(move |(row, time, diff)| {
-            let row = match map.apply(row) {
-                Ok(Some(row)) => row,
-                Ok(None) => return None,
-                Err(error) => {
-                    failures.record_error(&error, diff);
-                    return None;
-                }
+    let exploded: VecCollection<'scope, Time, HashedRow, Accumulators> = input.evaluate(view, move |row, diff| {
+        let key = eval_all(&group, &row)?;
+        let mut values = Vec::with_capacity(args.len());
+        for arg in &args {
+            let value = match arg {
+                Some(arg) => arg.eval(&row)?,
+                None => Value::Bool(true),
             };
-            let evaluated = eval_all(&group, &row).and_then(|key| {
-                let mut values = Vec::with_capacity(args.len());
-                for arg in &args {
-                    let value = match arg {
-                        Some(arg) => arg.eval(&row)?,
-                        None => Value::Bool(true),
-                    };
-                    values.push(match value {
-                        Value::Null => Accumulator::default(),
-                        Value::Int(i) => {
-                            Accumulator { count: 1, int_sum: i as i128, float_sum: OrderedDouble(i as f64) }
-                        }
-                        Value::Float(f) => Accumulator { count: 1, int_sum: 0, float_sum: OrderedDouble(f) },
-                        _ => Accumulator { count: 1, ..Accumulator::default() },
-                    });
-                }
-                Ok((HashedRow::new(key), Accumulators { rows: 1, values }.multiply(&diff)))
+            values.push(match value {
+                Value::Null => Accumulator::default(),
+                Value::Int(i) => Accumulator { count: 1, int_sum: i as i128, float_sum: OrderedDouble(i as f64) },
+                Value::Float(f) => Accumulator { count: 1, int_sum: 0, float_sum: OrderedDouble(f) },
+                _ => Accumulator { count: 1, ..Accumulator::default() },
             });
-            match evaluated {
-                Ok((key, accumulators)) => Some((key, time, accumulators)),
-                Err(error) => {
-                    failures.record_error(&error, diff);
-                    None
-                }
-            }
-        })
-        .as_collection();
+        }
+        Ok(Some((HashedRow::new(key), Accumulators { rows: 1, values }.multiply(&diff))))
+    });
     exploded.count_core::<isize>().flat_map(move |(key, accumulators)| {
         // A group whose rows are all retracted can keep float rounding residue: it is empty.
         if accumulators.rows == 0 {
@@ -1030,25 +1095,9 @@ fn render_rescan_reduce<'scope>(
 ) -> Collection<'scope> {
     let args: Vec<Expr> =
         aggregates.iter().map(|aggregate| aggregate.arg.clone().unwrap_or(Expr::Literal(Value::Bool(true)))).collect();
-    let failures = view.clone();
-    let (input, map) = input;
-    let keyed: VecCollection<'scope, Time, (HashedRow, Row), isize> = input
-        .inner
-        .flat_map(move |(row, time, diff)| {
-            let evaluated = map.apply(row).and_then(|row| match row {
-                Some(row) => Ok(Some((eval_all(&group, &row)?, eval_all(&args, &row)?))),
-                None => Ok(None),
-            });
-            match evaluated {
-                Ok(Some((key, values))) => Some(((HashedRow::new(key), values), time, diff)),
-                Ok(None) => None,
-                Err(error) => {
-                    failures.record_error(&error, diff);
-                    None
-                }
-            }
-        })
-        .as_collection();
+    let keyed: VecCollection<'scope, Time, (HashedRow, Row), isize> = input.evaluate(view, move |row, diff| {
+        Ok(Some(((HashedRow::new(eval_all(&group, &row)?), eval_all(&args, &row)?), diff)))
+    });
     keyed
         .reduce(move |_key, values: &[(&Row, isize)], output: &mut Vec<(Row, isize)>| {
             let row = aggregates
