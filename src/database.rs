@@ -484,9 +484,17 @@ impl Database {
         let module = self.runtime.load(source)?;
         let invocation = weft_wasm::Runtime::invocation(&module, function, &args);
         let invocation_cid = invocation.cid()?;
-        let recorded = self.memo.read().expect("memo lock").recall(&invocation_cid);
-        if let Some(stored) = recorded {
-            return Ok(Invoked { stored, hit: true });
+        let function_index = self.memo_mut().function_index(module.cid, function)?;
+        let recorded = {
+            let memo = self.memo.read().expect("memo lock");
+            memo.recall_call(function_index, &args).is_some().then(|| memo.find_call(function_index, &args))
+        };
+        if let Some(Some(index)) = recorded {
+            // Signed by now unless a concurrent reader's statement is still running it.
+            if self.memo.read().expect("memo lock").entry(index).receipt.is_none() {
+                self.sign_and_log(&[index])?;
+            }
+            return Ok(Invoked { stored: self.memo.read().expect("memo lock").stored(index)?, hit: true });
         }
         let params = args.iter().map(|arg| arg.column_type().unwrap_or(ColumnType::BigInt)).collect();
         let result =
@@ -503,9 +511,9 @@ impl Database {
             let mut memo = self.memo_mut();
             memo.count_miss();
             let entry = crate::functions::Entry {
-                invocation: weft_engine::content::digest_of(&invocation_cid).expect("invocation CIDs are sha3-256"),
+                invocation: weft_engine::content::digest_of(&invocation_cid),
                 receipt: None,
-                function: memo.function_index(module.cid, function),
+                function: function_index,
                 args: invocation.args.into_boxed_slice(),
                 out: receipt.out,
                 fuel,
@@ -518,13 +526,13 @@ impl Database {
             memo.record(entry)
         };
         self.sign_and_log(&[index])?;
-        let stored = self.memo.read().expect("memo lock").stored(index);
+        let stored = self.memo.read().expect("memo lock").stored(index)?;
         Ok(Invoked { stored, hit: false })
     }
 
     /// A receipt by its CID.
     pub fn receipt(&self, cid: &weft_engine::content::Cid) -> Option<StoredReceipt> {
-        self.memo.read().expect("memo lock").receipt(cid)
+        self.memo.read().expect("memo lock").receipt(cid).and_then(Result::ok)
     }
 
     fn memo_mut(&self) -> std::sync::RwLockWriteGuard<'_, Memo> {
@@ -733,7 +741,7 @@ impl Database {
         let template = weft_engine::content::InvocationTemplate::new(module.cid, &definition.export)?;
         let (function_index, issuer_index) = {
             let mut memo = self.memo_mut();
-            (memo.function_index(module.cid, &definition.export), memo.issuer_index(self.identity.did()))
+            (memo.function_index(module.cid, &definition.export)?, memo.issuer_index(self.identity.did()))
         };
         let callable = Arc::new(WasmFunction {
             function_index,
@@ -745,7 +753,6 @@ impl Database {
             memo: self.memo.clone(),
             issued: self.issued.clone(),
             running: Mutex::new(()),
-            recent: RwLock::default(),
         });
         let id = weft_engine::functions::register(callable.clone());
         self.planner.register_function(weft_sql::WeftUdf::new(

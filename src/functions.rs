@@ -68,17 +68,18 @@ pub fn now_ns() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_nanos() as i64)
 }
 
-/// What the memo keeps of one invocation and its receipt: the two digests (the CIDs' only
-/// variable part), the call, its outcome and metadata. The receipt's bytes are not kept: they
-/// are canonical, so they are written again whenever someone asks for them.
+/// What the memo keeps of one invocation and its receipt: the call (function and arguments:
+/// the memo key), its outcome and metadata, and the digests of the two CIDs (their only
+/// variable part) once computed. The receipt's bytes are not kept: they are canonical, so they
+/// are written again whenever someone asks for them.
 #[derive(Clone, Debug)]
 pub struct Entry {
-    /// The invocation CID's digest: the memo key.
-    pub invocation: Digest,
-    /// The receipt CID's digest, once the receipt is signed (computed with its signature, off
-    /// the call path).
+    /// The invocation CID's digest, computed with the receipt's, off the call path (the same
+    /// function and arguments always make the same invocation, so the call is the memo key).
+    pub invocation: Option<Digest>,
+    /// The receipt CID's digest, once the receipt is signed.
     pub receipt: Option<Digest>,
-    /// Index of the module and export in [`Memo::functions`].
+    /// Index of the module and export in the memo's functions.
     pub function: u32,
     pub args: Box<[Value]>,
     pub out: Outcome,
@@ -86,7 +87,7 @@ pub struct Entry {
     pub duration_us: u64,
     pub first_seen_ns: i64,
     pub worker: u32,
-    /// Index of the issuer's did in [`Memo::issuers`].
+    /// Index of the issuer's did in the memo's issuers.
     pub issuer: u32,
     pub proof: Option<ReceiptProof>,
 }
@@ -96,15 +97,33 @@ fn digest_hash(digest: &Digest) -> u64 {
     u64::from_le_bytes(digest[..8].try_into().expect("eight bytes"))
 }
 
-/// Every receipt this node holds, indexed by invocation and by receipt digest, with hit and
-/// miss counts. Entries are only ever appended: an entry's index names it for good.
+/// A memo hash table's hash of a call.
+fn call_hash(function: u32, args: &[Value]) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::quality::FixedState::with_seed(0x3e30).hash_one((function, args))
+}
+
+/// Entries per chunk of the memo's storage: growing never moves recorded entries.
+const CHUNK_ENTRIES: usize = 1 << 13;
+
+/// A called function: its module and export, and the template of its invocations.
+struct CalledFunction {
+    module: Cid,
+    export: String,
+    template: content::InvocationTemplate,
+}
+
+/// Every receipt this node holds, indexed by call (function and arguments), by invocation
+/// digest and by receipt digest, with hit and miss counts. Entries are only ever appended: an
+/// entry's index names it for good.
 #[derive(Default)]
 pub struct Memo {
-    entries: Vec<Entry>,
+    chunks: Vec<Vec<Entry>>,
+    entry_count: usize,
+    by_call: hashbrown::HashTable<u32>,
     by_invocation: hashbrown::HashTable<u32>,
     by_receipt: hashbrown::HashTable<u32>,
-    /// `(module CID, export)` of the functions entries call.
-    functions: Vec<(Cid, String)>,
+    functions: Vec<CalledFunction>,
     /// Dids of the nodes that issued receipts (this node's, and any found in an old log).
     issuers: Vec<String>,
     /// Calls answered from a recorded receipt.
@@ -115,14 +134,18 @@ pub struct Memo {
 
 impl Memo {
     /// The index of function `export` of `module`, added if new.
-    pub fn function_index(&mut self, module: Cid, export: &str) -> u32 {
-        match self.functions.iter().position(|(cid, name)| *cid == module && name == export) {
-            Some(index) => index as u32,
-            None => {
-                self.functions.push((module, export.to_string()));
-                (self.functions.len() - 1) as u32
-            }
+    pub fn function_index(&mut self, module: Cid, export: &str) -> Result<u32, ContentError> {
+        if let Some(index) = self.find_function(&module, export) {
+            return Ok(index);
         }
+        let template = content::InvocationTemplate::new(module, export)?;
+        self.functions.push(CalledFunction { module, export: export.to_string(), template });
+        Ok((self.functions.len() - 1) as u32)
+    }
+
+    /// The index of function `export` of `module`, if it was ever called.
+    pub fn find_function(&self, module: &Cid, export: &str) -> Option<u32> {
+        self.functions.iter().position(|called| called.module == *module && called.export == export).map(|i| i as u32)
     }
 
     /// The index of issuer `did`, added if new.
@@ -136,39 +159,40 @@ impl Memo {
         }
     }
 
+    /// The entry recording the call of `function` on `args`, if any.
+    pub fn find_call(&self, function: u32, args: &[Value]) -> Option<u32> {
+        self.by_call
+            .find(call_hash(function, args), |index| {
+                let entry = self.entry(*index);
+                entry.function == function && *entry.args == *args
+            })
+            .copied()
+    }
+
     fn find_invocation(&self, digest: &Digest) -> Option<u32> {
         self.by_invocation
-            .find(digest_hash(digest), |index| self.entries[*index as usize].invocation == *digest)
+            .find(digest_hash(digest), |index| self.entry(*index).invocation.as_ref() == Some(digest))
             .copied()
     }
 
     fn find_receipt(&self, digest: &Digest) -> Option<u32> {
-        self.by_receipt
-            .find(digest_hash(digest), |index| self.entries[*index as usize].receipt.as_ref() == Some(digest))
-            .copied()
+        self.by_receipt.find(digest_hash(digest), |index| self.entry(*index).receipt.as_ref() == Some(digest)).copied()
     }
 
-    /// The recorded outcome of the invocation with `digest`, counted as a memo hit.
-    pub fn recall_outcome(&self, digest: &Digest) -> Option<&Outcome> {
-        let index = self.find_invocation(digest)?;
+    /// The recorded outcome of calling `function` on `args`, counted as a memo hit.
+    pub fn recall_call(&self, function: u32, args: &[Value]) -> Option<&Outcome> {
+        let index = self.find_call(function, args)?;
         self.hits.fetch_add(1, Ordering::Relaxed);
-        Some(&self.entries[index as usize].out)
+        Some(&self.entry(index).out)
     }
 
-    /// The recorded receipt of an invocation, counted as a memo hit when there is one.
-    pub fn recall(&self, invocation: &Cid) -> Option<StoredReceipt> {
-        let index = self.find_invocation(&content::digest_of(invocation)?)?;
-        self.hits.fetch_add(1, Ordering::Relaxed);
-        Some(self.stored(index))
-    }
-
-    /// The recorded receipt of an invocation (not counted as a hit).
-    pub fn get(&self, invocation: &Cid) -> Option<StoredReceipt> {
+    /// The recorded receipt of an invocation (signed: its CID is known), not counted as a hit.
+    pub fn get(&self, invocation: &Cid) -> Option<Result<StoredReceipt, ContentError>> {
         Some(self.stored(self.find_invocation(&content::digest_of(invocation)?)?))
     }
 
     /// A receipt by its own CID.
-    pub fn receipt(&self, cid: &Cid) -> Option<StoredReceipt> {
+    pub fn receipt(&self, cid: &Cid) -> Option<Result<StoredReceipt, ContentError>> {
         Some(self.stored(self.find_receipt(&content::digest_of(cid)?)?))
     }
 
@@ -177,52 +201,87 @@ impl Memo {
         self.misses.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Records an entry, returning its index (the existing entry's, if the invocation is
-    /// already recorded: receipts are facts, the first one stays).
+    /// Records an entry, returning its index (the existing entry's, if the call is already
+    /// recorded: receipts are facts, the first one stays).
     pub fn record(&mut self, entry: Entry) -> u32 {
-        if let Some(index) = self.find_invocation(&entry.invocation) {
+        if let Some(index) = self.find_call(entry.function, &entry.args) {
             return index;
         }
-        let index = self.entries.len() as u32;
-        let hash = digest_hash(&entry.invocation);
-        let entries = &self.entries;
-        self.by_invocation.insert_unique(hash, index, |other| digest_hash(&entries[*other as usize].invocation));
-        let receipt = entry.receipt;
-        self.entries.push(entry);
-        if let Some(receipt) = receipt {
-            self.set_receipt(index, receipt, None);
+        let index = self.entry_count as u32;
+        let (invocation, receipt) = (entry.invocation, entry.receipt);
+        let hash = call_hash(entry.function, &entry.args);
+        if self.chunks.last().is_none_or(|chunk| chunk.len() == CHUNK_ENTRIES) {
+            self.chunks.push(Vec::with_capacity(CHUNK_ENTRIES));
+        }
+        self.chunks.last_mut().expect("a chunk with room").push(entry);
+        self.entry_count += 1;
+        let chunks = &self.chunks;
+        let entry_at = |index: u32| &chunks[index as usize / CHUNK_ENTRIES][index as usize % CHUNK_ENTRIES];
+        self.by_call.insert_unique(hash, index, |other| {
+            let entry = entry_at(*other);
+            call_hash(entry.function, &entry.args)
+        });
+        if let (Some(invocation), Some(receipt)) = (invocation, receipt) {
+            self.index_digests(index, invocation, receipt);
         }
         index
     }
 
-    /// Records the receipt digest of entry `index` (and its proof, if given).
-    fn set_receipt(&mut self, index: u32, receipt: Digest, proof: Option<ReceiptProof>) {
-        let entry = &mut self.entries[index as usize];
-        if proof.is_some() {
-            entry.proof = proof;
+    /// Sets and indexes entry `index`'s digests.
+    fn index_digests(&mut self, index: u32, invocation: Digest, receipt: Digest) {
+        let entry = self.entry_mut(index);
+        entry.invocation = Some(invocation);
+        entry.receipt = Some(receipt);
+        if self.find_invocation(&invocation) != Some(index) {
+            let chunks = &self.chunks;
+            self.by_invocation.insert_unique(digest_hash(&invocation), index, |other| {
+                digest_hash(
+                    chunks[*other as usize / CHUNK_ENTRIES][*other as usize % CHUNK_ENTRIES]
+                        .invocation
+                        .as_ref()
+                        .expect("indexed"),
+                )
+            });
         }
-        if entry.receipt.replace(receipt) == Some(receipt) && self.find_receipt(&receipt).is_some() {
-            return;
+        if self.find_receipt(&receipt) != Some(index) {
+            let chunks = &self.chunks;
+            self.by_receipt.insert_unique(digest_hash(&receipt), index, |other| {
+                digest_hash(
+                    chunks[*other as usize / CHUNK_ENTRIES][*other as usize % CHUNK_ENTRIES]
+                        .receipt
+                        .as_ref()
+                        .expect("indexed"),
+                )
+            });
         }
-        let entries = &self.entries;
-        self.by_receipt.insert_unique(digest_hash(&receipt), index, |other| {
-            digest_hash(entries[*other as usize].receipt.as_ref().expect("indexed receipts have digests"))
-        });
     }
 
     /// Entry `index`.
     pub fn entry(&self, index: u32) -> &Entry {
-        &self.entries[index as usize]
+        &self.chunks[index as usize / CHUNK_ENTRIES][index as usize % CHUNK_ENTRIES]
+    }
+
+    fn entry_mut(&mut self, index: u32) -> &mut Entry {
+        &mut self.chunks[index as usize / CHUNK_ENTRIES][index as usize % CHUNK_ENTRIES]
     }
 
     /// Every entry, in the order recorded.
-    pub fn entries(&self) -> &[Entry] {
-        &self.entries
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.chunks.iter().flatten()
     }
 
-    /// The `(module, export)` an entry calls.
-    pub fn function_of(&self, entry: &Entry) -> &(Cid, String) {
-        &self.functions[entry.function as usize]
+    /// The invocation CID of an entry (computed if it is not signed yet).
+    pub fn invocation_cid_of(&self, entry: &Entry) -> Result<Cid, ContentError> {
+        match &entry.invocation {
+            Some(digest) => Ok(content::cid_of_digest(digest)),
+            None => self.functions[entry.function as usize].template.cid(&entry.args),
+        }
+    }
+
+    /// The module and export an entry calls.
+    pub fn function_of(&self, entry: &Entry) -> (&Cid, &str) {
+        let called = &self.functions[entry.function as usize];
+        (&called.module, &called.export)
     }
 
     /// The did that issued an entry's receipt.
@@ -231,48 +290,63 @@ impl Memo {
     }
 
     /// The receipt of an entry.
-    pub fn receipt_of(&self, entry: &Entry) -> Receipt {
-        Receipt {
-            ran: content::cid_of_digest(&entry.invocation),
+    pub fn receipt_of(&self, entry: &Entry) -> Result<Receipt, ContentError> {
+        Ok(Receipt {
+            ran: self.invocation_cid_of(entry)?,
             out: entry.out.clone(),
             fuel: entry.fuel,
             duration_us: entry.duration_us,
             issuer: self.issuer_of(entry).to_string(),
-        }
+        })
     }
 
     /// The receipt CID of an entry (computed if it is not signed yet).
-    pub fn receipt_cid_of(&self, entry: &Entry) -> Cid {
+    pub fn receipt_cid_of(&self, entry: &Entry) -> Result<Cid, ContentError> {
         match &entry.receipt {
-            Some(digest) => content::cid_of_digest(digest),
-            None => content::dag_cbor_cid(&self.receipt_of(entry).encode().unwrap_or_default()),
+            Some(digest) => Ok(content::cid_of_digest(digest)),
+            None => Ok(content::dag_cbor_cid(&self.receipt_of(entry)?.encode()?)),
         }
     }
 
+    /// The invocation and receipt digests of an entry, computed from its fields.
+    fn digests_of(&self, entry: &Entry) -> Result<(Digest, Digest), ContentError> {
+        let invocation = match entry.invocation {
+            Some(digest) => digest,
+            None => self.functions[entry.function as usize].template.digest(&entry.args)?,
+        };
+        let receipt = Receipt {
+            ran: content::cid_of_digest(&invocation),
+            out: entry.out.clone(),
+            fuel: entry.fuel,
+            duration_us: entry.duration_us,
+            issuer: self.issuer_of(entry).to_string(),
+        };
+        Ok((invocation, content::sha3_digest(&receipt.encode()?)))
+    }
+
     /// Entry `index` as a [`StoredReceipt`].
-    pub fn stored(&self, index: u32) -> StoredReceipt {
+    pub fn stored(&self, index: u32) -> Result<StoredReceipt, ContentError> {
         let entry = self.entry(index);
-        let receipt = self.receipt_of(entry);
-        // Outcomes are checked to be encodable before they are recorded.
-        let encoded = receipt.encode().unwrap_or_default();
-        let (module, function) = self.function_of(entry).clone();
-        StoredReceipt {
-            cid: entry.receipt.as_ref().map_or_else(|| content::dag_cbor_cid(&encoded), content::cid_of_digest),
-            invocation: Invocation { module, function, args: entry.args.to_vec() },
+        let receipt = self.receipt_of(entry)?;
+        let encoded = receipt.encode()?;
+        let (module, function) = self.function_of(entry);
+        Ok(StoredReceipt {
+            cid: content::dag_cbor_cid(&encoded),
+            invocation: Invocation { module: *module, function: function.to_string(), args: entry.args.to_vec() },
             receipt,
             encoded,
             proof: entry.proof.clone(),
             first_seen_ns: entry.first_seen_ns,
             worker: entry.worker,
-        }
+        })
     }
 
     /// Signs the receipts of entries `indices` in batches of [`RECEIPTS_PER_BATCH`], one
     /// signature over the Merkle root of each batch's receipt CIDs, attaching the proofs and
-    /// returning one log record per batch. Encoding and hashing the receipts is spread over the
-    /// machine's cores.
+    /// returning one log record per batch. Computing the invocation and receipt CIDs is spread
+    /// over the machine's cores.
     pub fn sign(memo: &RwLock<Memo>, identity: &Identity, indices: &[u32]) -> Result<Vec<Record>, ContentError> {
-        let digests: Vec<Digest> = {
+        let digests: Vec<(Digest, Digest)> = {
             let memo = memo.read().expect("memo lock");
             let threads = std::thread::available_parallelism().map_or(1, |cores| cores.get()).min(8);
             let part = indices.len().div_ceil(threads).max(1024);
@@ -283,8 +357,8 @@ impl Memo {
                     .map(|part| {
                         scope.spawn(move || {
                             part.iter()
-                                .map(|index| Ok(content::sha3_digest(&memo.receipt_of(memo.entry(*index)).encode()?)))
-                                .collect::<Result<Vec<Digest>, ContentError>>()
+                                .map(|index| memo.digests_of(memo.entry(*index)))
+                                .collect::<Result<Vec<_>, ContentError>>()
                         })
                     })
                     .collect();
@@ -298,12 +372,13 @@ impl Memo {
         let mut records = Vec::new();
         for (chunk, chunk_digests) in indices.chunks(RECEIPTS_PER_BATCH).zip(digests.chunks(RECEIPTS_PER_BATCH)) {
             let leaves: Vec<Vec<u8>> =
-                chunk_digests.iter().map(|digest| content::cid_of_digest(digest).to_bytes()).collect();
+                chunk_digests.iter().map(|(_, receipt)| content::cid_of_digest(receipt).to_bytes()).collect();
             let Some(batch) = identity.sign_tree(&leaves) else { continue };
             let mut memo = memo.write().expect("memo lock");
-            for (position, (index, digest)) in chunk.iter().zip(chunk_digests).enumerate() {
-                let proof = ReceiptProof::InBatch { batch: batch.clone(), index: position as u32 };
-                memo.set_receipt(*index, *digest, Some(proof));
+            for (position, (index, (invocation, receipt))) in chunk.iter().zip(chunk_digests).enumerate() {
+                memo.entry_mut(*index).proof =
+                    Some(ReceiptProof::InBatch { batch: batch.clone(), index: position as u32 });
+                memo.index_digests(*index, *invocation, *receipt);
             }
             records.push(memo.batch_record(chunk, batch.signature()));
         }
@@ -320,11 +395,11 @@ impl Memo {
             let entry = self.entry(*index);
             let function = *function_slots.entry(entry.function).or_insert_with(|| {
                 let (module, export) = self.function_of(entry);
-                functions.push((module.to_bytes(), export.clone()));
+                functions.push((module.to_bytes(), export.to_string()));
                 (functions.len() - 1) as u32
             });
             receipts.push(LoggedReceipt {
-                invocation: entry.invocation,
+                invocation: entry.invocation.unwrap_or_default(),
                 receipt: entry.receipt.unwrap_or_default(),
                 function,
                 args: entry.args.to_vec(),
@@ -349,7 +424,7 @@ impl Memo {
                     text: format!("{module:02x?}"),
                     message: error.to_string(),
                 })?;
-                Ok(self.function_index(module, export))
+                self.function_index(module, export)
             })
             .collect::<Result<_, ContentError>>()?;
         let issuer = self.issuer_index(&batch.issuer);
@@ -361,7 +436,7 @@ impl Memo {
                 .get(logged.function as usize)
                 .ok_or_else(|| ContentError::Encoding(format!("logged receipt names function {}", logged.function)))?;
             self.record(Entry {
-                invocation: logged.invocation,
+                invocation: Some(logged.invocation),
                 receipt: Some(logged.receipt),
                 function,
                 args: logged.args.into_boxed_slice(),
@@ -388,10 +463,10 @@ impl Memo {
     ) -> Result<(), ContentError> {
         let decoded_invocation = Invocation::from_ipld(&content::decode(invocation)?)?;
         let decoded = Receipt::from_ipld(&content::decode(receipt)?)?;
-        let function = self.function_index(decoded_invocation.module, &decoded_invocation.function);
+        let function = self.function_index(decoded_invocation.module, &decoded_invocation.function)?;
         let issuer = self.issuer_index(&decoded.issuer);
         self.record(Entry {
-            invocation: content::sha3_digest(invocation),
+            invocation: Some(content::sha3_digest(invocation)),
             receipt: Some(content::sha3_digest(receipt)),
             function,
             args: decoded_invocation.args.into_boxed_slice(),
@@ -412,7 +487,7 @@ impl Memo {
         let mut records = Vec::new();
         let mut batches: HashMap<*const crate::identity::SignedBatch, Vec<(u32, u32)>> = HashMap::new();
         let mut order = Vec::new();
-        for (index, entry) in self.entries.iter().enumerate() {
+        for (index, entry) in self.entries().enumerate() {
             match &entry.proof {
                 Some(ReceiptProof::InBatch { batch, index: leaf }) => {
                     let members = batches.entry(Arc::as_ptr(batch)).or_default();
@@ -422,7 +497,7 @@ impl Memo {
                     members.push((*leaf, index as u32));
                 }
                 Some(ReceiptProof::Own(proof)) => {
-                    let stored = self.stored(index as u32);
+                    let stored = self.stored(index as u32)?;
                     records.push(Record::Receipt {
                         invocation: stored.invocation.encode()?,
                         receipt: stored.encoded,
@@ -445,12 +520,12 @@ impl Memo {
 
     /// The number of receipts.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entry_count
     }
 
     /// Whether the memo holds no receipt.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entry_count == 0
     }
 }
 
@@ -545,7 +620,7 @@ struct SystemTable {
 
 impl std::fmt::Debug for Memo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Memo({} receipts)", self.entries.len())
+        write!(f, "Memo({} receipts)", self.entry_count)
     }
 }
 
@@ -573,28 +648,27 @@ impl RowSource for SystemTable {
                 .collect(),
             SystemRelation::Invocations => memo
                 .entries()
-                .iter()
                 .map(|entry| {
                     let (module, function) = memo.function_of(entry);
                     let args: Vec<serde_json::Value> = entry.args.iter().map(value_json).collect();
-                    vec![
-                        text(content::cid_of_digest(&entry.invocation).to_string()),
+                    Ok(vec![
+                        text(memo.invocation_cid_of(entry)?.to_string()),
                         text("wasm/run"),
                         text(module.to_string()),
-                        text(function.clone()),
+                        text(function),
                         text(serde_json::Value::from(args).to_string()),
                         Value::Timestamp(entry.first_seen_ns),
-                    ]
+                    ])
                 })
-                .collect(),
+                .collect::<Result<_, ContentError>>()
+                .map_err(|error| error.to_string())?,
             SystemRelation::Receipts => memo
                 .entries()
-                .iter()
                 .map(|entry| {
                     let (out, error) = outcome_json(&entry.out);
-                    vec![
-                        text(memo.receipt_cid_of(entry).to_string()),
-                        text(content::cid_of_digest(&entry.invocation).to_string()),
+                    Ok(vec![
+                        text(memo.receipt_cid_of(entry)?.to_string()),
+                        text(memo.invocation_cid_of(entry)?.to_string()),
                         Value::Bool(error.is_none()),
                         if error.is_none() { text(out.to_string()) } else { Value::Null },
                         error.map_or(Value::Null, Value::Text),
@@ -602,9 +676,10 @@ impl RowSource for SystemTable {
                         Value::Int(entry.duration_us as i64),
                         Value::Int(i64::from(entry.worker)),
                         text(memo.issuer_of(entry)),
-                    ]
+                    ])
                 })
-                .collect(),
+                .collect::<Result<_, ContentError>>()
+                .map_err(|error| error.to_string())?,
             SystemRelation::MemoStats => vec![vec![
                 Value::Int(memo.hits.load(Ordering::Relaxed) as i64),
                 Value::Int(memo.misses.load(Ordering::Relaxed) as i64),
@@ -723,14 +798,7 @@ pub struct WasmFunction {
     pub running: Mutex<()>,
     /// Encodes this function's invocations from their arguments alone.
     pub template: content::InvocationTemplate,
-    /// Outcomes by arguments, for this function: a memo hit without hashing the invocation.
-    /// Same function, same arguments, same invocation CID, so this can never disagree with the
-    /// memo; it is bounded ([`RECENT_OUTCOMES`]) and simply cleared when full.
-    pub recent: RwLock<HashMap<Vec<Value>, Outcome, ahash::RandomState>>,
 }
-
-/// Entries a function's argument cache holds before it is cleared.
-pub const RECENT_OUTCOMES: usize = 1 << 20;
 
 impl std::fmt::Debug for WasmFunction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -744,72 +812,61 @@ impl weft_engine::functions::Callable for WasmFunction {
             return Ok(Value::Null);
         }
         let definition = &self.definition;
-        if let Some(out) = self.recent.read().expect("argument cache").get(args).cloned() {
-            self.memo.read().expect("memo lock").hits.fetch_add(1, Ordering::Relaxed);
+        let recall = || self.memo.read().expect("memo lock").recall_call(self.function_index, args).cloned();
+        if let Some(out) = recall() {
             return self.finish(out, args);
         }
-        let failed = |message: String| weft_engine::EvalError(format!("function {}: {message}", definition.name));
-        let digest = self.template.digest(args).map_err(|error| failed(error.to_string()))?;
-        let recall = || self.memo.read().expect("memo lock").recall_outcome(&digest).cloned();
-        let out = match recall() {
-            Some(out) => out,
-            None => {
-                let _running = self.running.lock().expect("running lock");
-                // Another worker may have run it while this one waited.
-                if let Some(out) = recall() {
-                    self.remember(args, &out);
-                    return self.finish(out, args);
-                }
-                let signature = weft_wasm::Signature { params: definition.params.clone(), result: definition.result };
-                let limits = weft_wasm::Limits { fuel: definition.fuel, memory_bytes: definition.memory_bytes };
-                let (out, fuel, duration_us) =
-                    match self.runtime.call(&self.module, &definition.export, &signature, args, limits) {
-                        Ok(output) => (Outcome::Ok(output.value), output.fuel, output.duration_us),
-                        Err(error) => (Outcome::Error(error.to_string()), 0, 0),
-                    };
-                // A receipt must be encodable: DAG-CBOR has no NaN or infinity.
-                if let Outcome::Ok(Value::Float(value)) = &out {
-                    if !value.is_finite() {
-                        return Err(failed(format!("returned {value}, which a receipt cannot record")));
-                    }
-                }
-                let entry = Entry {
-                    invocation: digest,
-                    receipt: None,
-                    function: self.function_index,
-                    args: args.into(),
-                    out: out.clone(),
-                    fuel,
-                    duration_us,
-                    first_seen_ns: now_ns(),
-                    worker: weft_engine::dataflow::current_worker().unwrap_or(0) as u32,
-                    issuer: self.issuer_index,
-                    proof: None,
-                };
-                let index = {
-                    let mut memo = self.memo.write().expect("memo lock");
-                    memo.count_miss();
-                    memo.record(entry)
-                };
-                self.issued.lock().expect("issued receipts").push(index);
-                out
-            }
+        let _running = self.running.lock().expect("running lock");
+        // Another worker may have run it while this one waited.
+        if let Some(out) = recall() {
+            return self.finish(out, args);
+        }
+        let signature = weft_wasm::Signature { params: definition.params.clone(), result: definition.result };
+        let limits = weft_wasm::Limits { fuel: definition.fuel, memory_bytes: definition.memory_bytes };
+        let (out, fuel, duration_us) =
+            match self.runtime.call(&self.module, &definition.export, &signature, args, limits) {
+                Ok(output) => (Outcome::Ok(output.value), output.fuel, output.duration_us),
+                Err(error) => (Outcome::Error(error.to_string()), 0, 0),
+            };
+        // A receipt must be encodable: DAG-CBOR has no NaN or infinity, and every argument is
+        // part of the invocation.
+        if let Some(value) = std::iter::once(&out)
+            .filter_map(|out| match out {
+                Outcome::Ok(value) => Some(value),
+                Outcome::Error(_) => None,
+            })
+            .chain(args)
+            .find(|value| matches!(value, Value::Float(float) if !float.is_finite()))
+        {
+            return Err(weft_engine::EvalError(format!(
+                "function {}: {value:?} cannot be recorded in a receipt (DAG-CBOR has no NaN or infinity)",
+                definition.name
+            )));
+        }
+        let entry = Entry {
+            invocation: None,
+            receipt: None,
+            function: self.function_index,
+            args: args.into(),
+            out: out.clone(),
+            fuel,
+            duration_us,
+            first_seen_ns: now_ns(),
+            worker: weft_engine::dataflow::current_worker().unwrap_or(0) as u32,
+            issuer: self.issuer_index,
+            proof: None,
         };
-        self.remember(args, &out);
+        let index = {
+            let mut memo = self.memo.write().expect("memo lock");
+            memo.count_miss();
+            memo.record(entry)
+        };
+        self.issued.lock().expect("issued receipts").push(index);
         self.finish(out, args)
     }
 }
 
 impl WasmFunction {
-    /// Remembers the outcome for these arguments.
-    fn remember(&self, args: &[Value], out: &Outcome) {
-        let mut recent = self.recent.write().expect("argument cache");
-        if recent.len() >= RECENT_OUTCOMES {
-            recent.clear();
-        }
-        recent.insert(args.to_vec(), out.clone());
-    }
-
     /// The value of an outcome, or the call's error naming
     /// the function and the invocation CID.
     fn finish(&self, out: Outcome, args: &[Value]) -> Result<Value, weft_engine::EvalError> {
