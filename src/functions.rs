@@ -343,55 +343,63 @@ impl Memo {
 
     /// Signs the receipts of entries `indices` in batches of [`RECEIPTS_PER_BATCH`], one
     /// signature over the Merkle root of each batch's receipt CIDs, attaching the proofs and
-    /// returning one log record per batch. Computing the invocation and receipt CIDs is spread
-    /// over the machine's cores.
+    /// returning one log record per batch. Batches are computed (CIDs, tree, signature, record)
+    /// on all cores under the memo's read lock; only attaching them takes the write lock.
     pub fn sign(memo: &RwLock<Memo>, identity: &Identity, indices: &[u32]) -> Result<Vec<Record>, ContentError> {
-        let digests: Vec<(Digest, Digest)> = {
+        let chunks: Vec<&[u32]> = indices.chunks(RECEIPTS_PER_BATCH).collect();
+        let signed: Vec<SignedChunk> = {
             let memo = memo.read().expect("memo lock");
-            let threads = std::thread::available_parallelism().map_or(1, |cores| cores.get()).min(8);
-            let part = indices.len().div_ceil(threads).max(1024);
             let memo = &*memo;
+            let threads = std::thread::available_parallelism().map_or(1, |cores| cores.get()).min(8);
+            let per_thread = chunks.len().div_ceil(threads).max(1);
             std::thread::scope(|scope| {
-                let handles: Vec<_> = indices
-                    .chunks(part)
-                    .map(|part| {
+                let handles: Vec<_> = chunks
+                    .chunks(per_thread)
+                    .map(|group| {
                         scope.spawn(move || {
-                            part.iter()
-                                .map(|index| memo.digests_of(memo.entry(*index)))
-                                .collect::<Result<Vec<_>, ContentError>>()
+                            group.iter().map(|chunk| memo.sign_chunk(identity, chunk)).collect::<Result<Vec<_>, _>>()
                         })
                     })
                     .collect();
-                let mut digests = Vec::with_capacity(indices.len());
+                let mut signed = Vec::with_capacity(chunks.len());
                 for handle in handles {
-                    digests.extend(handle.join().expect("receipt hashing thread")?);
+                    signed.extend(handle.join().expect("receipt signing thread")?);
                 }
-                Ok::<_, ContentError>(digests)
+                Ok::<_, ContentError>(signed)
             })?
         };
-        let mut records = Vec::new();
-        for (chunk, chunk_digests) in indices.chunks(RECEIPTS_PER_BATCH).zip(digests.chunks(RECEIPTS_PER_BATCH)) {
-            let leaves: Vec<Vec<u8>> =
-                chunk_digests.iter().map(|(_, receipt)| content::cid_of_digest(receipt).to_bytes()).collect();
-            let Some(batch) = identity.sign_tree(&leaves) else { continue };
-            let mut memo = memo.write().expect("memo lock");
-            for (position, (index, (invocation, receipt))) in chunk.iter().zip(chunk_digests).enumerate() {
-                memo.entry_mut(*index).proof =
-                    Some(ReceiptProof::InBatch { batch: batch.clone(), index: position as u32 });
+        let mut memo = memo.write().expect("memo lock");
+        let mut records = Vec::with_capacity(signed.len());
+        for (chunk, signed) in chunks.iter().zip(signed) {
+            for (position, (index, (invocation, receipt))) in chunk.iter().zip(&signed.digests).enumerate() {
+                let proof = ReceiptProof::InBatch { batch: signed.batch.clone(), index: position as u32 };
+                memo.entry_mut(*index).proof = Some(proof);
                 memo.index_digests(*index, *invocation, *receipt);
             }
-            records.push(memo.batch_record(chunk, batch.signature()));
+            records.push(signed.record);
         }
         Ok(records)
     }
 
-    /// The log record of a signed batch: entries `indices`, in leaf order.
-    fn batch_record(&self, indices: &[u32], signature: &[u8]) -> Record {
+    /// Computes the CIDs of entries `chunk`, signs the root of their receipt CIDs and makes the
+    /// batch's log record.
+    fn sign_chunk(&self, identity: &Identity, chunk: &[u32]) -> Result<SignedChunk, ContentError> {
+        let digests: Vec<(Digest, Digest)> =
+            chunk.iter().map(|index| self.digests_of(self.entry(*index))).collect::<Result<_, _>>()?;
+        let leaves: Vec<Vec<u8>> =
+            digests.iter().map(|(_, receipt)| content::cid_of_digest(receipt).to_bytes()).collect();
+        let batch = identity.sign_tree(&leaves).ok_or_else(|| ContentError::Encoding("empty batch".into()))?;
+        let record = self.batch_record(chunk, &digests, batch.signature());
+        Ok(SignedChunk { batch, digests, record })
+    }
+
+    /// The log record of a signed batch: entries `indices` with their `digests`, in leaf order.
+    fn batch_record(&self, indices: &[u32], digests: &[(Digest, Digest)], signature: &[u8]) -> Record {
         let mut functions: Vec<(Vec<u8>, String)> = Vec::new();
         let mut function_slots: HashMap<u32, u32> = HashMap::new();
         let mut receipts = Vec::with_capacity(indices.len());
         let issuer = indices.first().map(|index| self.issuer_of(self.entry(*index)).to_string()).unwrap_or_default();
-        for index in indices {
+        for (index, (invocation, receipt)) in indices.iter().zip(digests) {
             let entry = self.entry(*index);
             let function = *function_slots.entry(entry.function).or_insert_with(|| {
                 let (module, export) = self.function_of(entry);
@@ -399,8 +407,8 @@ impl Memo {
                 (functions.len() - 1) as u32
             });
             receipts.push(LoggedReceipt {
-                invocation: entry.invocation.unwrap_or_default(),
-                receipt: entry.receipt.unwrap_or_default(),
+                invocation: *invocation,
+                receipt: *receipt,
                 function,
                 args: entry.args.to_vec(),
                 out: entry.out.clone(),
@@ -513,7 +521,14 @@ impl Memo {
             let mut members = batches.remove(&pointer).unwrap_or_default();
             members.sort_unstable();
             let indices: Vec<u32> = members.into_iter().map(|(_, index)| index).collect();
-            records.push(self.batch_record(&indices, batch.signature()));
+            let digests: Vec<(Digest, Digest)> = indices
+                .iter()
+                .map(|index| match self.entry(*index) {
+                    Entry { invocation: Some(invocation), receipt: Some(receipt), .. } => Ok((*invocation, *receipt)),
+                    entry => self.digests_of(entry),
+                })
+                .collect::<Result<_, _>>()?;
+            records.push(self.batch_record(&indices, &digests, batch.signature()));
         }
         Ok(records)
     }
@@ -527,6 +542,14 @@ impl Memo {
     pub fn is_empty(&self) -> bool {
         self.entry_count == 0
     }
+}
+
+/// One batch of receipts, signed and ready to attach and log.
+struct SignedChunk {
+    batch: Arc<crate::identity::SignedBatch>,
+    /// `(invocation, receipt)` digests, in leaf order.
+    digests: Vec<(Digest, Digest)>,
+    record: Record,
 }
 
 /// Receipts signed (and logged) together: one signature per this many.

@@ -1,7 +1,8 @@
 //! The write-ahead log: weft's embedded persistence.
 //!
 //! Every catalog change and every committed transaction is appended as one frame
-//! (`length: u32 LE | checksum: u64 LE | bincode payload`) before the commit is acknowledged.
+//! (`length: u32 LE | checksum: u64 LE | bincode payload`; the checksum is a CRC-32 tagged in
+//! its high half, or FNV-1a in logs from before) before the commit is acknowledged.
 //! With `sync` on, the append is followed by `fdatasync`, so a power loss loses nothing; with it
 //! off, the frame still reaches the operating system before the commit returns, so killing the
 //! process (kill -9) loses nothing. Opening the log replays every whole frame; a torn final frame
@@ -69,9 +70,23 @@ pub type Wal = Log<Record>;
 
 const HEADER_BYTES: usize = 12;
 
-/// FNV-1a, 64 bits: detects torn or garbled frames (not an integrity MAC).
+/// The high half of a frame's checksum field when the low half is a CRC-32.
+const CRC_MARKER: u64 = 0x5745_4654 << 32;
+
+/// A frame's checksum: CRC-32 (hardware-accelerated) tagged with [`CRC_MARKER`]. It detects torn
+/// or garbled frames; it is not an integrity MAC.
 fn checksum(bytes: &[u8]) -> u64 {
+    CRC_MARKER | u64::from(crc32fast::hash(bytes))
+}
+
+/// Whether `expected` is the checksum of `bytes`: a tagged CRC-32, or the FNV-1a (64 bits) of
+/// logs written before, which stay readable.
+fn checksum_matches(bytes: &[u8], expected: u64) -> bool {
+    if expected >> 32 == CRC_MARKER >> 32 && checksum(bytes) == expected {
+        return true;
+    }
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x100_0000_01b3))
+        == expected
 }
 
 impl<R: Serialize + serde::de::DeserializeOwned> Log<R> {
@@ -96,7 +111,7 @@ impl<R: Serialize + serde::de::DeserializeOwned> Log<R> {
             if read_full(&mut reader, &mut payload).map_err(io)? < length {
                 break;
             }
-            if checksum(&payload) != expected {
+            if !checksum_matches(&payload, expected) {
                 if offset + (HEADER_BYTES + length) as u64 == file_length {
                     break;
                 }
@@ -261,7 +276,23 @@ mod tests {
         let (mut wal, _) = Wal::open(&path, false).unwrap();
         wal.rewrite(std::slice::from_ref(&commit)).unwrap();
         assert_eq!(wal.frames(), 1);
-        assert_eq!(Wal::open(&path, false).unwrap().1, vec![commit]);
+        assert_eq!(Wal::open(&path, false).unwrap().1, vec![commit.clone()]);
+        // A frame checksummed with FNV-1a (logs written before CRC-32) still reads; a frame whose
+        // payload no longer matches either checksum is a torn tail.
+        let payload = bincode::serialize(&commit).unwrap();
+        let fnv = payload
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x100_0000_01b3));
+        let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&fnv.to_le_bytes());
+        frame.extend_from_slice(&payload);
+        std::fs::write(&path, &frame).unwrap();
+        assert_eq!(Wal::open(&path, false).unwrap().1, vec![commit.clone()]);
+        let last = frame.len() - 1;
+        frame[last] ^= 0xff;
+        std::fs::write(&path, &frame).unwrap();
+        assert!(Wal::open(&path, false).unwrap().1.is_empty());
+        assert!(checksum_matches(b"frame", checksum(b"frame")) && !checksum_matches(b"frame", checksum(b"other")));
         std::fs::remove_dir_all(&directory).unwrap();
     }
 }
