@@ -103,6 +103,34 @@ fn call_hash(function: u32, args: &[Value]) -> u64 {
     foldhash::quality::FixedState::with_seed(0x3e30).hash_one((function, args))
 }
 
+/// A hash index of memo entries: each slot keeps the high half of its entry's hash beside the
+/// entry's index, so growing the table never reads the entries again and most mismatches are
+/// rejected without reading them.
+#[derive(Default)]
+struct EntryIndex(hashbrown::HashTable<(u32, u32)>);
+
+impl EntryIndex {
+    /// The table's hash of a slot: its 32 bits, in both halves (hashbrown takes the position
+    /// from the low bits and a tag from the high ones).
+    fn spread(short: u32) -> u64 {
+        (u64::from(short) << 32) | u64::from(short)
+    }
+
+    /// The index of the entry with `hash` that `matches`.
+    fn find(&self, hash: u64, mut matches: impl FnMut(u32) -> bool) -> Option<u32> {
+        let short = (hash >> 32) as u32;
+        self.0
+            .find(EntryIndex::spread(short), |(slot, index)| *slot == short && matches(*index))
+            .map(|(_, index)| *index)
+    }
+
+    /// Adds entry `index` with `hash`.
+    fn insert(&mut self, hash: u64, index: u32) {
+        let short = (hash >> 32) as u32;
+        self.0.insert_unique(EntryIndex::spread(short), (short, index), |(slot, _)| EntryIndex::spread(*slot));
+    }
+}
+
 /// Entries per chunk of the memo's storage: growing never moves recorded entries.
 const CHUNK_ENTRIES: usize = 1 << 13;
 
@@ -120,9 +148,9 @@ struct CalledFunction {
 pub struct Memo {
     chunks: Vec<Vec<Entry>>,
     entry_count: usize,
-    by_call: hashbrown::HashTable<u32>,
-    by_invocation: hashbrown::HashTable<u32>,
-    by_receipt: hashbrown::HashTable<u32>,
+    by_call: EntryIndex,
+    by_invocation: EntryIndex,
+    by_receipt: EntryIndex,
     functions: Vec<CalledFunction>,
     /// Dids of the nodes that issued receipts (this node's, and any found in an old log).
     issuers: Vec<String>,
@@ -161,22 +189,18 @@ impl Memo {
 
     /// The entry recording the call of `function` on `args`, if any.
     pub fn find_call(&self, function: u32, args: &[Value]) -> Option<u32> {
-        self.by_call
-            .find(call_hash(function, args), |index| {
-                let entry = self.entry(*index);
-                entry.function == function && *entry.args == *args
-            })
-            .copied()
+        self.by_call.find(call_hash(function, args), |index| {
+            let entry = self.entry(index);
+            entry.function == function && *entry.args == *args
+        })
     }
 
     fn find_invocation(&self, digest: &Digest) -> Option<u32> {
-        self.by_invocation
-            .find(digest_hash(digest), |index| self.entry(*index).invocation.as_ref() == Some(digest))
-            .copied()
+        self.by_invocation.find(digest_hash(digest), |index| self.entry(index).invocation.as_ref() == Some(digest))
     }
 
     fn find_receipt(&self, digest: &Digest) -> Option<u32> {
-        self.by_receipt.find(digest_hash(digest), |index| self.entry(*index).receipt.as_ref() == Some(digest)).copied()
+        self.by_receipt.find(digest_hash(digest), |index| self.entry(index).receipt.as_ref() == Some(digest))
     }
 
     /// The recorded outcome of calling `function` on `args`, counted as a memo hit.
@@ -215,12 +239,7 @@ impl Memo {
         }
         self.chunks.last_mut().expect("a chunk with room").push(entry);
         self.entry_count += 1;
-        let chunks = &self.chunks;
-        let entry_at = |index: u32| &chunks[index as usize / CHUNK_ENTRIES][index as usize % CHUNK_ENTRIES];
-        self.by_call.insert_unique(hash, index, |other| {
-            let entry = entry_at(*other);
-            call_hash(entry.function, &entry.args)
-        });
+        self.by_call.insert(hash, index);
         if let (Some(invocation), Some(receipt)) = (invocation, receipt) {
             self.index_digests(index, invocation, receipt);
         }
@@ -233,26 +252,10 @@ impl Memo {
         entry.invocation = Some(invocation);
         entry.receipt = Some(receipt);
         if self.find_invocation(&invocation) != Some(index) {
-            let chunks = &self.chunks;
-            self.by_invocation.insert_unique(digest_hash(&invocation), index, |other| {
-                digest_hash(
-                    chunks[*other as usize / CHUNK_ENTRIES][*other as usize % CHUNK_ENTRIES]
-                        .invocation
-                        .as_ref()
-                        .expect("indexed"),
-                )
-            });
+            self.by_invocation.insert(digest_hash(&invocation), index);
         }
         if self.find_receipt(&receipt) != Some(index) {
-            let chunks = &self.chunks;
-            self.by_receipt.insert_unique(digest_hash(&receipt), index, |other| {
-                digest_hash(
-                    chunks[*other as usize / CHUNK_ENTRIES][*other as usize % CHUNK_ENTRIES]
-                        .receipt
-                        .as_ref()
-                        .expect("indexed"),
-                )
-            });
+            self.by_receipt.insert(digest_hash(&receipt), index);
         }
     }
 
