@@ -15,6 +15,7 @@ use crate::fastpath;
 use crate::functions::{FunctionCatalog, FunctionDefinition, FunctionStatement, Memo, StoredReceipt, WasmFunction};
 use crate::identity::Identity;
 use crate::server::catalog::{ListedRelation, Listing};
+use crate::signer::Signer;
 use crate::wal::{Record, Wal, WalError};
 use datafusion::arrow::array::StringArray;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -135,9 +136,9 @@ pub struct Database {
     /// Defined functions, and their ids in the engine's function registry.
     functions: Arc<RwLock<FunctionCatalog>>,
     function_ids: HashMap<String, weft_engine::functions::FunctionId>,
-    /// Invocations whose receipts calls inside views and queries issued (in the memo), not yet
-    /// signed and logged.
-    issued: Arc<Mutex<Vec<u32>>>,
+    /// Signs the receipts of calls inside views and queries while they run (see
+    /// [`crate::signer`]); the statement's end logs them.
+    signer: Arc<Signer>,
     /// Held by the open transaction from its first change until it commits or rolls back.
     gate: Arc<Gate>,
     writing: bool,
@@ -160,7 +161,7 @@ pub struct Database {
 pub struct Reader {
     planner: Planner,
     gate: Arc<Gate>,
-    issued: Arc<Mutex<Vec<u32>>>,
+    signer: Arc<Signer>,
 }
 
 impl Reader {
@@ -206,7 +207,7 @@ impl Reader {
     /// Whether queries issued receipts (new function calls) that [`Database::log_issued_receipts`]
     /// should log.
     pub fn has_unlogged_receipts(&self) -> bool {
-        !self.issued.lock().expect("issued receipts").is_empty()
+        self.signer.has_unsigned()
     }
 
     /// The current contents of a view and a stream of its later changes.
@@ -284,6 +285,8 @@ impl Database {
         }
         let (wal, records) = Wal::open(&directory.join("wal"), options.sync)?;
         let identity = Arc::new(Identity::load_or_create(&directory.join("node.key"))?);
+        let signer = Signer::start(identity.clone())
+            .map_err(|error| Error::Catalog(format!("starting the receipt signer: {error}")))?;
         let executor = crate::executor::Executor::open(&directory.join("outbox"), options.sync, identity.clone())?;
         let mut database = Database {
             engine: Engine::start(options.workers)?,
@@ -299,7 +302,7 @@ impl Database {
             memo: Arc::new(RwLock::new(Memo::default())),
             functions: Arc::default(),
             function_ids: HashMap::new(),
-            issued: Arc::default(),
+            signer,
             gate: Arc::new(Gate::new()),
             writing: false,
             listing: Listing::default(),
@@ -739,19 +742,23 @@ impl Database {
             return catalog_error(format!("module has no exported function {} returning one value", definition.export));
         }
         let template = weft_engine::content::InvocationTemplate::new(module.cid, &definition.export)?;
-        let (function_index, issuer_index) = {
+        let (function_index, function, issuer_index, issuer) = {
             let mut memo = self.memo_mut();
-            (memo.function_index(module.cid, &definition.export)?, memo.issuer_index(self.identity.did()))
+            let function_index = memo.function_index(module.cid, &definition.export)?;
+            let issuer_index = memo.issuer_index(self.identity.did());
+            (function_index, memo.function(function_index).clone(), issuer_index, memo.issuer(issuer_index).clone())
         };
         let callable = Arc::new(WasmFunction {
             function_index,
+            function,
             issuer_index,
+            issuer,
             template,
             definition: definition.clone(),
             module,
             runtime: self.runtime.clone(),
             memo: self.memo.clone(),
-            issued: self.issued.clone(),
+            signer: self.signer.clone(),
             running: Mutex::new(()),
         });
         let id = weft_engine::functions::register(callable.clone());
@@ -779,10 +786,21 @@ impl Database {
 
     /// Logs the receipts that calls inside views and queries issued.
     pub fn log_issued_receipts(&mut self) -> Result<(), Error> {
-        let issued = std::mem::take(&mut *self.issued.lock().expect("issued receipts"));
-        if !issued.is_empty() {
-            self.sign_and_log(&issued)?;
+        if !self.signer.has_unsigned() {
+            return Ok(());
         }
+        let signed = self.signer.finish()?;
+        let records: Vec<Record> = {
+            let mut memo = self.memo_mut();
+            signed
+                .into_iter()
+                .map(|signed| {
+                    memo.attach(&signed);
+                    signed.record
+                })
+                .collect()
+        };
+        self.wal.append(&records)?;
         Ok(())
     }
 
@@ -901,7 +919,7 @@ impl Database {
 
     /// A handle that runs queries on other threads while this database goes on writing.
     pub fn reader(&self) -> Reader {
-        Reader { planner: self.planner.clone(), gate: self.gate.clone(), issued: self.issued.clone() }
+        Reader { planner: self.planner.clone(), gate: self.gate.clone(), signer: self.signer.clone() }
     }
 
     /// Whether a `BEGIN` block is open.

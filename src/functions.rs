@@ -6,6 +6,7 @@
 //! Receipts are facts: nothing ever deletes one.
 
 use crate::identity::{Identity, Proof};
+use crate::signer::{batch_record, digests_of, sign_batch, PendingReceipt, SignedReceipts, Signer};
 use crate::wal::Record;
 use cid::Cid;
 use ipld_core::ipld::Ipld;
@@ -135,10 +136,11 @@ impl EntryIndex {
 const CHUNK_ENTRIES: usize = 1 << 13;
 
 /// A called function: its module and export, and the template of its invocations.
-struct CalledFunction {
-    module: Cid,
-    export: String,
-    template: content::InvocationTemplate,
+#[derive(Debug)]
+pub struct CalledFunction {
+    pub module: Cid,
+    pub export: String,
+    pub template: content::InvocationTemplate,
 }
 
 /// Every receipt this node holds, indexed by call (function and arguments), by invocation
@@ -151,9 +153,9 @@ pub struct Memo {
     by_call: EntryIndex,
     by_invocation: EntryIndex,
     by_receipt: EntryIndex,
-    functions: Vec<CalledFunction>,
+    functions: Vec<Arc<CalledFunction>>,
     /// Dids of the nodes that issued receipts (this node's, and any found in an old log).
-    issuers: Vec<String>,
+    issuers: Vec<Arc<str>>,
     /// Calls answered from a recorded receipt.
     pub hits: AtomicU64,
     /// Calls that ran.
@@ -167,7 +169,7 @@ impl Memo {
             return Ok(index);
         }
         let template = content::InvocationTemplate::new(module, export)?;
-        self.functions.push(CalledFunction { module, export: export.to_string(), template });
+        self.functions.push(Arc::new(CalledFunction { module, export: export.to_string(), template }));
         Ok((self.functions.len() - 1) as u32)
     }
 
@@ -178,10 +180,10 @@ impl Memo {
 
     /// The index of issuer `did`, added if new.
     pub fn issuer_index(&mut self, did: &str) -> u32 {
-        match self.issuers.iter().position(|issuer| issuer == did) {
+        match self.issuers.iter().position(|issuer| &**issuer == did) {
             Some(index) => index as u32,
             None => {
-                self.issuers.push(did.to_string());
+                self.issuers.push(did.into());
                 (self.issuers.len() - 1) as u32
             }
         }
@@ -311,22 +313,6 @@ impl Memo {
         }
     }
 
-    /// The invocation and receipt digests of an entry, computed from its fields.
-    fn digests_of(&self, entry: &Entry) -> Result<(Digest, Digest), ContentError> {
-        let invocation = match entry.invocation {
-            Some(digest) => digest,
-            None => self.functions[entry.function as usize].template.digest(&entry.args)?,
-        };
-        let receipt = Receipt {
-            ran: content::cid_of_digest(&invocation),
-            out: entry.out.clone(),
-            fuel: entry.fuel,
-            duration_us: entry.duration_us,
-            issuer: self.issuer_of(entry).to_string(),
-        };
-        Ok((invocation, content::sha3_digest(&receipt.encode()?)))
-    }
-
     /// Entry `index` as a [`StoredReceipt`].
     pub fn stored(&self, index: u32) -> Result<StoredReceipt, ContentError> {
         let entry = self.entry(index);
@@ -344,84 +330,81 @@ impl Memo {
         })
     }
 
-    /// Signs the receipts of entries `indices` in batches of [`RECEIPTS_PER_BATCH`], one
-    /// signature over the Merkle root of each batch's receipt CIDs, attaching the proofs and
-    /// returning one log record per batch. Batches are computed (CIDs, tree, signature, record)
-    /// on all cores under the memo's read lock; only attaching them takes the write lock.
+    /// The function with index `function`.
+    pub fn function(&self, function: u32) -> &Arc<CalledFunction> {
+        &self.functions[function as usize]
+    }
+
+    /// The issuer with index `issuer`.
+    pub fn issuer(&self, issuer: u32) -> &Arc<str> {
+        &self.issuers[issuer as usize]
+    }
+
+    /// What signing entry `index`'s receipt needs.
+    pub fn pending(&self, index: u32) -> PendingReceipt {
+        let entry = self.entry(index);
+        PendingReceipt {
+            index,
+            function: self.functions[entry.function as usize].clone(),
+            issuer: self.issuers[entry.issuer as usize].clone(),
+            args: entry.args.clone(),
+            out: entry.out.clone(),
+            fuel: entry.fuel,
+            duration_us: entry.duration_us,
+            first_seen_ns: entry.first_seen_ns,
+            worker: entry.worker,
+        }
+    }
+
+    /// Attaches a signed batch: each entry's proof and CIDs.
+    pub fn attach(&mut self, signed: &SignedReceipts) {
+        for (position, (index, (invocation, receipt))) in signed.indices.iter().zip(&signed.digests).enumerate() {
+            self.entry_mut(*index).proof =
+                Some(ReceiptProof::InBatch { batch: signed.batch.clone(), index: position as u32 });
+            self.index_digests(*index, *invocation, *receipt);
+        }
+    }
+
+    /// Signs the receipts of entries `indices` now, in batches of [`RECEIPTS_PER_BATCH`] on all
+    /// cores (see [`crate::signer`]), attaches them and returns one log record per batch.
     pub fn sign(memo: &RwLock<Memo>, identity: &Identity, indices: &[u32]) -> Result<Vec<Record>, ContentError> {
-        let chunks: Vec<&[u32]> = indices.chunks(RECEIPTS_PER_BATCH).collect();
-        let signed: Vec<SignedChunk> = {
+        let batches: Vec<Vec<PendingReceipt>> = {
             let memo = memo.read().expect("memo lock");
-            let memo = &*memo;
-            let threads = std::thread::available_parallelism().map_or(1, |cores| cores.get()).min(8);
-            let per_thread = chunks.len().div_ceil(threads).max(1);
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = chunks
-                    .chunks(per_thread)
-                    .map(|group| {
-                        scope.spawn(move || {
-                            group.iter().map(|chunk| memo.sign_chunk(identity, chunk)).collect::<Result<Vec<_>, _>>()
-                        })
-                    })
-                    .collect();
-                let mut signed = Vec::with_capacity(chunks.len());
-                for handle in handles {
-                    signed.extend(handle.join().expect("receipt signing thread")?);
-                }
-                Ok::<_, ContentError>(signed)
-            })?
+            indices
+                .chunks(RECEIPTS_PER_BATCH)
+                .map(|chunk| chunk.iter().map(|index| memo.pending(*index)).collect())
+                .collect()
         };
-        let mut memo = memo.write().expect("memo lock");
-        let mut records = Vec::with_capacity(signed.len());
-        for (chunk, signed) in chunks.iter().zip(signed) {
-            for (position, (index, (invocation, receipt))) in chunk.iter().zip(&signed.digests).enumerate() {
-                let proof = ReceiptProof::InBatch { batch: signed.batch.clone(), index: position as u32 };
-                memo.entry_mut(*index).proof = Some(proof);
-                memo.index_digests(*index, *invocation, *receipt);
+        let threads = std::thread::available_parallelism().map_or(1, |cores| cores.get()).min(8);
+        let per_thread = batches.len().div_ceil(threads).max(1);
+        let mut groups: Vec<Vec<Vec<PendingReceipt>>> = Vec::new();
+        let mut batches = batches.into_iter().peekable();
+        while batches.peek().is_some() {
+            groups.push(batches.by_ref().take(per_thread).collect());
+        }
+        let signed: Vec<SignedReceipts> = std::thread::scope(|scope| {
+            let handles: Vec<_> = groups
+                .into_iter()
+                .map(|group| {
+                    scope.spawn(move || {
+                        group.into_iter().map(|batch| sign_batch(identity, batch)).collect::<Result<Vec<_>, _>>()
+                    })
+                })
+                .collect();
+            let mut signed = Vec::new();
+            for handle in handles {
+                signed.extend(handle.join().expect("receipt signing thread")?);
             }
-            records.push(signed.record);
-        }
-        Ok(records)
-    }
-
-    /// Computes the CIDs of entries `chunk`, signs the root of their receipt CIDs and makes the
-    /// batch's log record.
-    fn sign_chunk(&self, identity: &Identity, chunk: &[u32]) -> Result<SignedChunk, ContentError> {
-        let digests: Vec<(Digest, Digest)> =
-            chunk.iter().map(|index| self.digests_of(self.entry(*index))).collect::<Result<_, _>>()?;
-        let leaves: Vec<Vec<u8>> =
-            digests.iter().map(|(_, receipt)| content::cid_of_digest(receipt).to_bytes()).collect();
-        let batch = identity.sign_tree(&leaves).ok_or_else(|| ContentError::Encoding("empty batch".into()))?;
-        let record = self.batch_record(chunk, &digests, batch.signature());
-        Ok(SignedChunk { batch, digests, record })
-    }
-
-    /// The log record of a signed batch: entries `indices` with their `digests`, in leaf order.
-    fn batch_record(&self, indices: &[u32], digests: &[(Digest, Digest)], signature: &[u8]) -> Record {
-        let mut functions: Vec<(Vec<u8>, String)> = Vec::new();
-        let mut function_slots: HashMap<u32, u32> = HashMap::new();
-        let mut receipts = Vec::with_capacity(indices.len());
-        let issuer = indices.first().map(|index| self.issuer_of(self.entry(*index)).to_string()).unwrap_or_default();
-        for (index, (invocation, receipt)) in indices.iter().zip(digests) {
-            let entry = self.entry(*index);
-            let function = *function_slots.entry(entry.function).or_insert_with(|| {
-                let (module, export) = self.function_of(entry);
-                functions.push((module.to_bytes(), export.to_string()));
-                (functions.len() - 1) as u32
-            });
-            receipts.push(LoggedReceipt {
-                invocation: *invocation,
-                receipt: *receipt,
-                function,
-                args: entry.args.to_vec(),
-                out: entry.out.clone(),
-                fuel: entry.fuel,
-                duration_us: entry.duration_us,
-                first_seen_ns: entry.first_seen_ns,
-                worker: entry.worker,
-            });
-        }
-        Record::Receipts(LoggedBatch { issuer, signature: signature.to_vec(), functions, receipts })
+            Ok::<_, ContentError>(signed)
+        })?;
+        let mut memo = memo.write().expect("memo lock");
+        Ok(signed
+            .into_iter()
+            .map(|signed| {
+                memo.attach(&signed);
+                signed.record
+            })
+            .collect())
     }
 
     /// Records a logged batch (replay): its entries, with proofs from the batch rebuilt from
@@ -523,15 +506,15 @@ impl Memo {
         for (pointer, batch) in order {
             let mut members = batches.remove(&pointer).unwrap_or_default();
             members.sort_unstable();
-            let indices: Vec<u32> = members.into_iter().map(|(_, index)| index).collect();
-            let digests: Vec<(Digest, Digest)> = indices
+            let pending: Vec<PendingReceipt> = members.iter().map(|(_, index)| self.pending(*index)).collect();
+            let digests: Vec<(Digest, Digest)> = members
                 .iter()
-                .map(|index| match self.entry(*index) {
+                .map(|(_, index)| match self.entry(*index) {
                     Entry { invocation: Some(invocation), receipt: Some(receipt), .. } => Ok((*invocation, *receipt)),
-                    entry => self.digests_of(entry),
+                    _ => digests_of(&self.pending(*index)),
                 })
-                .collect::<Result<_, _>>()?;
-            records.push(self.batch_record(&indices, &digests, batch.signature()));
+                .collect::<Result<_, ContentError>>()?;
+            records.push(batch_record(pending, &digests, batch.signature()));
         }
         Ok(records)
     }
@@ -545,14 +528,6 @@ impl Memo {
     pub fn is_empty(&self) -> bool {
         self.entry_count == 0
     }
-}
-
-/// One batch of receipts, signed and ready to attach and log.
-struct SignedChunk {
-    batch: Arc<crate::identity::SignedBatch>,
-    /// `(invocation, receipt)` digests, in leaf order.
-    digests: Vec<(Digest, Digest)>,
-    record: Record,
 }
 
 /// Receipts signed (and logged) together: one signature per this many.
@@ -814,12 +789,14 @@ pub struct WasmFunction {
     pub module: Arc<weft_wasm::LoadedModule>,
     pub runtime: Arc<weft_wasm::Runtime>,
     pub memo: Arc<RwLock<Memo>>,
-    /// Memo entries (by index) issued since the log last took them.
-    pub issued: Arc<Mutex<Vec<u32>>>,
-    /// This function's index in the memo's functions.
+    /// Signs the receipts of the calls that run.
+    pub signer: Arc<Signer>,
+    /// This function's index in the memo's functions, and the function.
     pub function_index: u32,
-    /// This node's index in the memo's issuers.
+    pub function: Arc<CalledFunction>,
+    /// This node's index in the memo's issuers, and its did.
     pub issuer_index: u32,
+    pub issuer: Arc<str>,
     /// Held while a missed invocation runs, so two workers never run the same one.
     pub running: Mutex<()>,
     /// Encodes this function's invocations from their arguments alone.
@@ -869,16 +846,18 @@ impl weft_engine::functions::Callable for WasmFunction {
                 definition.name
             )));
         }
+        let owned_args: Box<[Value]> = args.into();
+        let (first_seen_ns, worker) = (now_ns(), weft_engine::dataflow::current_worker().unwrap_or(0) as u32);
         let entry = Entry {
             invocation: None,
             receipt: None,
             function: self.function_index,
-            args: args.into(),
+            args: owned_args.clone(),
             out: out.clone(),
             fuel,
             duration_us,
-            first_seen_ns: now_ns(),
-            worker: weft_engine::dataflow::current_worker().unwrap_or(0) as u32,
+            first_seen_ns,
+            worker,
             issuer: self.issuer_index,
             proof: None,
         };
@@ -887,7 +866,20 @@ impl weft_engine::functions::Callable for WasmFunction {
             memo.count_miss();
             memo.record(entry)
         };
-        self.issued.lock().expect("issued receipts").push(index);
+        let function = self.function.clone();
+        let issuer = self.issuer.clone();
+        let pending = PendingReceipt {
+            index,
+            function,
+            issuer,
+            args: owned_args,
+            out: out.clone(),
+            fuel,
+            duration_us,
+            first_seen_ns,
+            worker,
+        };
+        self.signer.push(pending);
         self.finish(out, args)
     }
 }

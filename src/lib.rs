@@ -16,6 +16,7 @@ pub mod identity;
 pub mod output;
 pub mod reads;
 pub mod server;
+pub mod signer;
 pub mod wal;
 
 pub use database::{Database, Error, Options, Output, Reader};
