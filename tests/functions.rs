@@ -218,3 +218,48 @@ fn failing_calls_name_the_function_and_invocation_or_yield_null() {
     drop(database);
     std::fs::remove_dir_all(&directory).unwrap();
 }
+
+#[test]
+fn receipts_of_many_calls_are_signed_in_batches_while_the_view_builds() {
+    let directory = std::env::temp_dir().join(format!("weft-functions-batches-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&directory);
+    let options = Options { data_dir: directory.clone(), workers: 2, sync: false };
+    let math = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/wasm/math.wat");
+    // More than two full batches of 4,096 and a partial one.
+    let calls = 2 * weft::functions::RECEIPTS_PER_BATCH + 1000;
+    {
+        let mut database = Database::open(options.clone()).unwrap();
+        database
+            .execute(&format!(
+                "CREATE TABLE t (x BIGINT PRIMARY KEY);
+                 CREATE FUNCTION add_one(BIGINT) RETURNS BIGINT LANGUAGE wasm AS '{math}';"
+            ))
+            .unwrap();
+        database.insert_rows("t", (0..calls as i64).map(|x| vec![Value::Int(x)]).collect()).unwrap();
+        database.execute("CREATE VIEW bumped AS SELECT add_one(x) AS y FROM t").unwrap();
+        assert_eq!(memo_counts(&mut database).1, calls as i64);
+    }
+    let mut database = Database::open(options).unwrap();
+    assert_eq!(memo_counts(&mut database).1, 0, "every receipt was logged");
+    let rows =
+        database.query("SELECT r.cid, i.args FROM weft.receipts r JOIN weft.invocations i ON r.ran = i.cid").unwrap();
+    assert_eq!(rows.len(), calls);
+    let mut signatures = std::collections::BTreeSet::new();
+    for (position, row) in rows.iter().enumerate() {
+        let Value::Text(cid) = &row[0] else { panic!("receipt CIDs are text") };
+        let stored = database.receipt(&weft_engine::content::parse_cid(cid).unwrap()).expect("receipt by CID");
+        assert_eq!(weft_engine::content::dag_cbor_cid(&stored.encoded), stored.cid);
+        match &stored.proof {
+            Some(weft::functions::ReceiptProof::InBatch { batch, .. }) => signatures.insert(batch.signature().to_vec()),
+            other => panic!("a receipt read back from a batch record keeps its batch, not {other:?}"),
+        };
+        // Rebuilding a path hashes the whole batch (slow in a debug build): check a spread.
+        if position % 499 == 0 || position + 1 == rows.len() {
+            let proof = stored.signed_proof().unwrap();
+            weft::identity::verify_proof(&stored.receipt.issuer, &stored.cid.to_bytes(), &proof).unwrap();
+        }
+    }
+    assert_eq!(signatures.len(), 3, "one signature per batch of up to 4,096 receipts");
+    drop(database);
+    std::fs::remove_dir_all(&directory).unwrap();
+}
