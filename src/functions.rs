@@ -82,15 +82,24 @@ pub struct Entry {
     pub receipt: Option<Digest>,
     /// Index of the module and export in the memo's functions.
     pub function: u32,
+    pub run: Run,
+    /// Index of the issuer's did in the memo's issuers.
+    pub issuer: u32,
+    pub proof: Option<ReceiptProof>,
+}
+
+/// One call as it ran: its arguments and outcome, the fuel and time it took, when and where.
+/// The memo's entries, the signer's pending receipts and the log's receipts all carry one.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Run {
     pub args: Box<[Value]>,
     pub out: Outcome,
     pub fuel: u64,
     pub duration_us: u64,
+    /// When this node first ran the invocation (nanoseconds since the epoch).
     pub first_seen_ns: i64,
+    /// The timely worker that ran it (0 outside dataflows).
     pub worker: u32,
-    /// Index of the issuer's did in the memo's issuers.
-    pub issuer: u32,
-    pub proof: Option<ReceiptProof>,
 }
 
 /// A memo hash table's hash of a digest: its first eight bytes (digests are uniform).
@@ -193,7 +202,7 @@ impl Memo {
     pub fn find_call(&self, function: u32, args: &[Value]) -> Option<u32> {
         self.by_call.find(call_hash(function, args), |index| {
             let entry = self.entry(index);
-            entry.function == function && *entry.args == *args
+            entry.function == function && *entry.run.args == *args
         })
     }
 
@@ -209,7 +218,7 @@ impl Memo {
     pub fn recall_call(&self, function: u32, args: &[Value]) -> Option<&Outcome> {
         let index = self.find_call(function, args)?;
         self.hits.fetch_add(1, Ordering::Relaxed);
-        Some(&self.entry(index).out)
+        Some(&self.entry(index).run.out)
     }
 
     /// The recorded receipt of an invocation (signed: its CID is known), not counted as a hit.
@@ -230,12 +239,12 @@ impl Memo {
     /// Records an entry, returning its index (the existing entry's, if the call is already
     /// recorded: receipts are facts, the first one stays).
     pub fn record(&mut self, entry: Entry) -> u32 {
-        if let Some(index) = self.find_call(entry.function, &entry.args) {
+        if let Some(index) = self.find_call(entry.function, &entry.run.args) {
             return index;
         }
         let index = self.entry_count as u32;
         let (invocation, receipt) = (entry.invocation, entry.receipt);
-        let hash = call_hash(entry.function, &entry.args);
+        let hash = call_hash(entry.function, &entry.run.args);
         if self.chunks.last().is_none_or(|chunk| chunk.len() == CHUNK_ENTRIES) {
             self.chunks.push(Vec::with_capacity(CHUNK_ENTRIES));
         }
@@ -279,7 +288,7 @@ impl Memo {
     pub fn invocation_cid_of(&self, entry: &Entry) -> Result<Cid, ContentError> {
         match &entry.invocation {
             Some(digest) => Ok(content::cid_of_digest(digest)),
-            None => self.functions[entry.function as usize].template.cid(&entry.args),
+            None => self.functions[entry.function as usize].template.cid(&entry.run.args),
         }
     }
 
@@ -298,9 +307,9 @@ impl Memo {
     pub fn receipt_of(&self, entry: &Entry) -> Result<Receipt, ContentError> {
         Ok(Receipt {
             ran: self.invocation_cid_of(entry)?,
-            out: entry.out.clone(),
-            fuel: entry.fuel,
-            duration_us: entry.duration_us,
+            out: entry.run.out.clone(),
+            fuel: entry.run.fuel,
+            duration_us: entry.run.duration_us,
             issuer: self.issuer_of(entry).to_string(),
         })
     }
@@ -321,12 +330,12 @@ impl Memo {
         let (module, function) = self.function_of(entry);
         Ok(StoredReceipt {
             cid: content::dag_cbor_cid(&encoded),
-            invocation: Invocation { module: *module, function: function.to_string(), args: entry.args.to_vec() },
+            invocation: Invocation { module: *module, function: function.to_string(), args: entry.run.args.to_vec() },
             receipt,
             encoded,
             proof: entry.proof.clone(),
-            first_seen_ns: entry.first_seen_ns,
-            worker: entry.worker,
+            first_seen_ns: entry.run.first_seen_ns,
+            worker: entry.run.worker,
         })
     }
 
@@ -347,12 +356,7 @@ impl Memo {
             index,
             function: self.functions[entry.function as usize].clone(),
             issuer: self.issuers[entry.issuer as usize].clone(),
-            args: entry.args.clone(),
-            out: entry.out.clone(),
-            fuel: entry.fuel,
-            duration_us: entry.duration_us,
-            first_seen_ns: entry.first_seen_ns,
-            worker: entry.worker,
+            run: entry.run.clone(),
         }
     }
 
@@ -433,12 +437,7 @@ impl Memo {
                 invocation: Some(logged.invocation),
                 receipt: Some(logged.receipt),
                 function,
-                args: logged.args.into_boxed_slice(),
-                out: logged.out,
-                fuel: logged.fuel,
-                duration_us: logged.duration_us,
-                first_seen_ns: logged.first_seen_ns,
-                worker: logged.worker,
+                run: logged.run,
                 issuer,
                 proof: Some(ReceiptProof::InBatch { batch: signed.clone(), index: position as u32 }),
             });
@@ -463,12 +462,14 @@ impl Memo {
             invocation: Some(content::sha3_digest(invocation)),
             receipt: Some(content::sha3_digest(receipt)),
             function,
-            args: decoded_invocation.args.into_boxed_slice(),
-            out: decoded.out,
-            fuel: decoded.fuel,
-            duration_us: decoded.duration_us,
-            first_seen_ns,
-            worker,
+            run: Run {
+                args: decoded_invocation.args.into_boxed_slice(),
+                out: decoded.out,
+                fuel: decoded.fuel,
+                duration_us: decoded.duration_us,
+                first_seen_ns,
+                worker,
+            },
             issuer,
             proof: Some(ReceiptProof::Own(Box::new(proof))),
         });
@@ -496,8 +497,8 @@ impl Memo {
                         invocation: stored.invocation.encode()?,
                         receipt: stored.encoded,
                         proof: proof.as_ref().clone(),
-                        first_seen_ns: entry.first_seen_ns,
-                        worker: entry.worker,
+                        first_seen_ns: entry.run.first_seen_ns,
+                        worker: entry.run.worker,
                     });
                 }
                 None => {}
@@ -552,12 +553,7 @@ pub struct LoggedReceipt {
     pub receipt: Digest,
     /// Index into the batch's functions.
     pub function: u32,
-    pub args: Vec<Value>,
-    pub out: Outcome,
-    pub fuel: u64,
-    pub duration_us: u64,
-    pub first_seen_ns: i64,
-    pub worker: u32,
+    pub run: Run,
 }
 
 /// A weft value as JSON.
@@ -651,14 +647,14 @@ impl RowSource for SystemTable {
                 .entries()
                 .map(|entry| {
                     let (module, function) = memo.function_of(entry);
-                    let args: Vec<serde_json::Value> = entry.args.iter().map(value_json).collect();
+                    let args: Vec<serde_json::Value> = entry.run.args.iter().map(value_json).collect();
                     Ok(vec![
                         text(memo.invocation_cid_of(entry)?.to_string()),
                         text("wasm/run"),
                         text(module.to_string()),
                         text(function),
                         text(serde_json::Value::from(args).to_string()),
-                        Value::Timestamp(entry.first_seen_ns),
+                        Value::Timestamp(entry.run.first_seen_ns),
                     ])
                 })
                 .collect::<Result<_, ContentError>>()
@@ -666,16 +662,16 @@ impl RowSource for SystemTable {
             SystemRelation::Receipts => memo
                 .entries()
                 .map(|entry| {
-                    let (out, error) = outcome_json(&entry.out);
+                    let (out, error) = outcome_json(&entry.run.out);
                     Ok(vec![
                         text(memo.receipt_cid_of(entry)?.to_string()),
                         text(memo.invocation_cid_of(entry)?.to_string()),
                         Value::Bool(error.is_none()),
                         if error.is_none() { text(out.to_string()) } else { Value::Null },
                         error.map_or(Value::Null, Value::Text),
-                        Value::Int(entry.fuel as i64),
-                        Value::Int(entry.duration_us as i64),
-                        Value::Int(i64::from(entry.worker)),
+                        Value::Int(entry.run.fuel as i64),
+                        Value::Int(entry.run.duration_us as i64),
+                        Value::Int(i64::from(entry.run.worker)),
                         text(memo.issuer_of(entry)),
                     ])
                 })
@@ -846,18 +842,19 @@ impl weft_engine::functions::Callable for WasmFunction {
                 definition.name
             )));
         }
-        let owned_args: Box<[Value]> = args.into();
-        let (first_seen_ns, worker) = (now_ns(), weft_engine::dataflow::current_worker().unwrap_or(0) as u32);
+        let run = Run {
+            args: args.into(),
+            out: out.clone(),
+            fuel,
+            duration_us,
+            first_seen_ns: now_ns(),
+            worker: weft_engine::dataflow::current_worker().unwrap_or(0) as u32,
+        };
         let entry = Entry {
             invocation: None,
             receipt: None,
             function: self.function_index,
-            args: owned_args.clone(),
-            out: out.clone(),
-            fuel,
-            duration_us,
-            first_seen_ns,
-            worker,
+            run: run.clone(),
             issuer: self.issuer_index,
             proof: None,
         };
@@ -866,20 +863,7 @@ impl weft_engine::functions::Callable for WasmFunction {
             memo.count_miss();
             memo.record(entry)
         };
-        let function = self.function.clone();
-        let issuer = self.issuer.clone();
-        let pending = PendingReceipt {
-            index,
-            function,
-            issuer,
-            args: owned_args,
-            out: out.clone(),
-            fuel,
-            duration_us,
-            first_seen_ns,
-            worker,
-        };
-        self.signer.push(pending);
+        self.signer.push(PendingReceipt { index, function: self.function.clone(), issuer: self.issuer.clone(), run });
         self.finish(out, args)
     }
 }

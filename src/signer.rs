@@ -8,14 +8,13 @@
 //! what remains, waits for the thread and returns the signed batches; `Database` attaches them to
 //! the memo and appends their records to the log before the statement returns.
 
-use crate::functions::{CalledFunction, LoggedBatch, LoggedReceipt, RECEIPTS_PER_BATCH};
+use crate::functions::{CalledFunction, LoggedBatch, LoggedReceipt, Run, RECEIPTS_PER_BATCH};
 use crate::identity::{Identity, SignedBatch};
 use crate::wal::Record;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
-use weft_engine::content::{self, ContentError, Digest, Outcome, Receipt};
-use weft_engine::Value;
+use weft_engine::content::{self, ContentError, Digest, Receipt};
 
 /// What signing one receipt needs, copied out of the memo so the signer never takes its lock.
 #[derive(Clone, Debug)]
@@ -24,12 +23,7 @@ pub struct PendingReceipt {
     pub index: u32,
     pub function: Arc<CalledFunction>,
     pub issuer: Arc<str>,
-    pub args: Box<[Value]>,
-    pub out: Outcome,
-    pub fuel: u64,
-    pub duration_us: u64,
-    pub first_seen_ns: i64,
-    pub worker: u32,
+    pub run: Run,
 }
 
 /// One signed batch: its entries, their `(invocation, receipt)` digests in leaf order, the
@@ -43,12 +37,12 @@ pub struct SignedReceipts {
 
 /// The invocation and receipt digests of a pending receipt.
 pub fn digests_of(pending: &PendingReceipt) -> Result<(Digest, Digest), ContentError> {
-    let invocation = pending.function.template.digest(&pending.args)?;
+    let invocation = pending.function.template.digest(&pending.run.args)?;
     let receipt = Receipt {
         ran: content::cid_of_digest(&invocation),
-        out: pending.out.clone(),
-        fuel: pending.fuel,
-        duration_us: pending.duration_us,
+        out: pending.run.out.clone(),
+        fuel: pending.run.fuel,
+        duration_us: pending.run.duration_us,
         issuer: pending.issuer.to_string(),
     };
     Ok((invocation, content::sha3_digest(&receipt.encode()?)))
@@ -81,12 +75,7 @@ pub fn batch_record(receipts: Vec<PendingReceipt>, digests: &[(Digest, Digest)],
             invocation: *invocation,
             receipt: *receipt,
             function: function as u32,
-            args: pending.args.into_vec(),
-            out: pending.out,
-            fuel: pending.fuel,
-            duration_us: pending.duration_us,
-            first_seen_ns: pending.first_seen_ns,
-            worker: pending.worker,
+            run: pending.run,
         });
     }
     let functions = functions.iter().map(|function| (function.module.to_bytes(), function.export.clone())).collect();
