@@ -140,13 +140,17 @@ fn main() -> anyhow::Result<()> {
     database.execute(&format!("CREATE MATERIALIZED VIEW revenue AS {REVENUE}"))?;
     let customer_rows = customers
         .iter()
-        .map(|(index, region)| vec![Value::Text(format!("c{index}")), Value::Text(format!("r{region}"))])
+        .map(|(index, region)| vec![Value::Text(format!("c{index}").into()), Value::Text(format!("r{region}").into())])
         .collect();
     database.insert_rows("customers", customer_rows)?;
     let order_rows: Vec<_> = orders
         .iter()
         .map(|(id, customer, cents)| {
-            vec![Value::Int(*id as i64), Value::Text(format!("c{customer}")), Value::float(*cents as f64 / 100.0)]
+            vec![
+                Value::Int(*id as i64),
+                Value::Text(format!("c{customer}").into()),
+                Value::float(*cents as f64 / 100.0),
+            ]
         })
         .collect();
     let started = Instant::now();

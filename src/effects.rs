@@ -261,7 +261,7 @@ pub fn datum(value: &Value) -> Datum {
         Value::Bool(b) => Datum::Bool(*b),
         Value::Int(i) => Datum::Int(*i),
         Value::Float(f) => Datum::Float(*f),
-        Value::Text(text) => Datum::Text(text.clone()),
+        Value::Text(text) => Datum::Text(text.to_string()),
         Value::Bytes(bytes) => Datum::Bytes(bytes.clone()),
         Value::Timestamp(t) => Datum::Timestamp(*t),
     }
@@ -274,7 +274,7 @@ pub fn value(datum: &Datum) -> Value {
         Datum::Bool(b) => Value::Bool(*b),
         Datum::Int(i) => Value::Int(*i),
         Datum::Float(f) => Value::float(*f),
-        Datum::Text(text) => Value::Text(text.clone()),
+        Datum::Text(text) => Value::Text(text.as_str().into()),
         Datum::Bytes(bytes) => Value::Bytes(bytes.clone()),
         Datum::Timestamp(t) => Value::Timestamp(*t),
     }

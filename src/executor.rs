@@ -437,9 +437,8 @@ impl weft_sql::provider::RowSource for EffectsTable {
 impl Shared {
     /// The rows of `weft.effects`, in the order of [`EFFECTS_COLUMNS`].
     fn effect_rows(&self) -> Vec<Vec<Value>> {
-        let text = |text: &str| Value::Text(text.to_string());
-        let optional =
-            |text: &Option<String>| text.as_deref().map_or(Value::Null, |text| Value::Text(text.to_string()));
+        let text = |text: &str| Value::Text(text.into());
+        let optional = |text: &Option<String>| text.as_deref().map_or(Value::Null, |text| Value::Text(text.into()));
         let mut rows: Vec<Vec<Value>> = self
             .outbox
             .lock()
@@ -518,7 +517,7 @@ fn query_row(
     sequence: Option<u64>,
     rows: Option<u64>,
 ) -> Vec<Value> {
-    let text = |text: &str| Value::Text(text.to_string());
+    let text = |text: &str| Value::Text(text.into());
     let number = |value: Option<u64>| value.map_or(Value::Null, |value| Value::Int(value as i64));
     vec![
         text(&effect.cid().to_string()),

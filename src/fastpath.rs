@@ -66,7 +66,7 @@ fn translate(expr: &ast::Expr, columns: &[(String, ColumnType)]) -> Option<(Expr
                 Err(_) => (Expr::Literal(Value::float(text.parse().ok()?)), Kind::Of(ColumnType::Double)),
             },
             ast::Value::SingleQuotedString(text) => {
-                (Expr::Literal(Value::Text(text.clone())), Kind::Of(ColumnType::Text))
+                (Expr::Literal(Value::Text(text.as_str().into())), Kind::Of(ColumnType::Text))
             }
             ast::Value::Boolean(b) => (Expr::Literal(Value::Bool(*b)), Kind::Of(ColumnType::Boolean)),
             ast::Value::Null => (Expr::Literal(Value::Null), Kind::Null),

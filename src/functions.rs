@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use weft_engine::content::{self, ContentError, Digest, Invocation, Outcome, Receipt};
+use weft_engine::value::SmolStr;
 use weft_engine::Value;
 use weft_engine::{ColumnType, Row};
 use weft_sql::{RelationProvider, RowSource};
@@ -563,7 +564,7 @@ pub fn value_json(value: &Value) -> serde_json::Value {
         Value::Bool(b) => (*b).into(),
         Value::Int(i) | Value::Timestamp(i) => (*i).into(),
         Value::Float(f) => serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, serde_json::Value::Number),
-        Value::Text(text) => text.clone().into(),
+        Value::Text(text) => text.as_str().into(),
         Value::Bytes(bytes) => bytes.iter().map(|byte| format!("{byte:02x}")).collect::<String>().into(),
     }
 }
@@ -621,7 +622,7 @@ impl std::fmt::Debug for Memo {
     }
 }
 
-fn text(value: impl Into<String>) -> Value {
+fn text(value: impl Into<SmolStr>) -> Value {
     Value::Text(value.into())
 }
 
@@ -668,7 +669,7 @@ impl RowSource for SystemTable {
                         text(memo.invocation_cid_of(entry)?.to_string()),
                         Value::Bool(error.is_none()),
                         if error.is_none() { text(out.to_string()) } else { Value::Null },
-                        error.map_or(Value::Null, Value::Text),
+                        error.map_or(Value::Null, |error| Value::Text(error.into())),
                         Value::Int(entry.run.fuel as i64),
                         Value::Int(entry.run.duration_us as i64),
                         Value::Int(i64::from(entry.run.worker)),

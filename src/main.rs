@@ -251,8 +251,8 @@ fn parse_argument(text: &str) -> Value {
             Some(int) => Value::Int(int),
             None => Value::float(number.as_f64().unwrap_or(f64::NAN)),
         },
-        Ok(serde_json::Value::String(text)) => Value::Text(text),
-        _ => Value::Text(text.to_string()),
+        Ok(serde_json::Value::String(text)) => Value::Text(text.into()),
+        _ => Value::Text(text.into()),
     }
 }
 

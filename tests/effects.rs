@@ -55,7 +55,7 @@ fn psql_text(value: &Value) -> String {
         Value::Bool(b) => if *b { "t" } else { "f" }.to_string(),
         Value::Int(i) => i.to_string(),
         Value::Float(f) => f.to_string(),
-        Value::Text(text) => text.clone(),
+        Value::Text(text) => text.to_string(),
         Value::Bytes(_) => unreachable!("no BYTEA here"),
         Value::Timestamp(nanoseconds) => {
             chrono::DateTime::from_timestamp_nanos(*nanoseconds).naive_utc().format("%Y-%m-%d %H:%M:%S").to_string()
@@ -80,7 +80,7 @@ fn effect_rows(database: &mut Database, filter: &str) -> Vec<Vec<Value>> {
 
 fn text(value: &Value) -> String {
     match value {
-        Value::Text(text) => text.clone(),
+        Value::Text(text) => text.to_string(),
         Value::Null => String::new(),
         other => format!("{other:?}"),
     }

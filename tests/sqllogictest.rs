@@ -24,7 +24,7 @@ fn text(value: &Value) -> String {
     match value {
         Value::Null => "NULL".into(),
         Value::Text(text) if text.is_empty() => "(empty)".into(),
-        Value::Text(text) => text.clone(),
+        Value::Text(text) => text.to_string(),
         Value::Float(float) => weft_engine::expr::format_double(*float),
         Value::Timestamp(nanos) => weft_engine::expr::format_timestamp(*nanos),
         Value::Bytes(bytes) => bytes.iter().map(|byte| format!("{byte:02x}")).collect(),

@@ -10,6 +10,7 @@
 //! Arrow batches because incremental updates arrive a few rows at a time: building a one-row
 //! Arrow batch costs more than interpreting the expression.
 
+use crate::value::SmolStr;
 use crate::value::{ColumnType, Row, Value};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
@@ -377,7 +378,7 @@ fn eval_binary(op: BinaryOp, left: Value, right: Value) -> EvalResult {
                 _ => ordering != Ordering::Less,
             }))
         }
-        Concat => Ok(Value::Text(format!("{}{}", text_of(&left), text_of(&right)))),
+        Concat => Ok(Value::Text(format!("{}{}", text_of(&left), text_of(&right)).into())),
         Add | Subtract | Multiply | Divide | Modulo => arithmetic(op, left, right),
         And | Or | IsDistinctFrom | IsNotDistinctFrom => unreachable!("handled above"),
     }
@@ -434,7 +435,7 @@ pub fn text_of(value: &Value) -> String {
         Value::Bool(b) => b.to_string(),
         Value::Int(i) => i.to_string(),
         Value::Float(f) => format_double(*f),
-        Value::Text(s) => s.clone(),
+        Value::Text(s) => s.to_string(),
         Value::Bytes(b) => b.iter().map(|byte| format!("{byte:02x}")).collect(),
         Value::Timestamp(nanos) => format_timestamp(*nanos),
     }
@@ -542,7 +543,7 @@ pub fn cast(value: Value, to: ColumnType) -> EvalResult {
     }
     let failed = |value: &Value| err(format!("cannot cast {value} to {to}"));
     Ok(match (to, &value) {
-        (ColumnType::Text, value) => Value::Text(text_of(value)),
+        (ColumnType::Text, value) => Value::Text(text_of(value).into()),
         (ColumnType::BigInt, Value::Float(f))
             if f.is_finite() && f.trunc() >= i64::MIN as f64 && f.trunc() <= i64::MAX as f64 =>
         {
@@ -642,8 +643,8 @@ fn call(function: Function, args: Vec<Value>) -> EvalResult {
         other => err(format!("{function:?} needs a number, got {other}")),
     };
     Ok(match function {
-        Lower => Value::Text(text(0)?.to_lowercase()),
-        Upper => Value::Text(text(0)?.to_uppercase()),
+        Lower => Value::Text(text(0)?.to_lowercase().into()),
+        Upper => Value::Text(text(0)?.to_uppercase().into()),
         CharacterLength => Value::Int(text(0)?.chars().count() as i64),
         OctetLength => match &args[0] {
             Value::Bytes(b) => Value::Int(b.len() as i64),
@@ -663,7 +664,7 @@ fn call(function: Function, args: Vec<Value>) -> EvalResult {
             };
             let from = start.max(1) as usize - 1;
             let to = (end.max(1) as usize - 1).min(chars.len());
-            Value::Text(if from < to { chars[from..to].iter().collect() } else { String::new() })
+            Value::Text(if from < to { chars[from..to].iter().collect::<String>().into() } else { SmolStr::default() })
         }
         Trim | Ltrim | Rtrim => {
             let source = text(0)?;
@@ -675,19 +676,19 @@ fn call(function: Function, args: Vec<Value>) -> EvalResult {
                     Ltrim => source.trim_start_matches(is_trimmed),
                     _ => source.trim_end_matches(is_trimmed),
                 }
-                .to_string(),
+                .into(),
             )
         }
-        Replace => Value::Text(text(0)?.replace(text(1)?, text(2)?)),
+        Replace => Value::Text(text(0)?.replace(text(1)?, text(2)?).into()),
         Left | Right => {
             let chars: Vec<char> = text(0)?.chars().collect();
             let n = int(1)?;
             let len = chars.len() as i64;
             let keep = if n >= 0 { n.min(len) } else { (len + n).max(0) } as usize;
             Value::Text(if function == Left {
-                chars[..keep].iter().collect()
+                chars[..keep].iter().collect::<String>().into()
             } else {
-                chars[chars.len() - keep..].iter().collect()
+                chars[chars.len() - keep..].iter().collect::<String>().into()
             })
         }
         StartsWith => Value::Bool(text(0)?.starts_with(text(1)?)),

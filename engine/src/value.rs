@@ -10,6 +10,10 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
+/// Text values: immutable, inline up to 23 bytes (no allocation to create, clone or compare
+/// them), shared by reference count beyond.
+pub use smol_str::SmolStr;
+
 /// The SQL types a weft column can have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ColumnType {
@@ -59,7 +63,7 @@ pub enum Value {
     /// DOUBLE (canonical: no `-0.0`, one NaN). Build with [`Value::float`].
     Float(f64),
     /// TEXT.
-    Text(String),
+    Text(SmolStr),
     /// BYTEA.
     Bytes(Vec<u8>),
     /// TIMESTAMP, nanoseconds since the Unix epoch.

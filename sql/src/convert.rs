@@ -96,7 +96,7 @@ pub fn array_values(array: &dyn Array) -> Result<Vec<Value>, ConvertError> {
         DataType::Boolean => read!(BooleanArray, Value::Bool),
         DataType::Int64 => read!(Int64Array, Value::Int),
         DataType::Float64 => read!(Float64Array, Value::float),
-        DataType::Utf8 => read!(StringArray, |s: &str| Value::Text(s.to_string())),
+        DataType::Utf8 => read!(StringArray, |s: &str| Value::Text(s.into())),
         DataType::Binary => read!(BinaryArray, |b: &[u8]| Value::Bytes(b.to_vec())),
         _ => read!(TimestampNanosecondArray, Value::Timestamp),
     }

@@ -18,7 +18,7 @@ pub(super) struct ReadsState {
 /// The resource column of a wanted view's row.
 fn resource_of(row: &Row) -> Option<String> {
     match row.first() {
-        Some(Value::Text(text)) => Some(text.clone()),
+        Some(Value::Text(text)) => Some(text.to_string()),
         _ => None,
     }
 }
@@ -73,7 +73,7 @@ impl Database {
         if let Some(table) = self.relations.get(READS_TABLE).and_then(|relation| relation.table()) {
             table.for_each(|row, _| {
                 if let (Some(Value::Text(resource)), Some(Value::Timestamp(at))) = (row.first(), row.get(2)) {
-                    observed.insert(resource.clone(), *at);
+                    observed.insert(resource.to_string(), *at);
                 }
             });
         }
@@ -115,12 +115,12 @@ impl Database {
         let mut deletes = Vec::new();
         let mut inserts = Vec::new();
         for (resource, observation) in latest {
-            if let Some(old) = table.get(&vec![Value::Text(resource.clone())]) {
+            if let Some(old) = table.get(&vec![Value::Text(resource.as_str().into())]) {
                 deletes.push(old);
             }
             inserts.push(vec![
-                Value::Text(resource),
-                Value::Text(observation.body),
+                Value::Text(resource.into()),
+                Value::Text(observation.body.into()),
                 Value::Timestamp(observation.observed_ns),
             ]);
         }

@@ -66,7 +66,7 @@ struct PgTable {
 impl RowSource for PgTable {
     fn rows(&self) -> Result<Vec<Row>, String> {
         let listing = self.listing.read().map_err(|_| "catalog lock poisoned".to_string())?;
-        let text = |value: &str| Value::Text(value.to_string());
+        let text = |value: &str| Value::Text(value.into());
         let oid = |relation: &ListedRelation| Value::Int(FIRST_RELATION_OID + relation.id as i64);
         let rows: Vec<Vec<Value>> = match self.name {
             "pg_namespace" => vec![

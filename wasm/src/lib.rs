@@ -370,7 +370,9 @@ impl Runtime {
                 let bytes = self.read_guest_bytes(store, &instance, *packed)?;
                 if signature.result == ColumnType::Text {
                     Value::Text(
-                        String::from_utf8(bytes).map_err(|_| CallError::Result("TEXT result is not UTF-8".into()))?,
+                        String::from_utf8(bytes)
+                            .map_err(|_| CallError::Result("TEXT result is not UTF-8".into()))?
+                            .into(),
                     )
                 } else {
                     Value::Bytes(bytes)
