@@ -488,11 +488,8 @@ impl Database {
         let invocation = weft_wasm::Runtime::invocation(&module, function, &args);
         let invocation_cid = invocation.cid()?;
         let function_index = self.memo_mut().function_index(module.cid, function)?;
-        let recorded = {
-            let memo = self.memo.read().expect("memo lock");
-            memo.recall_call(function_index, &args).is_some().then(|| memo.find_call(function_index, &args))
-        };
-        if let Some(Some(index)) = recorded {
+        let recorded = self.memo.read().expect("memo lock").recall_entry(function_index, &args);
+        if let Some(index) = recorded {
             // Signed by now unless a concurrent reader's statement is still running it.
             if self.memo.read().expect("memo lock").entry(index).receipt.is_none() {
                 self.sign_and_log(&[index])?;

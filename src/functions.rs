@@ -215,11 +215,16 @@ impl Memo {
         self.by_receipt.find(digest_hash(digest), |index| self.entry(index).receipt.as_ref() == Some(digest))
     }
 
-    /// The recorded outcome of calling `function` on `args`, counted as a memo hit.
-    pub fn recall_call(&self, function: u32, args: &[Value]) -> Option<&Outcome> {
+    /// The entry recording the call of `function` on `args`, counted as a memo hit.
+    pub fn recall_entry(&self, function: u32, args: &[Value]) -> Option<u32> {
         let index = self.find_call(function, args)?;
         self.hits.fetch_add(1, Ordering::Relaxed);
-        Some(&self.entry(index).run.out)
+        Some(index)
+    }
+
+    /// The recorded outcome of calling `function` on `args`, counted as a memo hit.
+    pub fn recall_call(&self, function: u32, args: &[Value]) -> Option<&Outcome> {
+        Some(&self.entry(self.recall_entry(function, args)?).run.out)
     }
 
     /// The recorded receipt of an invocation (signed: its CID is known), not counted as a hit.
