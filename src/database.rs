@@ -1389,7 +1389,10 @@ impl Database {
     /// cast to the column types.
     pub fn insert_rows(&mut self, name: &str, rows: Vec<Row>) -> Result<usize, Error> {
         let result = self.change_table(name, Vec::new(), rows);
-        self.autocommit(result)?
+        let result = self.autocommit(result)?;
+        // Views over the table may have called functions: their receipts are logged with it.
+        self.log_issued_receipts()?;
+        result
     }
 }
 
