@@ -153,15 +153,14 @@ pub struct CalledFunction {
     pub template: content::InvocationTemplate,
 }
 
-/// Every receipt this node holds, indexed by call (function and arguments), by invocation
-/// digest and by receipt digest, with hit and miss counts. Entries are only ever appended: an
-/// entry's index names it for good.
+/// Every receipt this node holds, indexed by call (function and arguments: the memo key, which
+/// determines the invocation CID) and by receipt CID, with hit and miss counts. Entries are only
+/// ever appended: an entry's index names it for good.
 #[derive(Default)]
 pub struct Memo {
     chunks: Vec<Vec<Entry>>,
     entry_count: usize,
     by_call: EntryIndex,
-    by_invocation: EntryIndex,
     by_receipt: EntryIndex,
     functions: Vec<Arc<CalledFunction>>,
     /// Dids of the nodes that issued receipts (this node's, and any found in an old log).
@@ -207,10 +206,6 @@ impl Memo {
         })
     }
 
-    fn find_invocation(&self, digest: &Digest) -> Option<u32> {
-        self.by_invocation.find(digest_hash(digest), |index| self.entry(index).invocation.as_ref() == Some(digest))
-    }
-
     fn find_receipt(&self, digest: &Digest) -> Option<u32> {
         self.by_receipt.find(digest_hash(digest), |index| self.entry(index).receipt.as_ref() == Some(digest))
     }
@@ -225,11 +220,6 @@ impl Memo {
     /// The recorded outcome of calling `function` on `args`, counted as a memo hit.
     pub fn recall_call(&self, function: u32, args: &[Value]) -> Option<&Outcome> {
         Some(&self.entry(self.recall_entry(function, args)?).run.out)
-    }
-
-    /// The recorded receipt of an invocation (signed: its CID is known), not counted as a hit.
-    pub fn get(&self, invocation: &Cid) -> Option<Result<StoredReceipt, ContentError>> {
-        Some(self.stored(self.find_invocation(&content::digest_of(invocation)?)?))
     }
 
     /// A receipt by its own CID.
@@ -268,9 +258,6 @@ impl Memo {
         let entry = self.entry_mut(index);
         entry.invocation = Some(invocation);
         entry.receipt = Some(receipt);
-        if self.find_invocation(&invocation) != Some(index) {
-            self.by_invocation.insert(digest_hash(&invocation), index);
-        }
         if self.find_receipt(&receipt) != Some(index) {
             self.by_receipt.insert(digest_hash(&receipt), index);
         }

@@ -106,7 +106,7 @@ impl SignedBatch {
     /// the log: the root is computed again, the signature is checked by whoever verifies a proof).
     pub fn from_signature(leaves: &[Vec<u8>], signature: Vec<u8>) -> SignedBatch {
         let leaves: Vec<[u8; 32]> = leaves.iter().map(|leaf| leaf_hash(leaf)).collect();
-        let (root, _) = merkle(&leaves, Vec::new());
+        let (root, _) = merkle(&leaves, None);
         SignedBatch { root, signature, leaves }
     }
 
@@ -115,82 +115,46 @@ impl SignedBatch {
         &self.signature
     }
 
-    /// The proof of every leaf, in order (one pass over the tree).
-    pub fn proofs(&self) -> Vec<Proof> {
-        self.paths(None)
-            .into_iter()
-            .map(|path| Proof { root: self.root, path, signature: self.signature.clone() })
-            .collect()
-    }
-
     /// The proof of leaf `index` (one pass over the tree, keeping one path).
     pub fn proof(&self, index: usize) -> Proof {
-        let path = self.paths(Some(index)).pop().unwrap_or_default();
+        let path = merkle(&self.leaves, Some(index)).1;
         Proof { root: self.root, path, signature: self.signature.clone() }
-    }
-
-    /// Sibling paths of every leaf, or only of leaf `only`.
-    fn paths(&self, only: Option<usize>) -> Vec<MerklePath> {
-        let tracked: Vec<usize> = match only {
-            Some(index) => vec![index],
-            None => (0..self.leaves.len()).collect(),
-        };
-        merkle(&self.leaves, tracked).1
     }
 }
 
-/// The Merkle root of `leaves` (leaf hashes) and the sibling paths of the `tracked` leaves, in
-/// one pass over the tree.
-fn merkle(leaves: &[[u8; 32]], tracked: Vec<usize>) -> ([u8; 32], Vec<MerklePath>) {
-    // Every path has at most one sibling per level: allocate exactly that.
+/// The Merkle root of `leaves` (leaf hashes) and the sibling path of the `tracked` leaf, if any,
+/// in one pass over the tree.
+fn merkle(leaves: &[[u8; 32]], tracked: Option<usize>) -> ([u8; 32], MerklePath) {
+    // A path has at most one sibling per level: allocate exactly that.
     let depth = usize::BITS as usize - leaves.len().saturating_sub(1).leading_zeros() as usize;
-    let mut paths: Vec<MerklePath> = tracked.iter().map(|_| Vec::with_capacity(depth)).collect();
-    // positions[i]: where tracked leaf i's ancestor sits in the current level.
-    let mut positions = tracked;
+    let mut path: MerklePath = Vec::with_capacity(if tracked.is_some() { depth } else { 0 });
+    // Where the tracked leaf's ancestor sits in the current level.
+    let mut position = tracked;
     let mut level = leaves.to_vec();
     while level.len() > 1 {
-        for (path, position) in paths.iter_mut().zip(positions.iter_mut()) {
-            let sibling = *position ^ 1;
+        if let Some(at) = position.as_mut() {
+            let sibling = *at ^ 1;
             if sibling < level.len() {
-                path.push((sibling < *position, level[sibling]));
+                path.push((sibling < *at, level[sibling]));
             }
-            *position /= 2;
+            *at /= 2;
         }
         level =
             level.chunks(2).map(|pair| if pair.len() == 2 { node_hash(&pair[0], &pair[1]) } else { pair[0] }).collect();
     }
-    (level[0], paths)
+    (level[0], path)
 }
 
 impl Identity {
     /// Signs a batch of leaves (receipt CID bytes) with one signature over their Merkle root;
-    /// returns the batch and each leaf's proof, in order, from one pass over the tree.
-    pub fn sign_leaves(&self, leaves: &[Vec<u8>]) -> Option<(std::sync::Arc<SignedBatch>, Vec<Proof>)> {
-        if leaves.is_empty() {
-            return None;
-        }
-        let hashes: Vec<[u8; 32]> = leaves.iter().map(|leaf| leaf_hash(leaf)).collect();
-        let (root, paths) = merkle(&hashes, (0..hashes.len()).collect());
-        let signature = self.sign(&root);
-        let proofs = paths.into_iter().map(|path| Proof { root, path, signature: signature.clone() }).collect();
-        Some((std::sync::Arc::new(SignedBatch { root, signature, leaves: hashes }), proofs))
-    }
-
-    /// Signs a batch of leaves with one signature over their Merkle root; the proofs are built
-    /// from the batch when asked for.
+    /// each leaf's proof is built from the batch when asked for. `None` for no leaves.
     pub fn sign_tree(&self, leaves: &[Vec<u8>]) -> Option<std::sync::Arc<SignedBatch>> {
         if leaves.is_empty() {
             return None;
         }
         let hashes: Vec<[u8; 32]> = leaves.iter().map(|leaf| leaf_hash(leaf)).collect();
-        let (root, _) = merkle(&hashes, Vec::new());
+        let (root, _) = merkle(&hashes, None);
         Some(std::sync::Arc::new(SignedBatch { root, signature: self.sign(&root), leaves: hashes }))
-    }
-
-    /// Signs a batch of leaves with one signature over their Merkle root, returning each leaf's
-    /// proof, in order.
-    pub fn sign_batch(&self, leaves: &[Vec<u8>]) -> Vec<Proof> {
-        self.sign_leaves(leaves).map(|(_, proofs)| proofs).unwrap_or_default()
     }
 }
 
@@ -243,25 +207,20 @@ mod tests {
         verify(first.did(), b"receipt", &signature).unwrap();
         assert!(verify(first.did(), b"other", &signature).is_err());
         assert!(verify("did:web:example", b"receipt", &signature).is_err());
-        let leaves: Vec<Vec<u8>> = (0..7u8).map(|leaf| vec![leaf; 3]).collect();
-        let proofs = first.sign_batch(&leaves);
-        for (leaf, proof) in leaves.iter().zip(&proofs) {
-            verify_proof(first.did(), leaf, proof).unwrap();
-        }
-        assert!(verify_proof(first.did(), &leaves[1], &proofs[2]).is_err(), "a proof is for its own leaf");
-        assert!(proofs.windows(2).all(|pair| pair[0].signature == pair[1].signature), "one signature per batch");
-        // One leaf's proof rebuilt from the batch equals the one made for all leaves at once.
-        for size in [1usize, 2, 5, 8, 33] {
+        for size in [1usize, 2, 5, 7, 8, 33] {
             let leaves: Vec<Vec<u8>> = (0..size).map(|leaf| (leaf as u32).to_le_bytes().to_vec()).collect();
-            let (batch, signed) = first.sign_leaves(&leaves).unwrap();
-            let all = batch.proofs();
-            assert_eq!(all, signed, "the proofs made while signing are the batch's");
+            let batch = first.sign_tree(&leaves).unwrap();
             for (index, leaf) in leaves.iter().enumerate() {
-                assert_eq!(batch.proof(index), all[index]);
-                verify_proof(first.did(), leaf, &all[index]).unwrap();
+                let proof = batch.proof(index);
+                verify_proof(first.did(), leaf, &proof).unwrap();
+                assert_eq!(proof.signature, batch.signature(), "one signature per batch");
+                if size > 1 {
+                    let other = &leaves[(index + 1) % size];
+                    assert!(verify_proof(first.did(), other, &proof).is_err(), "a proof is for its own leaf");
+                }
             }
         }
-        assert!(first.sign_leaves(&[]).is_none());
+        assert!(first.sign_tree(&[]).is_none());
         // A batch signed without proofs, and the same batch read back from its signature.
         let leaves: Vec<Vec<u8>> = (0..9u8).map(|leaf| vec![leaf; 36]).collect();
         let signed = first.sign_tree(&leaves).unwrap();
