@@ -267,3 +267,52 @@ fn receipts_of_many_calls_are_signed_in_batches_while_the_view_builds() {
     drop(database);
     std::fs::remove_dir_all(&directory).unwrap();
 }
+
+#[test]
+fn receipts_logged_one_by_one_by_earlier_versions_still_replay() {
+    use weft::wal::{Record, Wal};
+    use weft_engine::content::{Invocation, Receipt};
+    let directory = std::env::temp_dir().join(format!("weft-functions-legacy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&directory);
+    std::fs::create_dir_all(&directory).unwrap();
+    // A log as versions before receipt batches wrote it: the function's definition is not needed
+    // for a receipt, which carries its invocation and its own proof.
+    let identity = weft::identity::Identity::load_or_create(&directory.join("node.key")).unwrap();
+    let module = weft::functions::module_cid_of(MATH);
+    let invocation = Invocation { module, function: "add_one".into(), args: vec![Value::Int(41)] };
+    let receipt = Receipt {
+        ran: invocation.cid().unwrap(),
+        out: Outcome::Ok(Value::Int(42)),
+        fuel: 3,
+        duration_us: 1,
+        issuer: identity.did().to_string(),
+    };
+    let receipt_cid = receipt.cid().unwrap();
+    let proof = identity.sign_tree(&[receipt_cid.to_bytes()]).unwrap().proof(0);
+    {
+        let (mut wal, _) = Wal::open(&directory.join("wal"), true).unwrap();
+        let record = Record::Receipt {
+            invocation: invocation.encode().unwrap(),
+            receipt: receipt.encode().unwrap(),
+            proof,
+            first_seen_ns: 7,
+            worker: 0,
+        };
+        wal.append(&[record]).unwrap();
+    }
+    let mut database = Database::open(Options { data_dir: directory.clone(), workers: 1, sync: true }).unwrap();
+    let stored = database.receipt(&receipt_cid).expect("the old receipt by its CID");
+    assert_eq!(stored.receipt, receipt);
+    assert_eq!(stored.first_seen_ns, 7);
+    weft::identity::verify_proof(identity.did(), &receipt_cid.to_bytes(), &stored.signed_proof().unwrap()).unwrap();
+    let again = database.invoke(MATH, "add_one", vec![Value::Int(41)], None, Limits::default()).unwrap();
+    assert!(again.hit, "the old receipt answers the call");
+    assert_eq!(again.stored.cid, receipt_cid);
+    // A checkpoint keeps it in its old form, with its own proof.
+    database.checkpoint().unwrap();
+    drop(database);
+    let database = Database::open(Options { data_dir: directory.clone(), workers: 1, sync: true }).unwrap();
+    assert!(database.receipt(&receipt_cid).is_some());
+    drop(database);
+    std::fs::remove_dir_all(&directory).unwrap();
+}
