@@ -1,8 +1,8 @@
 //! Renders [`Plan`]s as differential dataflows and runs them on timely worker threads.
 //!
-//! Every table is an input collection arranged once (`arrange_by_self`); every view is a dataflow
-//! of its own that imports the arrangements it reads, so creating a view late sees the existing
-//! data and views can be defined on views. A view's output is arranged too (for views on it) and
+//! Every table is an input collection arranged once, as it arrives; every view is a dataflow of
+//! its own that imports the arrangements it reads (and maps their rows in place, by reference), so
+//! creating a view late sees the existing data and views can be defined on views. A view's output is arranged too (for views on it) and
 //! mirrored into a [`ViewState`] that readers on other threads can snapshot.
 //!
 //! The [`Engine`] handle drives the workers with commands over channels. A commit is one logical
