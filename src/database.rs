@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use weft_engine::content::{Outcome, Receipt};
+use weft_engine::content::Outcome;
 use weft_engine::expr::{cast, BinaryOp};
 use weft_engine::{
     Change, ColumnType, Engine, EngineError, Expr, Gate, Plan, RelationId, Row, Subscription, Value, ViewState,
@@ -504,9 +504,16 @@ impl Database {
             Ok(output) => (Outcome::Ok(output.value), output.fuel, output.duration_us),
             Err(error) => (Outcome::Error(error.to_string()), 0, 0),
         };
+        let run = crate::functions::Run {
+            args: invocation.args.into_boxed_slice(),
+            out,
+            fuel,
+            duration_us,
+            first_seen_ns: crate::functions::now_ns(),
+            worker: 0,
+        };
         // Checks the receipt encodes (DAG-CBOR has no NaN or infinity) before recording it.
-        let receipt = Receipt { ran: invocation_cid, out, fuel, duration_us, issuer: self.identity.did().to_string() };
-        receipt.encode()?;
+        run.receipt(invocation_cid, self.identity.did()).encode()?;
         let index = {
             let mut memo = self.memo_mut();
             memo.count_miss();
@@ -514,14 +521,7 @@ impl Database {
                 invocation: weft_engine::content::digest_of(&invocation_cid),
                 receipt: None,
                 function: function_index,
-                run: crate::functions::Run {
-                    args: invocation.args.into_boxed_slice(),
-                    out: receipt.out,
-                    fuel,
-                    duration_us,
-                    first_seen_ns: crate::functions::now_ns(),
-                    worker: 0,
-                },
+                run,
                 issuer: memo.issuer_index(self.identity.did()),
                 proof: None,
             };
@@ -740,7 +740,6 @@ impl Database {
         if weft_wasm::Runtime::result_type(&module, &definition.export).is_none() {
             return catalog_error(format!("module has no exported function {} returning one value", definition.export));
         }
-        let template = weft_engine::content::InvocationTemplate::new(module.cid, &definition.export)?;
         let (function_index, function, issuer_index, issuer) = {
             let mut memo = self.memo_mut();
             let function_index = memo.function_index(module.cid, &definition.export)?;
@@ -752,7 +751,6 @@ impl Database {
             function,
             issuer_index,
             issuer,
-            template,
             definition: definition.clone(),
             module,
             runtime: self.runtime.clone(),

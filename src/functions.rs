@@ -103,6 +103,19 @@ pub struct Run {
     pub worker: u32,
 }
 
+impl Run {
+    /// The receipt of this run of the invocation `ran`, issued by `issuer`.
+    pub fn receipt(&self, ran: Cid, issuer: &str) -> Receipt {
+        Receipt {
+            ran,
+            out: self.out.clone(),
+            fuel: self.fuel,
+            duration_us: self.duration_us,
+            issuer: issuer.to_string(),
+        }
+    }
+}
+
 /// A memo hash table's hash of a digest: its first eight bytes (digests are uniform).
 fn digest_hash(digest: &Digest) -> u64 {
     u64::from_le_bytes(digest[..8].try_into().expect("eight bytes"))
@@ -183,7 +196,7 @@ impl Memo {
     }
 
     /// The index of function `export` of `module`, if it was ever called.
-    pub fn find_function(&self, module: &Cid, export: &str) -> Option<u32> {
+    fn find_function(&self, module: &Cid, export: &str) -> Option<u32> {
         self.functions.iter().position(|called| called.module == *module && called.export == export).map(|i| i as u32)
     }
 
@@ -298,13 +311,7 @@ impl Memo {
 
     /// The receipt of an entry.
     pub fn receipt_of(&self, entry: &Entry) -> Result<Receipt, ContentError> {
-        Ok(Receipt {
-            ran: self.invocation_cid_of(entry)?,
-            out: entry.run.out.clone(),
-            fuel: entry.run.fuel,
-            duration_us: entry.run.duration_us,
-            issuer: self.issuer_of(entry).to_string(),
-        })
+        Ok(entry.run.receipt(self.invocation_cid_of(entry)?, self.issuer_of(entry)))
     }
 
     /// The receipt CID of an entry (computed if it is not signed yet).
@@ -365,26 +372,23 @@ impl Memo {
     /// Signs the receipts of entries `indices` now, in batches of [`RECEIPTS_PER_BATCH`] on all
     /// cores (see [`crate::signer`]), attaches them and returns one log record per batch.
     pub fn sign(memo: &RwLock<Memo>, identity: &Identity, indices: &[u32]) -> Result<Vec<Record>, ContentError> {
-        let batches: Vec<Vec<PendingReceipt>> = {
-            let memo = memo.read().expect("memo lock");
-            indices
-                .chunks(RECEIPTS_PER_BATCH)
-                .map(|chunk| chunk.iter().map(|index| memo.pending(*index)).collect())
-                .collect()
-        };
         let threads = std::thread::available_parallelism().map_or(1, |cores| cores.get()).min(8);
-        let per_thread = batches.len().div_ceil(threads).max(1);
-        let mut groups: Vec<Vec<Vec<PendingReceipt>>> = Vec::new();
-        let mut batches = batches.into_iter().peekable();
-        while batches.peek().is_some() {
-            groups.push(batches.by_ref().take(per_thread).collect());
-        }
+        // Whole batches per thread, as evenly as they divide.
+        let per_thread = indices.len().div_ceil(RECEIPTS_PER_BATCH).div_ceil(threads).max(1) * RECEIPTS_PER_BATCH;
         let signed: Vec<SignedReceipts> = std::thread::scope(|scope| {
-            let handles: Vec<_> = groups
-                .into_iter()
-                .map(|group| {
+            let handles: Vec<_> = indices
+                .chunks(per_thread)
+                .map(|part| {
                     scope.spawn(move || {
-                        group.into_iter().map(|batch| sign_batch(identity, batch)).collect::<Result<Vec<_>, _>>()
+                        part.chunks(RECEIPTS_PER_BATCH)
+                            .map(|chunk| {
+                                let batch = {
+                                    let memo = memo.read().expect("memo lock");
+                                    chunk.iter().map(|index| memo.pending(*index)).collect()
+                                };
+                                sign_batch(identity, batch)
+                            })
+                            .collect::<Result<Vec<_>, _>>()
                     })
                 })
                 .collect();
@@ -500,14 +504,16 @@ impl Memo {
         for (pointer, batch) in order {
             let mut members = batches.remove(&pointer).unwrap_or_default();
             members.sort_unstable();
-            let pending: Vec<PendingReceipt> = members.iter().map(|(_, index)| self.pending(*index)).collect();
-            let digests: Vec<(Digest, Digest)> = members
-                .iter()
-                .map(|(_, index)| match self.entry(*index) {
-                    Entry { invocation: Some(invocation), receipt: Some(receipt), .. } => Ok((*invocation, *receipt)),
-                    _ => digests_of(&self.pending(*index)),
-                })
-                .collect::<Result<_, ContentError>>()?;
+            let mut pending = Vec::with_capacity(members.len());
+            let mut digests = Vec::with_capacity(members.len());
+            for (_, index) in members {
+                let receipt = self.pending(index);
+                digests.push(match self.entry(index) {
+                    Entry { invocation: Some(invocation), receipt: Some(receipt), .. } => (*invocation, *receipt),
+                    _ => digests_of(&receipt)?,
+                });
+                pending.push(receipt);
+            }
             records.push(batch_record(pending, &digests, batch.signature()));
         }
         Ok(records)
@@ -788,8 +794,6 @@ pub struct WasmFunction {
     pub issuer: Arc<str>,
     /// Held while a missed invocation runs, so two workers never run the same one.
     pub running: Mutex<()>,
-    /// Encodes this function's invocations from their arguments alone.
-    pub template: content::InvocationTemplate,
 }
 
 impl std::fmt::Debug for WasmFunction {
@@ -869,7 +873,7 @@ impl WasmFunction {
             Outcome::Ok(value) => Ok(value),
             Outcome::Error(_) if self.definition.on_error_null => Ok(Value::Null),
             Outcome::Error(message) => {
-                let cid = self.template.cid(args).map(|cid| cid.to_string()).unwrap_or_default();
+                let cid = self.function.template.cid(args).map(|cid| cid.to_string()).unwrap_or_default();
                 Err(weft_engine::EvalError(format!("function {}: {message} (invocation {cid})", self.definition.name)))
             }
         }

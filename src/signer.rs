@@ -14,7 +14,7 @@ use crate::wal::Record;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
-use weft_engine::content::{self, ContentError, Digest, Receipt};
+use weft_engine::content::{self, ContentError, Digest};
 
 /// What signing one receipt needs, copied out of the memo so the signer never takes its lock.
 #[derive(Clone, Debug)]
@@ -38,13 +38,7 @@ pub struct SignedReceipts {
 /// The invocation and receipt digests of a pending receipt.
 pub fn digests_of(pending: &PendingReceipt) -> Result<(Digest, Digest), ContentError> {
     let invocation = pending.function.template.digest(&pending.run.args)?;
-    let receipt = Receipt {
-        ran: content::cid_of_digest(&invocation),
-        out: pending.run.out.clone(),
-        fuel: pending.run.fuel,
-        duration_us: pending.run.duration_us,
-        issuer: pending.issuer.to_string(),
-    };
+    let receipt = pending.run.receipt(content::cid_of_digest(&invocation), &pending.issuer);
     Ok((invocation, content::sha3_digest(&receipt.encode()?)))
 }
 

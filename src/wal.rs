@@ -79,14 +79,15 @@ fn checksum(bytes: &[u8]) -> u64 {
     CRC_MARKER | u64::from(crc32fast::hash(bytes))
 }
 
-/// Whether `expected` is the checksum of `bytes`: a tagged CRC-32, or the FNV-1a (64 bits) of
-/// logs written before, which stay readable.
-fn checksum_matches(bytes: &[u8], expected: u64) -> bool {
-    if expected >> 32 == CRC_MARKER >> 32 && checksum(bytes) == expected {
-        return true;
-    }
+/// The checksum of logs written before CRC-32: FNV-1a, 64 bits.
+fn legacy_checksum(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x100_0000_01b3))
-        == expected
+}
+
+/// Whether `expected` is the checksum of `bytes`: a tagged CRC-32, or the FNV-1a of logs
+/// written before, which stay readable.
+fn checksum_matches(bytes: &[u8], expected: u64) -> bool {
+    (expected >> 32 == CRC_MARKER >> 32 && checksum(bytes) == expected) || legacy_checksum(bytes) == expected
 }
 
 impl<R: Serialize + serde::de::DeserializeOwned> Log<R> {

@@ -110,6 +110,21 @@ fn the_invoke_command_prints_one_json_line() {
     std::fs::remove_dir_all(&directory).unwrap();
 }
 
+/// The receipt a `weft.receipts` cid cell names, checked to be addressed by its own bytes.
+fn receipt_named(database: &Database, cell: &Value) -> weft::functions::StoredReceipt {
+    let Value::Text(cid) = cell else { panic!("receipt CIDs are text") };
+    let stored = database.receipt(&weft_engine::content::parse_cid(cid).unwrap()).expect("receipt by CID");
+    assert_eq!(stored.cid.to_string(), cid.as_str());
+    assert_eq!(weft_engine::content::dag_cbor_cid(&stored.encoded), stored.cid, "bytes match the CID");
+    stored
+}
+
+/// Checks a receipt's proof against its issuer's signature.
+fn verify_signed(stored: &weft::functions::StoredReceipt) {
+    let proof = stored.signed_proof().unwrap();
+    weft::identity::verify_proof(&stored.receipt.issuer, &stored.cid.to_bytes(), &proof).unwrap();
+}
+
 fn memo_counts(database: &mut Database) -> (i64, i64) {
     match database.query("SELECT hits, misses FROM weft.memo_stats").unwrap().as_slice() {
         [row] => match (&row[0], &row[1]) {
@@ -165,12 +180,7 @@ fn functions_in_views_run_each_invocation_once_across_rebuilds_and_restarts() {
         let cids = database.query("SELECT cid FROM weft.receipts").unwrap();
         assert_eq!(cids.len(), 9);
         for row in cids {
-            let Value::Text(cid) = &row[0] else { panic!("receipt CIDs are text") };
-            let stored = database.receipt(&weft_engine::content::parse_cid(cid).unwrap()).expect("receipt by CID");
-            assert_eq!(stored.cid.to_string(), *cid);
-            assert_eq!(weft_engine::content::dag_cbor_cid(&stored.encoded), stored.cid, "bytes match the CID");
-            let proof = stored.signed_proof().unwrap();
-            weft::identity::verify_proof(&stored.receipt.issuer, &stored.cid.to_bytes(), &proof).unwrap();
+            verify_signed(&receipt_named(database, &row[0]));
         }
     };
     verify_all(&mut database);
@@ -250,17 +260,14 @@ fn receipts_of_many_calls_are_signed_in_batches_while_the_view_builds() {
     assert_eq!(rows.len(), calls);
     let mut signatures = std::collections::BTreeSet::new();
     for (position, row) in rows.iter().enumerate() {
-        let Value::Text(cid) = &row[0] else { panic!("receipt CIDs are text") };
-        let stored = database.receipt(&weft_engine::content::parse_cid(cid).unwrap()).expect("receipt by CID");
-        assert_eq!(weft_engine::content::dag_cbor_cid(&stored.encoded), stored.cid);
+        let stored = receipt_named(&database, &row[0]);
         match &stored.proof {
             Some(weft::functions::ReceiptProof::InBatch { batch, .. }) => signatures.insert(batch.signature().to_vec()),
             other => panic!("a receipt read back from a batch record keeps its batch, not {other:?}"),
         };
         // Rebuilding a path hashes the whole batch (slow in a debug build): check a spread.
         if position % 499 == 0 || position + 1 == rows.len() {
-            let proof = stored.signed_proof().unwrap();
-            weft::identity::verify_proof(&stored.receipt.issuer, &stored.cid.to_bytes(), &proof).unwrap();
+            verify_signed(&stored);
         }
     }
     assert_eq!(signatures.len(), 4, "one signature per batch of up to 4,096 receipts, and the insert's");

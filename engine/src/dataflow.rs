@@ -505,9 +505,10 @@ fn render<'scope>(
     view: &Arc<ViewState>,
 ) -> Collection<'scope> {
     match plan {
-        Plan::Get { .. } => apply_map(&render_mapped(plan, scope, traces, view), view),
+        Plan::Get { .. } | Plan::Project { .. } | Plan::Filter { .. } => {
+            apply_map(&render_mapped(plan, scope, traces, view), view)
+        }
         Plan::Constant { rows, .. } => constant(scope, rows.clone()),
-        Plan::Project { .. } | Plan::Filter { .. } => apply_map(&render_mapped(plan, scope, traces, view), view),
         Plan::Join { .. } => render_join_plan(plan, None, scope, traces, view),
         Plan::Reduce { input, group, aggregates } => {
             let input = render_mapped(input, scope, traces, view);
