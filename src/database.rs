@@ -1411,7 +1411,7 @@ fn literal_rows(query: &ast::Query) -> Option<Vec<Row>> {
 }
 
 /// Casts a row's values to the table's column types and checks its primary key has no NULL.
-fn conform_row(relation: &Relation, row: Row) -> Result<Row, Error> {
+fn conform_row(relation: &Relation, mut row: Row) -> Result<Row, Error> {
     if row.len() != relation.columns.len() {
         return Err(Error::Constraint(format!(
             "table {} has {} columns but a row has {} values",
@@ -1421,16 +1421,18 @@ fn conform_row(relation: &Relation, row: Row) -> Result<Row, Error> {
         )));
     }
     let data = relation.table().expect("a table");
-    let mut conformed = Vec::with_capacity(row.len());
-    for (index, (value, (column, column_type))) in row.into_iter().zip(&relation.columns).enumerate() {
+    for (index, (value, (column, column_type))) in row.iter_mut().zip(&relation.columns).enumerate() {
         if value.is_null() && data.primary_key.as_ref().is_some_and(|key| key.contains(&index)) {
             return Err(Error::Constraint(format!("primary key column {}.{column} cannot be NULL", relation.name)));
         }
-        conformed.push(cast(value, *column_type).map_err(|error| {
-            Error::Constraint(format!("column {}.{column} ({column_type}): {error}", relation.name))
-        })?);
+        // Values already of the column's type (nearly all) are left in place.
+        if value.column_type() != Some(*column_type) && !value.is_null() {
+            *value = cast(std::mem::replace(value, Value::Null), *column_type).map_err(|error| {
+                Error::Constraint(format!("column {}.{column} ({column_type}): {error}", relation.name))
+            })?;
+        }
     }
-    Ok(conformed)
+    Ok(row)
 }
 
 /// If `plan` only filters and projects table `id` row by row, its predicate and projections

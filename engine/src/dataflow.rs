@@ -13,7 +13,7 @@
 
 use crate::batcher::SortBatcher;
 use crate::expr::{eval_all, EvalError, Expr};
-use crate::hashed_row::{HashedRow, PrehashedState};
+use crate::hashed_row::{HashedRow, PrehashedState, RowPacker};
 use crate::plan::{Aggregate, AggregateFunction, JoinKind, Plan, RelationId, SortKey};
 use crate::value::{Row, Value};
 use differential_dataflow::difference::{IsZero, Multiply, Semigroup};
@@ -147,7 +147,7 @@ impl ViewState {
             return Err(EngineError::ViewError { view: self.name.clone(), message: message.clone() });
         }
         let rows = self.rows.lock().expect("rows lock");
-        Ok(rows.iter().map(|(row, count)| (row.row().clone(), *count)).collect())
+        Ok(rows.iter().map(|(row, count)| (row.to_row(), *count)).collect())
     }
 
     /// The latest timestamp the view's rows are complete for.
@@ -198,7 +198,7 @@ impl ViewState {
                 }
             }
             if let Some(pending) = pending.as_mut() {
-                pending.push((row.row().clone(), diff));
+                pending.push((row.to_row(), diff));
             }
         }
     }
@@ -770,6 +770,7 @@ impl<'scope> Mapped<'scope> {
                 .clone()
                 .unary(Pipeline, "ImportMapped", move |_, _| {
                     let mut times: Vec<(Time, isize)> = Vec::new();
+                    let mut values: Row = Vec::new();
                     move |input, output| {
                         input.for_each(|time, data| {
                             let mut session = output.session(&time);
@@ -782,7 +783,9 @@ impl<'scope> Mapped<'scope> {
                                         cursor.step_val(batch);
                                     }
                                     times.retain(|(_, diff)| *diff != 0);
-                                    let mapped = match map.apply_ref(row.row()) {
+                                    values.clear();
+                                    row.decode_into(&mut values);
+                                    let mapped = match map.apply_ref(&values) {
                                         Ok(mapped) => mapped,
                                         Err(error) => {
                                             times.iter().for_each(|(_, diff)| view.record_error(&error, *diff));
@@ -827,13 +830,25 @@ fn keyed<'scope>(
     view: &Arc<ViewState>,
 ) -> VecCollection<'scope, Time, (HashedRow, HashedRow), isize> {
     input.evaluate(view, move |row, diff| {
-        let key = eval_all(&keys, &row)?;
-        if nulls_equal || !key.iter().any(Value::is_null) {
-            Ok(Some(((HashedRow::new(key), HashedRow::new(row)), diff)))
+        let key = pack_all(&keys, &row)?;
+        if nulls_equal || !key.has_null() {
+            Ok(Some(((key.finish(), HashedRow::new(row)), diff)))
         } else {
             Ok(None)
         }
     })
+}
+
+/// Packs the values of `exprs` over `row`; column references are packed from the row in place.
+fn pack_all(exprs: &[Expr], row: &[Value]) -> Result<RowPacker, EvalError> {
+    let mut packer = RowPacker::new();
+    for expr in exprs {
+        match expr {
+            Expr::Column(index) => packer.push(&row[*index]),
+            _ => packer.push(&expr.eval(row)?),
+        }
+    }
+    Ok(packer)
 }
 
 /// The rows of `all` that also occur (as whole rows) in the set `present`.
@@ -879,21 +894,18 @@ fn render_join<'scope>(
     }
     if let Some(columns) = spec.columns {
         let left_arity = spec.left_arity;
+        let mut values: Row = Vec::new();
         return arrange_pairs(left_keyed).join_core(arrange_pairs(right_keyed), move |_, left_row, right_row| {
-            let (left_row, right_row) = (left_row.row(), right_row.row());
-            let row: Row = columns
-                .iter()
-                .map(|column| if *column < left_arity { &left_row[*column] } else { &right_row[column - left_arity] })
-                .cloned()
-                .collect();
-            Some(row)
+            values.clear();
+            left_row.decode_into(&mut values);
+            debug_assert_eq!(values.len(), left_arity);
+            right_row.decode_into(&mut values);
+            Some(columns.iter().map(|column| values[*column].clone()).collect::<Row>())
         });
     }
     let mut joined = arrange_pairs(left_keyed).join_core(arrange_pairs(right_keyed), |_, left_row, right_row| {
-        let (left_row, right_row) = (left_row.row(), right_row.row());
-        let mut row = Vec::with_capacity(left_row.len() + right_row.len());
-        row.extend_from_slice(left_row);
-        row.extend_from_slice(right_row);
+        let mut row = left_row.to_row();
+        right_row.decode_into(&mut row);
         Some(row)
     });
     if let Some(residual) = spec.residual {
@@ -1007,7 +1019,7 @@ fn render_accumulable_reduce<'scope>(
 ) -> Collection<'scope> {
     let args: Vec<Option<Expr>> = aggregates.iter().map(|aggregate| aggregate.arg.clone()).collect();
     let exploded: VecCollection<'scope, Time, HashedRow, Accumulators> = input.evaluate(view, move |row, diff| {
-        let key = eval_all(&group, &row)?;
+        let key = pack_all(&group, &row)?;
         let mut values = Vec::with_capacity(args.len());
         for arg in &args {
             let value = match arg {
@@ -1021,7 +1033,7 @@ fn render_accumulable_reduce<'scope>(
                 _ => Accumulator { count: 1, ..Accumulator::default() },
             });
         }
-        Ok(Some((HashedRow::new(key), Accumulators { rows: 1, values }.multiply(&diff))))
+        Ok(Some((key.finish(), Accumulators { rows: 1, values }.multiply(&diff))))
     });
     exploded.count_core::<isize>().flat_map(move |(key, accumulators)| {
         // A group whose rows are all retracted can keep float rounding residue: it is empty.
@@ -1096,9 +1108,8 @@ fn render_rescan_reduce<'scope>(
 ) -> Collection<'scope> {
     let args: Vec<Expr> =
         aggregates.iter().map(|aggregate| aggregate.arg.clone().unwrap_or(Expr::Literal(Value::Bool(true)))).collect();
-    let keyed: VecCollection<'scope, Time, (HashedRow, Row), isize> = input.evaluate(view, move |row, diff| {
-        Ok(Some(((HashedRow::new(eval_all(&group, &row)?), eval_all(&args, &row)?), diff)))
-    });
+    let keyed: VecCollection<'scope, Time, (HashedRow, Row), isize> = input
+        .evaluate(view, move |row, diff| Ok(Some(((pack_all(&group, &row)?.finish(), eval_all(&args, &row)?), diff))));
     keyed
         .reduce(move |_key, values: &[(&Row, isize)], output: &mut Vec<(Row, isize)>| {
             let row = aggregates
