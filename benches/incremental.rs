@@ -121,6 +121,7 @@ fn hand_written(orders: &[(u64, u64, i64)], customers: &[(u64, u64)], updates: &
 }
 
 fn main() -> anyhow::Result<()> {
+    weft::memory::use_small_pages();
     let order_count = env_usize("WEFT_BENCH_ORDERS", 1_000_000);
     let update_count = env_usize("WEFT_BENCH_UPDATES", 2_000);
     let mut random = Random(0x5eed);

@@ -17,6 +17,7 @@ use weft::{Database, Options, Value};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
+    weft::memory::use_small_pages();
     let calls: usize =
         std::env::var("WEFT_BENCH_CALLS").ok().and_then(|value| value.parse().ok()).unwrap_or(10_000_000);
     let module = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/wasm/math.wat");

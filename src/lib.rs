@@ -13,6 +13,7 @@ pub mod executor;
 pub mod fastpath;
 pub mod functions;
 pub mod identity;
+pub mod memory;
 pub mod output;
 pub mod reads;
 pub mod server;

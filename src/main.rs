@@ -116,6 +116,7 @@ enum EffectsAction {
 const EFFECTS_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn main() -> std::process::ExitCode {
+    weft::memory::use_small_pages();
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

@@ -63,6 +63,14 @@ where
     type Output = S::Output;
 
     fn extract<'a>(&'a mut self, upper: AntichainRef<'_, Time>) -> (Option<S::Output>, AntichainRef<'a, Time>) {
+        // Nothing ready (the frontier moved, but not past these updates' times): leave the chunks
+        // as they are rather than sorting and copying them now and again at the next call.
+        let earliest = self.chunks.iter().flatten().map(|(_, time, _)| *time).min();
+        if let Some(earliest) = earliest.filter(|earliest| upper.less_equal(earliest)) {
+            self.frontier.clear();
+            self.frontier.insert(earliest);
+            return (None, self.frontier.borrow());
+        }
         let mut updates = match self.chunks.len() {
             0 | 1 => self.chunks.pop().unwrap_or_default(),
             _ => {

@@ -181,8 +181,11 @@ impl ViewState {
     }
 
     /// Applies a batch of the workers' output to the readable rows (and the pending changes).
-    fn apply<'a>(&self, updates: impl Iterator<Item = (&'a HashedRow, isize)>) {
+    fn apply<'a>(&self, updates: impl ExactSizeIterator<Item = (&'a HashedRow, isize)>) {
         let mut rows = self.rows.lock().expect("rows lock");
+        // At most this many new rows: growing once avoids rehashing (and faulting in) the
+        // table again and again when a view's first batch is large.
+        rows.reserve(updates.len());
         let subscribed = self.subscribed.load(AtomicOrdering::SeqCst);
         let mut pending = subscribed.then(|| self.pending.lock().expect("pending lock"));
         for (row, diff) in updates {
