@@ -208,6 +208,22 @@ impl Values<'_> {
     }
 }
 
+impl Values<'_> {
+    /// Steps over the next value without decoding it.
+    fn skip_value(&mut self) {
+        match self.byte() {
+            tag::INT | tag::TIMESTAMP => {
+                self.varint();
+            }
+            tag::FLOAT => self.bytes = &self.bytes[8..],
+            tag::TEXT | tag::BYTES => {
+                self.slice();
+            }
+            _ => {}
+        }
+    }
+}
+
 impl Iterator for Values<'_> {
     type Item = Value;
 
@@ -273,6 +289,20 @@ impl HashedRow {
     /// Decodes the row's values onto the end of `row`.
     pub fn decode_into(&self, row: &mut Row) {
         row.extend(self.values());
+    }
+
+    /// Decodes onto the end of `row` the values whose `needed` flag is set, and NULL in place of
+    /// the others (which are skipped over, not decoded).
+    pub fn decode_needed_into(&self, needed: &[bool], row: &mut Row) {
+        let mut values = self.values();
+        for wanted in needed {
+            if *wanted {
+                row.push(values.next().expect("a packed row as long as its flags"));
+            } else {
+                values.skip_value();
+                row.push(Value::Null);
+            }
+        }
     }
 
     /// The row, decoded, giving up the hash.
@@ -497,6 +527,18 @@ mod tests {
             let mut appended = vec![Value::Int(1)];
             hashed.decode_into(&mut appended);
             assert_eq!(appended.len(), row.len() + 1);
+            // Every other value skipped: the rest still decode in place.
+            let needed: Vec<bool> = (0..row.len()).map(|index| index % 2 == 1).collect();
+            let mut selected = Vec::new();
+            hashed.decode_needed_into(&needed, &mut selected);
+            assert_eq!(selected.len(), row.len());
+            for (index, value) in selected.iter().enumerate() {
+                if needed[index] {
+                    assert_eq!(value.to_string(), row[index].to_string());
+                } else {
+                    assert!(value.is_null());
+                }
+            }
             assert_eq!(HashedRow::from_values(&row), hashed);
         }
     }
