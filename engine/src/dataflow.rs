@@ -788,14 +788,7 @@ impl<'scope> Mapped<'scope> {
                         let mut session = output.session(&capability);
                         combiner.hold(&capability);
                         for batch in data.iter().filter_map(|span| span.inner.as_ref()) {
-                            let mut cursor = batch.cursor();
-                            while let Some(row) = cursor.get_key(batch) {
-                                times.clear();
-                                while cursor.get_val(batch).is_some() {
-                                    cursor.map_times(batch, |time, diff| times.push((*time, *diff)));
-                                    cursor.step_val(batch);
-                                }
-                                times.retain(|(_, diff)| *diff != 0);
+                            for_each_stored_row(batch, &mut times, |row, times| {
                                 values.clear();
                                 row.decode_into(&mut values);
                                 let mapped = match map.apply_ref(&values) {
@@ -805,24 +798,22 @@ impl<'scope> Mapped<'scope> {
                                         None
                                     }
                                 };
-                                if let Some(mapped) = mapped {
-                                    let last = times.len().saturating_sub(1);
-                                    let mut mapped = Some(mapped);
-                                    for (index, (time, diff)) in times.iter().enumerate() {
-                                        let row = if index == last { mapped.take() } else { mapped.clone() };
-                                        match logic(row.expect("taken last"), *diff) {
-                                            Ok(Some((data, difference))) => {
-                                                if let Some(update) = combiner.add(data, *time, difference) {
-                                                    session.give(update);
-                                                }
+                                let Some(mapped) = mapped else { return };
+                                let last = times.len() - 1;
+                                let mut mapped = Some(mapped);
+                                for (index, (time, diff)) in times.iter().enumerate() {
+                                    let row = if index == last { mapped.take() } else { mapped.clone() };
+                                    match logic(row.expect("taken last"), *diff) {
+                                        Ok(Some((data, difference))) => {
+                                            if let Some(update) = combiner.add(data, *time, difference) {
+                                                session.give(update);
                                             }
-                                            Ok(None) => {}
-                                            Err(error) => view.record_error(&error, *diff),
                                         }
+                                        Ok(None) => {}
+                                        Err(error) => view.record_error(&error, *diff),
                                     }
                                 }
-                                cursor.step_key(batch);
-                            }
+                            });
                         }
                     });
                     combiner.flush(|capability, updates| output.session(capability).give_iterator(updates));
@@ -905,6 +896,9 @@ fn keyed<'scope>(
     nulls_equal: bool,
     view: &Arc<ViewState>,
 ) -> VecCollection<'scope, Time, (HashedRow, HashedRow), isize> {
+    if let Some(keyed) = keyed_in_place(input, &keys, nulls_equal) {
+        return keyed;
+    }
     input.evaluate(view, false, move |row, diff| {
         let key = pack_all(&keys, &row)?;
         if nulls_equal || !key.has_null() {
@@ -913,6 +907,78 @@ fn keyed<'scope>(
             Ok(None)
         }
     })
+}
+
+/// [`keyed`] for an imported table or view that is only narrowed to some columns and keyed by
+/// columns (a join's usual input): keys and rows are copied from the stored packed rows as bytes,
+/// never decoded. `None` for any other input.
+fn keyed_in_place<'scope>(
+    input: &Mapped<'scope>,
+    keys: &[Expr],
+    nulls_equal: bool,
+) -> Option<VecCollection<'scope, Time, (HashedRow, HashedRow), isize>> {
+    let Source::Imported(stream) = &input.source else { return None };
+    // The stored row's columns the mapped row is made of (`None`: all of them, unchanged).
+    let columns: Option<Vec<usize>> = match input.map.steps.as_slice() {
+        [] => None,
+        [Step::Select(columns)] => Some(columns.clone()),
+        _ => return None,
+    };
+    let key_columns: Vec<usize> = keys
+        .iter()
+        .map(|key| match key {
+            Expr::Column(index) => Some(columns.as_ref().map_or(*index, |columns| columns[*index])),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    let stream = stream.clone().unary(Pipeline, "ImportKeyed", move |_, _| {
+        let mut times: Vec<(Time, isize)> = Vec::new();
+        let mut spans = Vec::new();
+        move |input, output| {
+            input.for_each(|capability, data| {
+                let mut session = output.session(&capability);
+                for batch in data.iter().filter_map(|span| span.inner.as_ref()) {
+                    for_each_stored_row(batch, &mut times, |row, times| {
+                        row.value_spans(&mut spans);
+                        let key = row.project(&key_columns, &spans);
+                        if !nulls_equal && key.has_null() {
+                            return;
+                        }
+                        let key = key.finish();
+                        let value = match &columns {
+                            Some(columns) => row.project(columns, &spans).finish(),
+                            None => row.clone(),
+                        };
+                        for (time, diff) in times {
+                            session.give(((key.clone(), value.clone()), *time, *diff));
+                        }
+                    });
+                }
+            });
+        }
+    });
+    Some(stream.as_collection())
+}
+
+/// Calls `logic` with each row of a stored batch and its nonzero changes (`times` is scratch).
+fn for_each_stored_row(
+    batch: &<ImportedTrace as TraceReader>::Batch,
+    times: &mut Vec<(Time, isize)>,
+    mut logic: impl FnMut(&HashedRow, &[(Time, isize)]),
+) {
+    let mut cursor = batch.cursor();
+    while let Some(row) = cursor.get_key(batch) {
+        times.clear();
+        while cursor.get_val(batch).is_some() {
+            cursor.map_times(batch, |time, diff| times.push((*time, *diff)));
+            cursor.step_val(batch);
+        }
+        times.retain(|(_, diff)| *diff != 0);
+        if !times.is_empty() {
+            logic(row, times);
+        }
+        cursor.step_key(batch);
+    }
 }
 
 /// Packs the values of `exprs` over `row`; column references are packed from the row in place.

@@ -305,6 +305,31 @@ impl HashedRow {
         }
     }
 
+    /// Where each value's bytes lie in the packed row, written into `spans` (cleared first).
+    pub fn value_spans(&self, spans: &mut Vec<(usize, usize)>) {
+        spans.clear();
+        let bytes = self.packed.as_bytes();
+        let mut values = self.values();
+        while !values.bytes.is_empty() {
+            let start = bytes.len() - values.bytes.len();
+            values.skip_value();
+            spans.push((start, bytes.len() - values.bytes.len()));
+        }
+    }
+
+    /// The row of the values at `columns` (in that order), copied as packed bytes without being
+    /// decoded; `spans` are this row's [`value_spans`](HashedRow::value_spans).
+    pub fn project(&self, columns: &[usize], spans: &[(usize, usize)]) -> RowPacker {
+        let bytes = self.packed.as_bytes();
+        let mut packer = RowPacker::new();
+        for column in columns {
+            let (start, end) = spans[*column];
+            packer.has_null |= bytes[start] == tag::NULL;
+            packer.extend(&bytes[start..end]);
+        }
+        packer
+    }
+
     /// The row, decoded, giving up the hash.
     pub fn into_row(self) -> Row {
         self.to_row()
@@ -540,6 +565,14 @@ mod tests {
                 }
             }
             assert_eq!(HashedRow::from_values(&row), hashed);
+            // Projected as bytes equals packed from the chosen values.
+            let mut spans = Vec::new();
+            hashed.value_spans(&mut spans);
+            assert_eq!(spans.len(), row.len());
+            let columns: Vec<usize> = (0..row.len()).rev().chain(0..row.len().min(1)).collect();
+            let projected = hashed.project(&columns, &spans);
+            assert_eq!(projected.has_null(), columns.iter().any(|column| row[*column].is_null()));
+            assert_eq!(projected.finish(), HashedRow::from_values(columns.iter().map(|column| &row[*column])));
         }
     }
 
