@@ -12,12 +12,40 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use weft::{Database, Options, Output, Value};
 
-fn open_database(label: &str) -> Database {
+/// A database in a scratch directory that is removed when the database is dropped.
+struct ScratchDatabase {
+    database: Option<Database>,
+    directory: PathBuf,
+}
+
+impl std::ops::Deref for ScratchDatabase {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        self.database.as_ref().expect("open until dropped")
+    }
+}
+
+impl std::ops::DerefMut for ScratchDatabase {
+    fn deref_mut(&mut self) -> &mut Database {
+        self.database.as_mut().expect("open until dropped")
+    }
+}
+
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        drop(self.database.take());
+        let _ = std::fs::remove_dir_all(&self.directory);
+    }
+}
+
+fn open_database(label: &str) -> ScratchDatabase {
     static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let serial = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let directory = std::env::temp_dir().join(format!("weft-slt-{}-{label}-{serial}", std::process::id()));
     let _ = std::fs::remove_dir_all(&directory);
-    Database::open(Options { data_dir: directory, workers: 2, sync: false }).expect("open database")
+    let database =
+        Database::open(Options { data_dir: directory.clone(), workers: 2, sync: false }).expect("open database");
+    ScratchDatabase { database: Some(database), directory }
 }
 
 fn text(value: &Value) -> String {
@@ -49,7 +77,7 @@ fn to_db_output(outputs: Vec<Output>) -> Result<DBOutput<DefaultColumnType>, wef
 }
 
 /// Runs records as written.
-struct Plain(Database);
+struct Plain(ScratchDatabase);
 
 impl sqllogictest::DB for Plain {
     type Error = weft::Error;
@@ -62,7 +90,7 @@ impl sqllogictest::DB for Plain {
 
 /// Answers each query from a materialized view created before the data arrived.
 struct AsViews {
-    database: Database,
+    database: ScratchDatabase,
     views: HashMap<String, String>,
     pending: Vec<(String, String)>,
 }
