@@ -513,7 +513,7 @@ fn render<'scope>(
             apply_map(&render_mapped(plan, scope, traces, view), view)
         }
         Plan::Constant { rows, .. } => constant(scope, rows.clone()),
-        Plan::Join { .. } => render_join_plan(plan, None, scope, traces, view),
+        Plan::Join { .. } => rows_of(render_join_plan(plan, None, scope, traces, view), view),
         Plan::Reduce { input, group, aggregates } => {
             let input = render_mapped(input, scope, traces, view);
             let output = if plan.accumulable() {
@@ -584,7 +584,7 @@ fn render_mapped<'scope>(
         };
         if let Some(columns) = columns {
             map.steps.remove(0);
-            return Mapped { source: Source::Rows(render_join_plan(base, Some(columns), scope, traces, view)), map };
+            return Mapped { source: render_join_plan(base, Some(columns), scope, traces, view), map };
         }
     }
     let source = match base {
@@ -608,7 +608,7 @@ fn render_join_plan<'scope>(
     scope: Scope<'scope, Time>,
     traces: &mut HashMap<RelationId, RowTrace>,
     view: &Arc<ViewState>,
-) -> Collection<'scope> {
+) -> Source<'scope> {
     let Plan::Join { left, right, kind, left_keys, right_keys, nulls_equal, residual } = plan else {
         unreachable!("render_join_plan renders joins only")
     };
@@ -731,6 +731,9 @@ fn peel(plan: &Plan) -> (&Plan, RowMap) {
 enum Source<'scope> {
     /// A rendered collection.
     Rows(Collection<'scope>),
+    /// A rendered collection of packed rows (an inner join's output: built by copying the
+    /// joined rows' packed values, and read by its consumer while still in cache).
+    Packed(VecCollection<'scope, Time, HashedRow, isize>),
     /// An imported table or view arrangement, read in place: each row is mapped from a
     /// reference to the stored row, so rows the map drops or rewrites are never copied whole.
     Imported(Stream<'scope, Time, Vec<SpanOf<ImportedTrace>>>),
@@ -767,6 +770,29 @@ impl<'scope> Mapped<'scope> {
                         combiner.hold(&capability);
                         for (row, time, diff) in data.drain(..) {
                             match map.apply(row).and_then(|row| row.map_or(Ok(None), |row| logic(row, diff))) {
+                                Ok(Some((data, difference))) => {
+                                    if let Some(update) = combiner.add(data, time, difference) {
+                                        session.give(update);
+                                    }
+                                }
+                                Ok(None) => {}
+                                Err(error) => view.record_error(&error, diff),
+                            }
+                        }
+                    });
+                    combiner.flush(|capability, updates| output.session(capability).give_iterator(updates));
+                }
+            }),
+            Source::Packed(rows) => rows.inner.clone().unary(Pipeline, "PackedMapped", move |_, _| {
+                let mut values: Row = Vec::new();
+                move |input, output| {
+                    input.for_each(|capability, data| {
+                        let mut session = output.session(&capability);
+                        combiner.hold(&capability);
+                        for (row, time, diff) in data.drain(..) {
+                            values.clear();
+                            row.decode_into(&mut values);
+                            match map.apply_ref(&values).and_then(|row| row.map_or(Ok(None), |row| logic(row, diff))) {
                                 Ok(Some((data, difference))) => {
                                     if let Some(update) = combiner.add(data, time, difference) {
                                         session.give(update);
@@ -880,6 +906,11 @@ impl<D: Hash + Eq, R: Semigroup> Combiner<D, R> {
             send(&capability, &mut updates);
         }
     }
+}
+
+/// The rows of a rendered source.
+fn rows_of<'scope>(source: Source<'scope>, view: &Arc<ViewState>) -> Collection<'scope> {
+    apply_map(&Mapped { source, map: RowMap::default() }, view)
 }
 
 /// The rows of a mapped input.
@@ -1019,7 +1050,7 @@ fn render_join<'scope>(
     right: Mapped<'scope>,
     spec: JoinSpec,
     view: &Arc<ViewState>,
-) -> Collection<'scope> {
+) -> Source<'scope> {
     let left_keyed = keyed(&left, spec.left_keys, spec.nulls_equal, view);
     let right_keyed = keyed(&right, spec.right_keys, spec.nulls_equal, view);
     // Outer, semi and anti joins also need the whole (mapped) inputs.
@@ -1029,24 +1060,28 @@ fn render_join<'scope>(
     if semi_without_residual {
         let keys = right_keyed.map(|(key, _)| key).distinct();
         let matched = left_keyed.semijoin(keys).map(|(_, row)| row.into_row());
-        return match spec.kind {
+        return Source::Rows(match spec.kind {
             JoinKind::LeftSemi => matched,
             _ => left().concat(matched.negate()),
-        };
+        });
     }
     if let Some(columns) = spec.columns {
+        // The kept columns' packed values are copied, never decoded.
         let left_arity = spec.left_arity;
-        // Only the kept columns are decoded.
-        let needed: Vec<bool> = (0..left_arity + spec.right_arity).map(|column| columns.contains(&column)).collect();
-        let (left_needed, right_needed) = needed.split_at(left_arity);
-        let (left_needed, right_needed) = (left_needed.to_vec(), right_needed.to_vec());
-        let mut values: Row = Vec::new();
-        return arrange_pairs(left_keyed).join_core(arrange_pairs(right_keyed), move |_, left_row, right_row| {
-            values.clear();
-            left_row.decode_needed_into(&left_needed, &mut values);
-            right_row.decode_needed_into(&right_needed, &mut values);
-            Some(columns.iter().map(|column| values[*column].clone()).collect::<Row>())
+        let (mut left_spans, mut right_spans) = (Vec::new(), Vec::new());
+        let joined = arrange_pairs(left_keyed).join_core(arrange_pairs(right_keyed), move |_, left_row, right_row| {
+            left_row.value_spans(&mut left_spans);
+            right_row.value_spans(&mut right_spans);
+            let mut packer = RowPacker::new();
+            for column in &columns {
+                match column.checked_sub(left_arity) {
+                    None => packer.push_packed(left_row, left_spans[*column]),
+                    Some(right_column) => packer.push_packed(right_row, right_spans[right_column]),
+                }
+            }
+            Some(packer.finish())
         });
+        return Source::Packed(joined);
     }
     let mut joined = arrange_pairs(left_keyed).join_core(arrange_pairs(right_keyed), |_, left_row, right_row| {
         let mut row = left_row.to_row();
@@ -1062,7 +1097,7 @@ fn render_join<'scope>(
     let matched_right = || distinct(joined.clone().map(move |row| row[left_arity..].to_vec()));
     let unmatched =
         |all: Collection<'scope>, matched: Collection<'scope>| all.clone().concat(rows_in(all, matched).negate());
-    match spec.kind {
+    Source::Rows(match spec.kind {
         JoinKind::Inner => joined,
         JoinKind::LeftSemi => rows_in(left(), matched_left()),
         JoinKind::LeftAnti => unmatched(left(), matched_left()),
@@ -1072,7 +1107,7 @@ fn render_join<'scope>(
             .clone()
             .concat(pad(unmatched(left(), matched_left()), spec.right_arity, false))
             .concat(pad(unmatched(right(), matched_right()), left_arity, true)),
-    }
+    })
 }
 
 /// A double that is totally ordered, for use inside difference types.

@@ -151,6 +151,14 @@ impl RowPacker {
         }
     }
 
+    /// Appends the value of `row` whose packed bytes lie at `span` (see
+    /// [`HashedRow::value_spans`]), as bytes.
+    pub fn push_packed(&mut self, row: &HashedRow, span: (usize, usize)) {
+        let bytes = &row.packed.as_bytes()[span.0..span.1];
+        self.has_null |= bytes[0] == tag::NULL;
+        self.extend(bytes);
+    }
+
     /// Whether some value pushed so far is NULL.
     pub fn has_null(&self) -> bool {
         self.has_null
@@ -291,20 +299,6 @@ impl HashedRow {
         row.extend(self.values());
     }
 
-    /// Decodes onto the end of `row` the values whose `needed` flag is set, and NULL in place of
-    /// the others (which are skipped over, not decoded).
-    pub fn decode_needed_into(&self, needed: &[bool], row: &mut Row) {
-        let mut values = self.values();
-        for wanted in needed {
-            if *wanted {
-                row.push(values.next().expect("a packed row as long as its flags"));
-            } else {
-                values.skip_value();
-                row.push(Value::Null);
-            }
-        }
-    }
-
     /// Where each value's bytes lie in the packed row, written into `spans` (cleared first).
     pub fn value_spans(&self, spans: &mut Vec<(usize, usize)>) {
         spans.clear();
@@ -320,12 +314,9 @@ impl HashedRow {
     /// The row of the values at `columns` (in that order), copied as packed bytes without being
     /// decoded; `spans` are this row's [`value_spans`](HashedRow::value_spans).
     pub fn project(&self, columns: &[usize], spans: &[(usize, usize)]) -> RowPacker {
-        let bytes = self.packed.as_bytes();
         let mut packer = RowPacker::new();
         for column in columns {
-            let (start, end) = spans[*column];
-            packer.has_null |= bytes[start] == tag::NULL;
-            packer.extend(&bytes[start..end]);
+            packer.push_packed(self, spans[*column]);
         }
         packer
     }
@@ -552,18 +543,6 @@ mod tests {
             let mut appended = vec![Value::Int(1)];
             hashed.decode_into(&mut appended);
             assert_eq!(appended.len(), row.len() + 1);
-            // Every other value skipped: the rest still decode in place.
-            let needed: Vec<bool> = (0..row.len()).map(|index| index % 2 == 1).collect();
-            let mut selected = Vec::new();
-            hashed.decode_needed_into(&needed, &mut selected);
-            assert_eq!(selected.len(), row.len());
-            for (index, value) in selected.iter().enumerate() {
-                if needed[index] {
-                    assert_eq!(value.to_string(), row[index].to_string());
-                } else {
-                    assert!(value.is_null());
-                }
-            }
             assert_eq!(HashedRow::from_values(&row), hashed);
             // Projected as bytes equals packed from the chosen values.
             let mut spans = Vec::new();
