@@ -769,15 +769,8 @@ impl<'scope> Mapped<'scope> {
                         let mut session = output.session(&capability);
                         combiner.hold(&capability);
                         for (row, time, diff) in data.drain(..) {
-                            match map.apply(row).and_then(|row| row.map_or(Ok(None), |row| logic(row, diff))) {
-                                Ok(Some((data, difference))) => {
-                                    if let Some(update) = combiner.add(data, time, difference) {
-                                        session.give(update);
-                                    }
-                                }
-                                Ok(None) => {}
-                                Err(error) => view.record_error(&error, diff),
-                            }
+                            let outcome = map.apply(row).and_then(|row| row.map_or(Ok(None), |row| logic(row, diff)));
+                            combiner.offer(outcome, time, diff, &view, |update| session.give(update));
                         }
                     });
                     combiner.flush(|capability, updates| output.session(capability).give_iterator(updates));
@@ -792,15 +785,9 @@ impl<'scope> Mapped<'scope> {
                         for (row, time, diff) in data.drain(..) {
                             values.clear();
                             row.decode_into(&mut values);
-                            match map.apply_ref(&values).and_then(|row| row.map_or(Ok(None), |row| logic(row, diff))) {
-                                Ok(Some((data, difference))) => {
-                                    if let Some(update) = combiner.add(data, time, difference) {
-                                        session.give(update);
-                                    }
-                                }
-                                Ok(None) => {}
-                                Err(error) => view.record_error(&error, diff),
-                            }
+                            let outcome =
+                                map.apply_ref(&values).and_then(|row| row.map_or(Ok(None), |row| logic(row, diff)));
+                            combiner.offer(outcome, time, diff, &view, |update| session.give(update));
                         }
                     });
                     combiner.flush(|capability, updates| output.session(capability).give_iterator(updates));
@@ -829,15 +816,8 @@ impl<'scope> Mapped<'scope> {
                                 let mut mapped = Some(mapped);
                                 for (index, (time, diff)) in times.iter().enumerate() {
                                     let row = if index == last { mapped.take() } else { mapped.clone() };
-                                    match logic(row.expect("taken last"), *diff) {
-                                        Ok(Some((data, difference))) => {
-                                            if let Some(update) = combiner.add(data, *time, difference) {
-                                                session.give(update);
-                                            }
-                                        }
-                                        Ok(None) => {}
-                                        Err(error) => view.record_error(&error, *diff),
-                                    }
+                                    let outcome = logic(row.expect("taken last"), *diff);
+                                    combiner.offer(outcome, *time, *diff, &view, |update| session.give(update));
                                 }
                             });
                         }
@@ -883,19 +863,27 @@ impl<D: Hash + Eq, R: Semigroup> Combiner<D, R> {
         }
     }
 
-    /// Adds `(data, time, diff)` to the held updates, or returns it to be sent now if not
-    /// combining.
-    fn add(&mut self, data: D, time: Time, diff: R) -> Option<(D, Time, R)> {
-        if !self.combine {
-            return Some((data, time, diff));
+    /// Takes the outcome of mapping one update (of multiplicity `multiplicity`): an output
+    /// update is held, if combining, or handed to `give`; an error is recorded on the view.
+    fn offer(
+        &mut self,
+        outcome: Result<Option<(D, R)>, EvalError>,
+        time: Time,
+        multiplicity: isize,
+        view: &ViewState,
+        give: impl FnOnce((D, Time, R)),
+    ) {
+        match outcome {
+            Ok(Some((data, diff))) if !self.combine => give((data, time, diff)),
+            Ok(Some((data, diff))) => match self.updates.entry((data, time)) {
+                std::collections::hash_map::Entry::Occupied(mut entry) => entry.get_mut().plus_equals(&diff),
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    entry.insert(diff);
+                }
+            },
+            Ok(None) => {}
+            Err(error) => view.record_error(&error, multiplicity),
         }
-        match self.updates.entry((data, time)) {
-            std::collections::hash_map::Entry::Occupied(mut entry) => entry.get_mut().plus_equals(&diff),
-            std::collections::hash_map::Entry::Vacant(entry) => {
-                entry.insert(diff);
-            }
-        }
-        None
     }
 
     /// Sends the held updates (dropping those that added up to zero) under the held capability.

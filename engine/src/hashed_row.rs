@@ -25,7 +25,7 @@
 
 use crate::value::{Row, SmolStr, Value};
 use serde::de::{Deserializer, Error as _, SeqAccess, Visitor};
-use serde::ser::{SerializeTuple, Serializer};
+use serde::ser::Serializer;
 use std::cmp::Ordering;
 use std::hash::{BuildHasher, Hash, Hasher};
 
@@ -359,40 +359,64 @@ impl Ord for HashedRow {
     }
 }
 
-/// Exchanged between processes as the hash and the packed bytes.
+/// Exchanged between processes as the packed bytes; the receiver checks them and hashes them
+/// again, so a malformed or mislabelled row is an error, never a wrong order or a panic later.
 impl serde::Serialize for HashedRow {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut tuple = serializer.serialize_tuple(2)?;
-        tuple.serialize_element(&self.hash)?;
-        tuple.serialize_element(&PackedBytes(self.packed.as_bytes()))?;
-        tuple.end()
-    }
-}
-
-struct PackedBytes<'a>(&'a [u8]);
-
-impl serde::Serialize for PackedBytes<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(self.0)
+        serializer.serialize_bytes(self.packed.as_bytes())
     }
 }
 
 impl<'de> serde::Deserialize<'de> for HashedRow {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<HashedRow, D::Error> {
-        struct RowVisitor;
-        impl<'de> Visitor<'de> for RowVisitor {
-            type Value = HashedRow;
-            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                formatter.write_str("a hash and a packed row")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut sequence: A) -> Result<HashedRow, A::Error> {
-                let hash: u64 = sequence.next_element()?.ok_or_else(|| A::Error::invalid_length(0, &self))?;
-                let bytes: BytesBuffer = sequence.next_element()?.ok_or_else(|| A::Error::invalid_length(1, &self))?;
-                Ok(HashedRow { hash, packed: Packed::from_bytes(&bytes.0) })
+        let bytes = BytesBuffer::deserialize(deserializer)?;
+        if !well_formed(&bytes.0) {
+            return Err(D::Error::custom("malformed packed row"));
+        }
+        Ok(HashedRow::from_packed_bytes(&bytes.0))
+    }
+}
+
+/// Whether `bytes` are a sequence of packed values: known tags, complete varints, doubles and
+/// lengths within the bytes, UTF-8 text.
+fn well_formed(mut bytes: &[u8]) -> bool {
+    fn varint(bytes: &mut &[u8]) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (byte, rest) = bytes.split_first()?;
+            *bytes = rest;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(value);
             }
         }
-        deserializer.deserialize_tuple(2, RowVisitor)
+        None
     }
+    while let Some((tag, rest)) = bytes.split_first() {
+        bytes = rest;
+        let fine = match *tag {
+            tag::NULL | tag::FALSE | tag::TRUE => true,
+            tag::INT | tag::TIMESTAMP => varint(&mut bytes).is_some(),
+            tag::FLOAT => bytes.split_at_checked(8).map(|(_, rest)| bytes = rest).is_some(),
+            tag::TEXT | tag::BYTES => {
+                let data = varint(&mut bytes)
+                    .and_then(|length| usize::try_from(length).ok())
+                    .and_then(|length| bytes.split_at_checked(length));
+                match data {
+                    Some((data, rest)) => {
+                        bytes = rest;
+                        *tag == tag::BYTES || std::str::from_utf8(data).is_ok()
+                    }
+                    None => false,
+                }
+            }
+            _ => false,
+        };
+        if !fine {
+            return false;
+        }
+    }
+    true
 }
 
 /// Packed bytes read back: from a byte string or a sequence of bytes.
@@ -575,12 +599,38 @@ mod tests {
     }
 
     #[test]
+    fn malformed_rows_are_refused() {
+        let malformed: [&[u8]; 6] = [
+            &[99],
+            &[tag::FLOAT, 1, 2],
+            &[tag::TEXT, 10, b'a'],
+            &[tag::TEXT, 1, 0xff],
+            &[tag::INT, 0x80],
+            &[tag::BYTES],
+        ];
+        for bytes in malformed {
+            let encoded = bincode::serialize(bytes).expect("serializes");
+            assert!(bincode::deserialize::<HashedRow>(&encoded).is_err(), "{bytes:?} accepted");
+        }
+        let good = HashedRow::from_values(&[Value::Int(-5), Value::Text("ok".into())]);
+        let encoded = bincode::serialize(good.packed.as_bytes()).expect("serializes");
+        assert_eq!(bincode::deserialize::<HashedRow>(&encoded).expect("well formed"), good);
+    }
+
+    #[test]
     fn rows_survive_serialization() {
         for row in sample_rows() {
             let hashed = HashedRow::new(row);
             let bytes = bincode::serialize(&hashed).expect("serializes");
             let back: HashedRow = bincode::deserialize(&bytes).expect("deserializes");
             assert_eq!(back, hashed);
+            // Any strict prefix of a non-empty row's bytes is malformed.
+            let packed = hashed.packed.as_bytes();
+            if let Some(cut) = packed.len().checked_sub(1) {
+                let truncated = bincode::serialize(&packed[..cut]).expect("serializes");
+                let back: Result<HashedRow, _> = bincode::deserialize(&truncated);
+                assert!(back.is_err() || back.is_ok_and(|row| row.values().count() < hashed.values().count()));
+            }
             let json = serde_json::to_string(&hashed).expect("serializes as JSON");
             let back: HashedRow = serde_json::from_str(&json).expect("deserializes from JSON");
             assert_eq!(back, hashed);
