@@ -787,25 +787,25 @@ impl Database {
             return Ok(());
         }
         let signed = self.signer.finish()?;
-        let records: Vec<Record> = {
+        let frames: Vec<Vec<u8>> = {
             let mut memo = self.memo_mut();
             signed
                 .into_iter()
                 .map(|signed| {
                     memo.attach(&signed);
-                    signed.record
+                    signed.frame
                 })
                 .collect()
         };
-        self.wal.append(&records)?;
+        self.wal.append_frames(&frames)?;
         Ok(())
     }
 
     /// Signs the receipts of memo entries `indices`, a batch at a time (see [`Memo::sign`]),
     /// and appends them to the log.
     fn sign_and_log(&mut self, indices: &[u32]) -> Result<(), Error> {
-        let records = Memo::sign(&self.memo, &self.identity, indices)?;
-        self.wal.append(&records)?;
+        let frames = Memo::sign(&self.memo, &self.identity, indices)?;
+        self.wal.append_frames(&frames)?;
         Ok(())
     }
 

@@ -410,8 +410,8 @@ impl Memo {
     }
 
     /// Signs the receipts of entries `indices` now, in batches of [`RECEIPTS_PER_BATCH`] on all
-    /// cores (see [`crate::signer`]), attaches them and returns one log record per batch.
-    pub fn sign(memo: &RwLock<Memo>, identity: &Identity, indices: &[u32]) -> Result<Vec<Record>, ContentError> {
+    /// cores (see [`crate::signer`]), attaches them and returns one log frame per batch.
+    pub fn sign(memo: &RwLock<Memo>, identity: &Identity, indices: &[u32]) -> Result<Vec<Vec<u8>>, ContentError> {
         let threads = std::thread::available_parallelism().map_or(1, |cores| cores.get()).min(8);
         // Whole batches per thread, as evenly as they divide.
         let per_thread = indices.len().div_ceil(RECEIPTS_PER_BATCH).div_ceil(threads).max(1) * RECEIPTS_PER_BATCH;
@@ -443,7 +443,7 @@ impl Memo {
             .into_iter()
             .map(|signed| {
                 memo.attach(&signed);
-                signed.record
+                signed.frame
             })
             .collect())
     }

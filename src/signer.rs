@@ -3,10 +3,11 @@
 //! A call that runs records a compact memo entry and hands the signer a copy of what its receipt
 //! needs (a [`PendingReceipt`]). Every [`RECEIPTS_PER_BATCH`] receipts, the batch goes to the
 //! signer's thread, which computes the invocation and receipt CIDs (two sha3-256 digests per
-//! receipt), signs the Merkle root of the batch's receipt CIDs and makes the batch's log record,
-//! alongside the dataflow instead of after it. When the statement ends, [`Signer::finish`] sends
-//! what remains, waits for the thread and returns the signed batches; `Database` attaches them to
-//! the memo and appends their records to the log before the statement returns.
+//! receipt), signs the Merkle root of the batch's receipt CIDs and encodes the batch's log record
+//! as a log frame, alongside the dataflow instead of after it. When the statement ends,
+//! [`Signer::finish`] sends what remains, waits for the thread and returns the signed batches;
+//! `Database` attaches them to the memo and writes their frames to the log before the statement
+//! returns.
 
 use crate::functions::{CalledFunction, LoggedBatch, LoggedReceipt, Run, RECEIPTS_PER_BATCH};
 use crate::identity::{Identity, SignedBatch};
@@ -27,12 +28,13 @@ pub struct PendingReceipt {
 }
 
 /// One signed batch: its entries, their `(invocation, receipt)` digests in leaf order, the
-/// signature and the batch's log record.
+/// signature and the batch's log record, already encoded as a log frame (on the signing thread,
+/// so the statement's end only writes it).
 pub struct SignedReceipts {
     pub indices: Vec<u32>,
     pub digests: Vec<(Digest, Digest)>,
     pub batch: Arc<SignedBatch>,
-    pub record: Record,
+    pub frame: Vec<u8>,
 }
 
 /// The invocation and receipt digests of a pending receipt.
@@ -42,14 +44,15 @@ pub fn digests_of(pending: &PendingReceipt) -> Result<(Digest, Digest), ContentE
     Ok((invocation, content::sha3_digest(&receipt.encode()?)))
 }
 
-/// Signs a batch: computes its CIDs, signs the root of its receipt CIDs and makes its record.
+/// Signs a batch: computes its CIDs, signs the root of its receipt CIDs and makes its log frame.
 pub fn sign_batch(identity: &Identity, receipts: Vec<PendingReceipt>) -> Result<SignedReceipts, ContentError> {
     let digests: Vec<(Digest, Digest)> = receipts.iter().map(digests_of).collect::<Result<_, _>>()?;
     let leaves: Vec<Vec<u8>> = digests.iter().map(|(_, receipt)| content::cid_of_digest(receipt).to_bytes()).collect();
     let batch = identity.sign_tree(&leaves).ok_or_else(|| ContentError::Encoding("an empty receipt batch".into()))?;
     let indices = receipts.iter().map(|pending| pending.index).collect();
     let record = batch_record(receipts, &digests, batch.signature());
-    Ok(SignedReceipts { indices, digests, batch, record })
+    let frame = crate::wal::encode_frame(&record).map_err(|error| ContentError::Encoding(error.to_string()))?;
+    Ok(SignedReceipts { indices, digests, batch, frame })
 }
 
 /// The log record of a signed batch: `receipts` with their `digests`, in leaf order.

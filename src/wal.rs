@@ -79,6 +79,19 @@ fn checksum(bytes: &[u8]) -> u64 {
     CRC_MARKER | u64::from(crc32fast::hash(bytes))
 }
 
+/// One record as a log frame: the payload's length and checksum, then the bincode payload.
+pub fn encode_frame<T: Serialize>(record: &T) -> Result<Vec<u8>, bincode::Error> {
+    let length = bincode::serialized_size(record)? as usize;
+    let mut frame = vec![0u8; HEADER_BYTES];
+    frame.reserve_exact(length);
+    bincode::serialize_into(&mut frame, record)?;
+    let payload = &frame[HEADER_BYTES..];
+    let header = ((payload.len() as u32).to_le_bytes(), checksum(payload).to_le_bytes());
+    frame[..4].copy_from_slice(&header.0);
+    frame[4..HEADER_BYTES].copy_from_slice(&header.1);
+    Ok(frame)
+}
+
 /// The checksum of logs written before CRC-32: FNV-1a, 64 bits.
 fn legacy_checksum(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x100_0000_01b3))
@@ -155,19 +168,33 @@ impl<R: Serialize + serde::de::DeserializeOwned> Log<R> {
 
     fn append_serialized<T: Serialize>(&mut self, records: &[T]) -> Result<(), WalError> {
         for record in records {
-            let payload = bincode::serialize(record).map_err(|error| WalError::Corrupt {
+            let frame = encode_frame(record).map_err(|error| WalError::Corrupt {
                 path: self.path.clone(),
                 offset: self.bytes,
                 message: error.to_string(),
             })?;
-            let mut header = [0u8; HEADER_BYTES];
-            header[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-            header[4..].copy_from_slice(&checksum(&payload).to_le_bytes());
-            self.file.write_all(&header).map_err(|error| self.io(error))?;
-            self.file.write_all(&payload).map_err(|error| self.io(error))?;
-            self.bytes += (HEADER_BYTES + payload.len()) as u64;
-            self.frames += 1;
+            self.write_frame(&frame)?;
         }
+        self.sync_written()
+    }
+
+    /// Appends frames made by [`encode_frame`] (on another thread, say) as they are.
+    pub fn append_frames(&mut self, frames: &[Vec<u8>]) -> Result<(), WalError> {
+        for frame in frames {
+            self.write_frame(frame)?;
+        }
+        self.sync_written()
+    }
+
+    fn write_frame(&mut self, frame: &[u8]) -> Result<(), WalError> {
+        self.file.write_all(frame).map_err(|error| self.io(error))?;
+        self.bytes += frame.len() as u64;
+        self.frames += 1;
+        Ok(())
+    }
+
+    /// Hands what was written to the operating system (and the disk, with `sync`).
+    fn sync_written(&mut self) -> Result<(), WalError> {
         self.file.flush().map_err(|error| self.io(error))?;
         if self.sync {
             self.file.get_ref().sync_data().map_err(|error| self.io(error))?;
@@ -274,6 +301,12 @@ mod tests {
         wal.append(std::slice::from_ref(&commit)).unwrap();
         drop(wal);
         assert_eq!(Wal::open(&path, false).unwrap().1.len(), 2);
+        // Frames encoded elsewhere append exactly as records do.
+        let (mut wal, _) = Wal::open(&path, false).unwrap();
+        wal.append_frames(&[encode_frame(&commit).unwrap()]).unwrap();
+        assert_eq!(wal.frames(), 3);
+        drop(wal);
+        assert_eq!(Wal::open(&path, false).unwrap().1, vec![commit.clone(), commit.clone(), commit.clone()]);
         let (mut wal, _) = Wal::open(&path, false).unwrap();
         wal.rewrite(std::slice::from_ref(&commit)).unwrap();
         assert_eq!(wal.frames(), 1);
