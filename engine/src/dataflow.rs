@@ -1,7 +1,7 @@
 //! Renders [`Plan`]s as differential dataflows and runs them on timely worker threads.
 //!
 //! Every table is an input collection arranged once, as it arrives; every view is a dataflow of
-//! its own that imports the arrangements it reads (and maps their rows in place, by reference), so
+//! its own that imports the arrangements it reads (and reads their packed rows in place), so
 //! creating a view late sees the existing data and views can be defined on views. A view's output is arranged too (for views on it) and
 //! mirrored into a [`ViewState`] that readers on other threads can snapshot.
 //!
@@ -734,8 +734,8 @@ enum Source<'scope> {
     /// A rendered collection of packed rows (an inner join's output: built by copying the
     /// joined rows' packed values, and read by its consumer while still in cache).
     Packed(VecCollection<'scope, Time, HashedRow, isize>),
-    /// An imported table or view arrangement, read in place: each row is mapped from a
-    /// reference to the stored row, so rows the map drops or rewrites are never copied whole.
+    /// An imported table or view arrangement, read in place: each stored (packed) row is decoded
+    /// into one reused scratch row and mapped from there, so no stored row is copied whole.
     Imported(Stream<'scope, Time, Vec<SpanOf<ImportedTrace>>>),
 }
 
