@@ -13,8 +13,9 @@
 
 use crate::batcher::SortBatcher;
 use crate::expr::{eval_all, EvalError, Expr};
-use crate::hashed_row::{HashedRow, PrehashedState, RowPacker};
+use crate::hashed_row::{HashedRow, RowPacker};
 use crate::plan::{Aggregate, AggregateFunction, JoinKind, Plan, RelationId, SortKey};
+use crate::row_counts::RowCounts;
 use crate::value::{Row, Value};
 use differential_dataflow::difference::{IsZero, Multiply, Semigroup};
 use differential_dataflow::input::{Input, InputSession};
@@ -107,7 +108,7 @@ pub struct Change {
 #[derive(Debug, Default)]
 pub struct ViewState {
     name: String,
-    rows: Mutex<HashMap<HashedRow, isize, PrehashedState>>,
+    rows: Mutex<RowCounts>,
     errors: Mutex<BTreeMap<String, isize>>,
     /// The changes of the timestamp being applied; kept only while someone subscribes.
     pending: Mutex<Vec<(Row, isize)>>,
@@ -148,7 +149,7 @@ impl ViewState {
             return Err(EngineError::ViewError { view: self.name.clone(), message: message.clone() });
         }
         let rows = self.rows.lock().expect("rows lock");
-        Ok(rows.iter().map(|(row, count)| (row.to_row(), *count)).collect())
+        Ok(rows.iter().map(|(row, count)| (row.to_row(), count)).collect())
     }
 
     /// The latest timestamp the view's rows are complete for.
@@ -173,7 +174,7 @@ impl ViewState {
 
     /// The number of rows (with multiplicity).
     pub fn len(&self) -> usize {
-        self.rows.lock().expect("rows lock").values().map(|count| count.max(&0).unsigned_abs()).sum()
+        self.rows.lock().expect("rows lock").iter().map(|(_, count)| count.max(0).unsigned_abs()).sum()
     }
 
     /// Whether the view has no rows.
@@ -190,17 +191,7 @@ impl ViewState {
         let subscribed = self.subscribed.load(AtomicOrdering::SeqCst);
         let mut pending = subscribed.then(|| self.pending.lock().expect("pending lock"));
         for (row, diff) in updates {
-            match rows.get_mut(row) {
-                Some(count) => {
-                    *count += diff;
-                    if *count == 0 {
-                        rows.remove(row);
-                    }
-                }
-                None => {
-                    rows.insert(row.clone(), diff);
-                }
-            }
+            rows.add(row, diff);
             if let Some(pending) = pending.as_mut() {
                 pending.push((row.to_row(), diff));
             }

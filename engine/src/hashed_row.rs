@@ -467,39 +467,6 @@ impl Prehashed for () {
     }
 }
 
-/// Hashes a [`HashedRow`] by the hash it carries: hash maps of hashed rows never hash a row
-/// again.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct PrehashedState;
-
-/// The hasher of [`PrehashedState`]: keeps the one `u64` written to it.
-#[derive(Default)]
-pub struct PrehashedHasher(u64);
-
-impl Hasher for PrehashedHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is expected; anything else is mixed in rather than lost.
-        for byte in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(*byte)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    fn write_u64(&mut self, hash: u64) {
-        self.0 ^= hash;
-    }
-}
-
-impl BuildHasher for PrehashedState {
-    type Hasher = PrehashedHasher;
-    fn build_hasher(&self) -> PrehashedHasher {
-        PrehashedHasher(0)
-    }
-}
-
 impl Hash for HashedRow {
     fn hash<H: Hasher>(&self, state: &mut H) {
         state.write_u64(self.hash);

@@ -11,6 +11,7 @@ pub mod functions;
 pub mod gate;
 pub mod hashed_row;
 pub mod plan;
+pub mod row_counts;
 pub mod value;
 
 pub use dataflow::{Change, Engine, EngineError, Subscription, Time, ViewChanges, ViewState};
