@@ -1,6 +1,6 @@
 //! `cargo bench --bench wasm_calls`: the cost of pure Wasm calls in weft. Prints one JSON line
 //! last. `WEFT_BENCH_CALLS` sets the number of distinct rows (default 10,000,000, as the issue
-//! asks; about 11 GB peak).
+//! asks; about 7.5 GB peak).
 //!
 //! - `calls_per_s`: a view calling `add_one` over distinct rows: every call runs, and its receipt
 //!   is signed, recorded in the memo and logged.
