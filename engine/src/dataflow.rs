@@ -828,6 +828,9 @@ impl<'scope> Mapped<'scope> {
 /// to the output session.
 struct Combiner<D, R> {
     combine: bool,
+    /// Whether the current container's updates are held: not when its message came with no
+    /// capability (an empty stamp), whose updates then go straight out under it.
+    holding: bool,
     /// The earliest capability of the activation's inputs: every held update's time is at or
     /// after it.
     capability: Option<Capability<Time>>,
@@ -836,12 +839,13 @@ struct Combiner<D, R> {
 
 impl<D: Hash + Eq, R: Semigroup> Combiner<D, R> {
     fn new(combine: bool) -> Self {
-        Combiner { combine, capability: None, updates: HashMap::default() }
+        Combiner { combine, holding: false, capability: None, updates: HashMap::default() }
     }
 
     /// Keeps the earliest capability seen, if combining.
     fn hold(&mut self, capability: &InputCapability<Time>) {
-        if !self.combine {
+        self.holding = self.combine && capability.least().is_some();
+        if !self.holding {
             return;
         }
         let earlier = match (&self.capability, capability.least()) {
@@ -865,7 +869,7 @@ impl<D: Hash + Eq, R: Semigroup> Combiner<D, R> {
         give: impl FnOnce((D, Time, R)),
     ) {
         match outcome {
-            Ok(Some((data, diff))) if !self.combine => give((data, time, diff)),
+            Ok(Some((data, diff))) if !self.holding => give((data, time, diff)),
             Ok(Some((data, diff))) => match self.updates.entry((data, time)) {
                 std::collections::hash_map::Entry::Occupied(mut entry) => entry.get_mut().plus_equals(&diff),
                 std::collections::hash_map::Entry::Vacant(entry) => {
