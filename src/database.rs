@@ -787,16 +787,7 @@ impl Database {
             return Ok(());
         }
         let signed = self.signer.finish()?;
-        let frames: Vec<Vec<u8>> = {
-            let mut memo = self.memo_mut();
-            signed
-                .into_iter()
-                .map(|signed| {
-                    memo.attach(&signed);
-                    signed.frame
-                })
-                .collect()
-        };
+        let frames = self.memo_mut().attach(signed);
         self.wal.append_frames(&frames)?;
         Ok(())
     }

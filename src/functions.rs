@@ -394,19 +394,26 @@ impl Memo {
         let entry = self.entry(index);
         PendingReceipt {
             index,
-            function: self.functions[entry.function as usize].clone(),
-            issuer: self.issuers[entry.issuer as usize].clone(),
+            function: self.function(entry.function).clone(),
+            issuer: self.issuer(entry.issuer).clone(),
             run: entry.run.clone(),
         }
     }
 
-    /// Attaches a signed batch: each entry's proof and CIDs.
-    pub fn attach(&mut self, signed: &SignedReceipts) {
-        for (position, (index, (invocation, receipt))) in signed.indices.iter().zip(&signed.digests).enumerate() {
-            self.entry_mut(*index).proof =
-                Some(ReceiptProof::InBatch { batch: signed.batch.clone(), index: position as u32 });
-            self.index_digests(*index, *invocation, *receipt);
-        }
+    /// Attaches signed batches (each entry's proof and CIDs) and returns their log frames.
+    pub fn attach(&mut self, signed: Vec<SignedReceipts>) -> Vec<Vec<u8>> {
+        signed
+            .into_iter()
+            .map(|signed| {
+                for (position, (index, (invocation, receipt))) in signed.indices.iter().zip(&signed.digests).enumerate()
+                {
+                    self.entry_mut(*index).proof =
+                        Some(ReceiptProof::InBatch { batch: signed.batch.clone(), index: position as u32 });
+                    self.index_digests(*index, *invocation, *receipt);
+                }
+                signed.frame
+            })
+            .collect()
     }
 
     /// Signs the receipts of entries `indices` now, in batches of [`RECEIPTS_PER_BATCH`] on all
@@ -438,14 +445,7 @@ impl Memo {
             }
             Ok::<_, ContentError>(signed)
         })?;
-        let mut memo = memo.write().expect("memo lock");
-        Ok(signed
-            .into_iter()
-            .map(|signed| {
-                memo.attach(&signed);
-                signed.frame
-            })
-            .collect())
+        Ok(memo.write().expect("memo lock").attach(signed))
     }
 
     /// Records a logged batch (replay): its entries, with proofs from the batch rebuilt from

@@ -11,8 +11,7 @@ const SPIN: &[u8] = b"(module (func (export \"spin\") (param i64) (result i64) (
 
 #[test]
 fn invocations_run_once_and_receipts_survive_restarts() {
-    let directory = std::env::temp_dir().join(format!("weft-functions-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&directory);
+    let directory = fresh_directory("weft-functions");
     let options = Options { data_dir: directory.clone(), workers: 1, sync: true };
     let (receipt_cid, did) = {
         let mut database = Database::open(options.clone()).unwrap();
@@ -79,8 +78,7 @@ fn invocations_run_once_and_receipts_survive_restarts() {
 
 #[test]
 fn the_invoke_command_prints_one_json_line() {
-    let directory = std::env::temp_dir().join(format!("weft-invoke-cli-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&directory);
+    let directory = fresh_directory("weft-invoke-cli");
     let module = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/wasm/math.wat");
     let run = |args: &[&str]| {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
@@ -110,6 +108,13 @@ fn the_invoke_command_prints_one_json_line() {
     std::fs::remove_dir_all(&directory).unwrap();
 }
 
+/// An empty scratch directory for one test, named `label` and this process's id.
+fn fresh_directory(label: &str) -> std::path::PathBuf {
+    let directory = std::env::temp_dir().join(format!("{label}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&directory);
+    directory
+}
+
 /// The receipt a `weft.receipts` cid cell names, checked to be addressed by its own bytes.
 fn receipt_named(database: &Database, cell: &Value) -> weft::functions::StoredReceipt {
     let Value::Text(cid) = cell else { panic!("receipt CIDs are text") };
@@ -137,8 +142,7 @@ fn memo_counts(database: &mut Database) -> (i64, i64) {
 
 #[test]
 fn functions_in_views_run_each_invocation_once_across_rebuilds_and_restarts() {
-    let directory = std::env::temp_dir().join(format!("weft-functions-views-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&directory);
+    let directory = fresh_directory("weft-functions-views");
     let options = Options { data_dir: directory.clone(), workers: 2, sync: false };
     let math = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/wasm/math.wat");
     let text = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/wasm/text.wat");
@@ -195,8 +199,7 @@ fn functions_in_views_run_each_invocation_once_across_rebuilds_and_restarts() {
 
 #[test]
 fn failing_calls_name_the_function_and_invocation_or_yield_null() {
-    let directory = std::env::temp_dir().join(format!("weft-functions-errors-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&directory);
+    let directory = fresh_directory("weft-functions-errors");
     std::fs::create_dir_all(&directory).unwrap();
     let module = directory.join("trap.wat");
     std::fs::write(&module, "(module (func (export \"check\") (param i64) (result i64) (if (i64.lt_s (local.get 0) (i64.const 0)) (then unreachable)) (local.get 0)))").unwrap();
@@ -231,8 +234,7 @@ fn failing_calls_name_the_function_and_invocation_or_yield_null() {
 
 #[test]
 fn receipts_of_many_calls_are_signed_in_batches_while_the_view_builds() {
-    let directory = std::env::temp_dir().join(format!("weft-functions-batches-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&directory);
+    let directory = fresh_directory("weft-functions-batches");
     let options = Options { data_dir: directory.clone(), workers: 2, sync: false };
     let math = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/wasm/math.wat");
     // More than two full batches of 4,096 and a partial one.
@@ -279,8 +281,7 @@ fn receipts_of_many_calls_are_signed_in_batches_while_the_view_builds() {
 fn receipts_logged_one_by_one_by_earlier_versions_still_replay() {
     use weft::wal::{Record, Wal};
     use weft_engine::content::{Invocation, Receipt};
-    let directory = std::env::temp_dir().join(format!("weft-functions-legacy-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&directory);
+    let directory = fresh_directory("weft-functions-legacy");
     std::fs::create_dir_all(&directory).unwrap();
     // A log as versions before receipt batches wrote it: the function's definition is not needed
     // for a receipt, which carries its invocation and its own proof.

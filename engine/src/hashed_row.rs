@@ -183,52 +183,67 @@ pub struct Values<'a> {
     bytes: &'a [u8],
 }
 
-impl Values<'_> {
-    fn byte(&mut self) -> u8 {
-        let (first, rest) = self.bytes.split_first().expect("a packed row ends inside a value");
+impl<'a> Values<'a> {
+    fn byte(&mut self) -> Option<u8> {
+        let (first, rest) = self.bytes.split_first()?;
         self.bytes = rest;
-        *first
+        Some(*first)
     }
 
-    fn varint(&mut self) -> u64 {
+    fn varint(&mut self) -> Option<u64> {
         let mut value = 0u64;
-        let mut shift = 0;
-        loop {
-            let byte = self.byte();
+        for shift in (0..64).step_by(7) {
+            let byte = self.byte()?;
             value |= u64::from(byte & 0x7f) << shift;
             if byte & 0x80 == 0 {
-                return value;
+                return Some(value);
             }
-            shift += 7;
         }
+        None
     }
 
-    fn integer(&mut self) -> i64 {
-        let zigzag = self.varint();
-        ((zigzag >> 1) as i64) ^ -((zigzag & 1) as i64)
+    fn integer(&mut self) -> Option<i64> {
+        let zigzag = self.varint()?;
+        Some(((zigzag >> 1) as i64) ^ -((zigzag & 1) as i64))
     }
 
-    fn slice(&mut self) -> &[u8] {
-        let length = self.varint() as usize;
-        let (data, rest) = self.bytes.split_at(length);
+    fn take(&mut self, length: usize) -> Option<&'a [u8]> {
+        let (data, rest) = self.bytes.split_at_checked(length)?;
         self.bytes = rest;
-        data
+        Some(data)
     }
-}
 
-impl Values<'_> {
+    fn slice(&mut self) -> Option<&'a [u8]> {
+        let length = usize::try_from(self.varint()?).ok()?;
+        self.take(length)
+    }
+
+    /// The next value, or `None` if the bytes are not a packed value (an unknown tag, a value
+    /// cut short, text that is not UTF-8).
+    fn decode(&mut self) -> Option<Value> {
+        Some(match self.byte()? {
+            tag::NULL => Value::Null,
+            tag::FALSE => Value::Bool(false),
+            tag::TRUE => Value::Bool(true),
+            tag::INT => Value::Int(self.integer()?),
+            tag::TIMESTAMP => Value::Timestamp(self.integer()?),
+            tag::FLOAT => Value::Float(f64::from_bits(u64::from_le_bytes(self.take(8)?.try_into().ok()?))),
+            tag::TEXT => Value::Text(SmolStr::new(std::str::from_utf8(self.slice()?).ok()?)),
+            tag::BYTES => Value::Bytes(self.slice()?.to_vec()),
+            _ => return None,
+        })
+    }
+
     /// Steps over the next value without decoding it.
     fn skip_value(&mut self) {
-        match self.byte() {
-            tag::INT | tag::TIMESTAMP => {
-                self.varint();
-            }
-            tag::FLOAT => self.bytes = &self.bytes[8..],
-            tag::TEXT | tag::BYTES => {
-                self.slice();
-            }
-            _ => {}
-        }
+        let skipped = match self.byte() {
+            Some(tag::INT | tag::TIMESTAMP) => self.varint().map(drop),
+            Some(tag::FLOAT) => self.take(8).map(drop),
+            Some(tag::TEXT | tag::BYTES) => self.slice().map(drop),
+            Some(_) => Some(()),
+            None => None,
+        };
+        skipped.expect("a well-formed packed row");
     }
 }
 
@@ -239,21 +254,8 @@ impl Iterator for Values<'_> {
         if self.bytes.is_empty() {
             return None;
         }
-        Some(match self.byte() {
-            tag::NULL => Value::Null,
-            tag::FALSE => Value::Bool(false),
-            tag::TRUE => Value::Bool(true),
-            tag::INT => Value::Int(self.integer()),
-            tag::TIMESTAMP => Value::Timestamp(self.integer()),
-            tag::FLOAT => {
-                let (bits, rest) = self.bytes.split_first_chunk::<8>().expect("a packed double has eight bytes");
-                self.bytes = rest;
-                Value::Float(f64::from_bits(u64::from_le_bytes(*bits)))
-            }
-            tag::TEXT => Value::Text(SmolStr::new(std::str::from_utf8(self.slice()).expect("packed text is UTF-8"))),
-            tag::BYTES => Value::Bytes(self.slice().to_vec()),
-            other => panic!("a packed row holds unknown tag {other}"),
-        })
+        // Every packed row is built by a `RowPacker` or checked when it arrives from elsewhere.
+        Some(self.decode().expect("a well-formed packed row"))
     }
 }
 
@@ -379,40 +381,10 @@ impl<'de> serde::Deserialize<'de> for HashedRow {
 
 /// Whether `bytes` are a sequence of packed values: known tags, complete varints, doubles and
 /// lengths within the bytes, UTF-8 text.
-fn well_formed(mut bytes: &[u8]) -> bool {
-    fn varint(bytes: &mut &[u8]) -> Option<u64> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let (byte, rest) = bytes.split_first()?;
-            *bytes = rest;
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Some(value);
-            }
-        }
-        None
-    }
-    while let Some((tag, rest)) = bytes.split_first() {
-        bytes = rest;
-        let fine = match *tag {
-            tag::NULL | tag::FALSE | tag::TRUE => true,
-            tag::INT | tag::TIMESTAMP => varint(&mut bytes).is_some(),
-            tag::FLOAT => bytes.split_at_checked(8).map(|(_, rest)| bytes = rest).is_some(),
-            tag::TEXT | tag::BYTES => {
-                let data = varint(&mut bytes)
-                    .and_then(|length| usize::try_from(length).ok())
-                    .and_then(|length| bytes.split_at_checked(length));
-                match data {
-                    Some((data, rest)) => {
-                        bytes = rest;
-                        *tag == tag::BYTES || std::str::from_utf8(data).is_ok()
-                    }
-                    None => false,
-                }
-            }
-            _ => false,
-        };
-        if !fine {
+fn well_formed(bytes: &[u8]) -> bool {
+    let mut values = Values { bytes };
+    while !values.bytes.is_empty() {
+        if values.decode().is_none() {
             return false;
         }
     }
