@@ -176,6 +176,11 @@ impl RowPacker {
     pub fn finish(self) -> HashedRow {
         HashedRow::from_packed_bytes(self.bytes())
     }
+
+    /// The hash the packed row will have, without building it.
+    pub fn hash(&self) -> u64 {
+        hash_of_packed(self.bytes())
+    }
 }
 
 /// The values of a packed row, decoded one by one.
@@ -259,6 +264,11 @@ impl Iterator for Values<'_> {
     }
 }
 
+/// The hash of a packed row's bytes.
+fn hash_of_packed(bytes: &[u8]) -> u64 {
+    foldhash::quality::FixedState::with_seed(0x77ef7).hash_one(bytes)
+}
+
 /// A packed row and its hash; ordered by hash, then by the packed bytes.
 #[derive(Clone)]
 pub struct HashedRow {
@@ -280,10 +290,16 @@ impl HashedRow {
     }
 
     fn from_packed_bytes(bytes: &[u8]) -> HashedRow {
-        HashedRow {
-            hash: foldhash::quality::FixedState::with_seed(0x77ef7).hash_one(bytes),
-            packed: Packed::from_bytes(bytes),
-        }
+        HashedRow { hash: hash_of_packed(bytes), packed: Packed::from_bytes(bytes) }
+    }
+
+    /// The hash of the row made of `values`, as [`HashedRow::from_values`] would compute it,
+    /// without building the row: a table's rows are stored in this hash's order, so an index
+    /// keyed by it is probed in order when a table is read.
+    pub fn hash_of<'a>(values: impl IntoIterator<Item = &'a Value>) -> u64 {
+        let mut packer = RowPacker::new();
+        values.into_iter().for_each(|value| packer.push(value));
+        packer.hash()
     }
 
     /// The row's values, decoded one by one.
