@@ -25,6 +25,7 @@ use differential_dataflow::trace::wrappers::frontier::TraceFrontier;
 use differential_dataflow::trace::{Cursor, Navigable, SpanOf, TraceReader};
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hash;
@@ -426,8 +427,7 @@ fn run_worker(worker: &mut Worker, commands: Receiver<Command>, replies: Sender<
                 let traces = &mut state.traces;
                 let (trace, probe) = worker.dataflow::<Time, _, _>(|scope| {
                     // The view's last row map and the hashing of its rows share one operator.
-                    let output = render_mapped(&plan, scope, traces, &view)
-                        .evaluate(&view, false, |row, diff| Ok(Some(((HashedRow::new(row), ()), diff))));
+                    let output = render_mapped(&plan, scope, traces, &view).evaluate_packed(&view);
                     let arranged = arrange_rows(output);
                     let mirror = view.clone();
                     // The mirror reads the output's batches directly: one operator, no copies.
@@ -636,8 +636,9 @@ struct RowMap {
 
 impl RowMap {
     /// Maps a borrowed row: the first projection builds the new row from references, so only
-    /// the values it keeps are copied; filters before it read the stored row in place.
-    fn apply_ref(&self, row: &Row) -> Result<Option<Row>, EvalError> {
+    /// the values it keeps are copied; filters before it read the stored row in place, and a
+    /// row no step rebuilds is handed on borrowed.
+    fn apply_ref<'row>(&self, row: &'row [Value]) -> Result<Option<Cow<'row, [Value]>>, EvalError> {
         for (index, step) in self.steps.iter().enumerate() {
             let built = match step {
                 Step::Filter(predicate) => {
@@ -649,9 +650,9 @@ impl RowMap {
                 Step::Project(exprs) => eval_all(exprs, row)?,
                 Step::Select(columns) => columns.iter().map(|column| row[*column].clone()).collect(),
             };
-            return RowMap::apply_steps(&self.steps[index + 1..], built);
+            return Ok(RowMap::apply_steps(&self.steps[index + 1..], built)?.map(Cow::Owned));
         }
-        Ok(Some(row.clone()))
+        Ok(Some(Cow::Borrowed(row)))
     }
 
     fn apply(&self, row: Row) -> Result<Option<Row>, EvalError> {
@@ -744,14 +745,49 @@ impl<'scope> Mapped<'scope> {
         &self,
         view: &Arc<ViewState>,
         combine: bool,
-        mut logic: impl FnMut(Row, isize) -> Result<Option<(D, R)>, EvalError> + 'static,
+        logic: impl FnMut(Cow<'_, [Value]>, isize) -> Result<Option<(D, R)>, EvalError> + 'static,
+    ) -> VecCollection<'scope, Time, D, R>
+    where
+        D: Clone + Hash + Eq + 'static,
+        R: Semigroup + 'static,
+    {
+        self.evaluate_with(self.map.clone(), view, combine, logic)
+    }
+
+    /// The mapped rows, packed (a view's output). A final projection is not built as a row: its
+    /// values are packed straight from the row before it.
+    fn evaluate_packed(&self, view: &Arc<ViewState>) -> VecCollection<'scope, Time, (HashedRow, ()), isize> {
+        let mut map = self.map.clone();
+        let projection = match map.steps.pop() {
+            Some(Step::Project(exprs)) => Some(exprs),
+            Some(step) => {
+                map.steps.push(step);
+                None
+            }
+            None => None,
+        };
+        self.evaluate_with(map, view, false, move |row, diff| {
+            let packed = match &projection {
+                Some(exprs) => pack_all(exprs, &row)?.finish(),
+                None => HashedRow::from_values(row.iter()),
+            };
+            Ok(Some(((packed, ()), diff)))
+        })
+    }
+
+    /// [`Mapped::evaluate`] with `map` in place of the input's own row map.
+    fn evaluate_with<D, R>(
+        &self,
+        map: RowMap,
+        view: &Arc<ViewState>,
+        combine: bool,
+        mut logic: impl FnMut(Cow<'_, [Value]>, isize) -> Result<Option<(D, R)>, EvalError> + 'static,
     ) -> VecCollection<'scope, Time, D, R>
     where
         D: Clone + Hash + Eq + 'static,
         R: Semigroup + 'static,
     {
         let view = view.clone();
-        let map = self.map.clone();
         let mut combiner = Combiner::new(combine);
         let stream = match &self.source {
             Source::Rows(rows) => rows.inner.clone().unary(Pipeline, "Mapped", move |_, _| {
@@ -760,7 +796,8 @@ impl<'scope> Mapped<'scope> {
                         let mut session = output.session(&capability);
                         combiner.hold(&capability);
                         for (row, time, diff) in data.drain(..) {
-                            let outcome = map.apply(row).and_then(|row| row.map_or(Ok(None), |row| logic(row, diff)));
+                            let outcome =
+                                map.apply(row).and_then(|row| row.map_or(Ok(None), |row| logic(Cow::Owned(row), diff)));
                             combiner.offer(outcome, time, diff, &view, |update| session.give(update));
                         }
                     });
@@ -900,7 +937,7 @@ fn rows_of<'scope>(source: Source<'scope>, view: &Arc<ViewState>) -> Collection<
 fn apply_map<'scope>(input: &Mapped<'scope>, view: &Arc<ViewState>) -> Collection<'scope> {
     match &input.source {
         Source::Rows(rows) if input.map.is_identity() => rows.clone(),
-        _ => input.evaluate(view, false, |row, diff| Ok(Some((row, diff)))),
+        _ => input.evaluate(view, false, |row, diff| Ok(Some((row.into_owned(), diff)))),
     }
 }
 
@@ -916,7 +953,7 @@ fn keyed<'scope>(
     input.evaluate(view, false, move |row, diff| {
         let key = pack_all(&keys, &row)?;
         if nulls_equal || !key.has_null() {
-            Ok(Some(((key.finish(), HashedRow::new(row)), diff)))
+            Ok(Some(((key.finish(), HashedRow::from_values(row.iter())), diff)))
         } else {
             Ok(None)
         }
