@@ -586,7 +586,7 @@ impl Memo {
                 let receipt = self.pending(index);
                 digests.push(match self.entry(index) {
                     Entry { invocation: Some(invocation), receipt: Some(receipt), .. } => (*invocation, *receipt),
-                    _ => digests_of(&receipt)?,
+                    _ => digests_of(std::slice::from_ref(&receipt))?[0],
                 });
                 pending.push(receipt);
             }

@@ -2,20 +2,21 @@
 //!
 //! A call that runs records a compact memo entry and hands the signer a copy of what its receipt
 //! needs (a [`PendingReceipt`]). Every [`RECEIPTS_PER_BATCH`] receipts, the batch goes to the
-//! signer's thread, which computes the invocation and receipt CIDs (two sha3-256 digests per
-//! receipt), signs the Merkle root of the batch's receipt CIDs and encodes the batch's log record
+//! signing threads (one per core), which compute the invocation and receipt CIDs (two sha3-256
+//! digests per receipt, three Keccak permutations: most of a receipt's cost, more than running a
+//! small call), sign the Merkle root of the batch's receipt CIDs and encode the batch's log record
 //! as a log frame, alongside the dataflow instead of after it. When the statement ends,
-//! [`Signer::finish`] sends what remains, waits for the thread and returns the signed batches;
-//! `Database` attaches them to the memo and writes their frames to the log before the statement
-//! returns.
+//! [`Signer::finish`] queues what remains, signs waiting batches itself beside the threads until
+//! none is left, and returns the signed batches in order; `Database` attaches them to the memo
+//! and writes their frames to the log before the statement returns.
 
 use crate::functions::{CalledFunction, LoggedBatch, LoggedReceipt, Run, RECEIPTS_PER_BATCH};
 use crate::identity::{Identity, SignedBatch};
 use crate::wal::Record;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use weft_engine::content::{self, ContentError, Digest};
+use weft_engine::sha3_lanes::sha3_256_many;
 
 /// What signing one receipt needs, copied out of the memo so the signer never takes its lock.
 #[derive(Clone, Debug)]
@@ -37,16 +38,25 @@ pub struct SignedReceipts {
     pub frame: Vec<u8>,
 }
 
-/// The invocation and receipt digests of a pending receipt.
-pub fn digests_of(pending: &PendingReceipt) -> Result<(Digest, Digest), ContentError> {
-    let invocation = pending.function.template.digest(&pending.run.args)?;
-    let receipt = pending.run.receipt(content::cid_of_digest(&invocation), &pending.issuer);
-    Ok((invocation, content::sha3_digest(&receipt.encode()?)))
+/// The invocation and receipt digests of pending receipts, in order: all invocations are
+/// encoded and hashed (eight at a time, see [`sha3_256_many`]), then all receipts, which name
+/// their invocations' CIDs.
+pub fn digests_of(receipts: &[PendingReceipt]) -> Result<Vec<(Digest, Digest)>, ContentError> {
+    let invocations: Vec<Vec<u8>> =
+        receipts.iter().map(|pending| pending.function.template.encode(&pending.run.args)).collect::<Result<_, _>>()?;
+    let invocations = sha3_256_many(&invocations.iter().map(Vec::as_slice).collect::<Vec<_>>());
+    let encoded: Vec<Vec<u8>> = receipts
+        .iter()
+        .zip(&invocations)
+        .map(|(pending, invocation)| pending.run.receipt(content::cid_of_digest(invocation), &pending.issuer).encode())
+        .collect::<Result<_, _>>()?;
+    let receipts = sha3_256_many(&encoded.iter().map(Vec::as_slice).collect::<Vec<_>>());
+    Ok(invocations.into_iter().zip(receipts).collect())
 }
 
 /// Signs a batch: computes its CIDs, signs the root of its receipt CIDs and makes its log frame.
 pub fn sign_batch(identity: &Identity, receipts: Vec<PendingReceipt>) -> Result<SignedReceipts, ContentError> {
-    let digests: Vec<(Digest, Digest)> = receipts.iter().map(digests_of).collect::<Result<_, _>>()?;
+    let digests = digests_of(&receipts)?;
     let leaves: Vec<Vec<u8>> = digests.iter().map(|(_, receipt)| content::cid_of_digest(receipt).to_bytes()).collect();
     let batch = identity.sign_tree(&leaves).ok_or_else(|| ContentError::Encoding("an empty receipt batch".into()))?;
     let indices = receipts.iter().map(|pending| pending.index).collect();
@@ -79,10 +89,47 @@ pub fn batch_record(receipts: Vec<PendingReceipt>, digests: &[(Digest, Digest)],
     Record::Receipts(LoggedBatch { issuer, signature: signature.to_vec(), functions, receipts: logged })
 }
 
-enum Message {
-    Batch(Vec<PendingReceipt>),
-    /// Everything signed since the last finish, once every batch before this message is done.
-    Finish(Sender<Vec<(usize, Result<SignedReceipts, ContentError>)>>),
+/// The work shared by the signing threads: batches waiting, in order, and batches signed.
+#[derive(Default)]
+struct Work {
+    /// Batches waiting to be signed, each with its sequence number.
+    waiting: std::collections::VecDeque<(u64, Vec<PendingReceipt>)>,
+    /// The next batch's sequence number.
+    next: u64,
+    /// Batches being signed now.
+    signing: usize,
+    /// Signed batches not yet returned by [`Signer::finish`]: sequence number, receipt count,
+    /// outcome.
+    signed: Vec<(u64, usize, Result<SignedReceipts, ContentError>)>,
+    /// Set when the last handle goes: the threads stop.
+    stopping: bool,
+}
+
+/// The state the handle and its threads share.
+#[derive(Default)]
+struct Shared {
+    work: Mutex<Work>,
+    /// Signalled when a batch arrives, a batch is signed, or the threads must stop.
+    changed: Condvar,
+}
+
+impl Shared {
+    /// Takes the next waiting batch, marking it as being signed.
+    fn take(work: &mut Work) -> Option<(u64, Vec<PendingReceipt>)> {
+        let batch = work.waiting.pop_front()?;
+        work.signing += 1;
+        Some(batch)
+    }
+
+    /// Signs a taken batch (without the lock) and files the outcome.
+    fn sign(&self, identity: &Identity, (sequence, receipts): (u64, Vec<PendingReceipt>)) {
+        let count = receipts.len();
+        let outcome = sign_batch(identity, receipts);
+        let mut work = self.work.lock().expect("signer work");
+        work.signing -= 1;
+        work.signed.push((sequence, count, outcome));
+        self.changed.notify_all();
+    }
 }
 
 /// The signer's handle, shared by every function and the database.
@@ -90,7 +137,8 @@ pub struct Signer {
     pending: Mutex<Vec<PendingReceipt>>,
     /// Receipts handed in and not yet returned by [`Signer::finish`].
     unsigned: AtomicUsize,
-    sender: Mutex<Sender<Message>>,
+    shared: Arc<Shared>,
+    identity: Arc<Identity>,
 }
 
 impl std::fmt::Debug for Signer {
@@ -100,23 +148,31 @@ impl std::fmt::Debug for Signer {
 }
 
 impl Signer {
-    /// Starts the signer's thread, signing with `identity`; it ends with the last handle.
+    /// Starts the signing threads (one per core), signing with `identity`; they stop when the
+    /// handle is dropped.
     pub fn start(identity: Arc<Identity>) -> std::io::Result<Arc<Signer>> {
-        let (sender, receiver) = channel();
-        std::thread::Builder::new().name("weft-signer".into()).spawn(move || run(&identity, receiver))?;
-        Ok(Arc::new(Signer { pending: Mutex::default(), unsigned: AtomicUsize::new(0), sender: Mutex::new(sender) }))
+        let shared = Arc::new(Shared::default());
+        let threads = std::thread::available_parallelism().map_or(1, |cores| cores.get()).min(8);
+        for number in 0..threads {
+            let (shared, identity) = (shared.clone(), identity.clone());
+            std::thread::Builder::new().name(format!("weft-signer-{number}")).spawn(move || run(&identity, &shared))?;
+        }
+        Ok(Arc::new(Signer { pending: Mutex::default(), unsigned: AtomicUsize::new(0), shared, identity }))
     }
 
-    /// Hands in a receipt to sign; a full batch goes to the signer's thread.
+    /// Hands in a receipt to sign; a full batch goes to the signing threads.
     pub fn push(&self, receipt: PendingReceipt) {
         self.unsigned.fetch_add(1, Ordering::SeqCst);
         let full = {
             let mut pending = self.pending.lock().expect("pending receipts");
+            if pending.capacity() == 0 {
+                pending.reserve_exact(RECEIPTS_PER_BATCH);
+            }
             pending.push(receipt);
             (pending.len() >= RECEIPTS_PER_BATCH).then(|| std::mem::take(&mut *pending))
         };
         if let Some(batch) = full {
-            self.send(Message::Batch(batch));
+            self.queue(batch);
         }
     }
 
@@ -125,33 +181,62 @@ impl Signer {
         self.unsigned.load(Ordering::SeqCst) > 0
     }
 
-    /// Signs what remains and returns every batch signed since the last call, in order.
+    /// Signs what remains, helping the signing threads with the batches still waiting, and
+    /// returns every batch signed since the last call, in the order they were handed in.
     pub fn finish(&self) -> Result<Vec<SignedReceipts>, ContentError> {
         let rest = std::mem::take(&mut *self.pending.lock().expect("pending receipts"));
         if !rest.is_empty() {
-            self.send(Message::Batch(rest));
+            self.queue(rest);
         }
-        let (reply, answer) = channel();
-        self.send(Message::Finish(reply));
-        let signed = answer.recv().map_err(|_| ContentError::Encoding("the receipt signer stopped".into()))?;
-        self.unsigned.fetch_sub(signed.iter().map(|(count, _)| count).sum(), Ordering::SeqCst);
-        signed.into_iter().map(|(_, batch)| batch).collect()
+        let mut work = self.shared.work.lock().expect("signer work");
+        loop {
+            if let Some(batch) = Shared::take(&mut work) {
+                drop(work);
+                self.shared.sign(&self.identity, batch);
+                work = self.shared.work.lock().expect("signer work");
+            } else if work.signing > 0 {
+                work = self.shared.changed.wait(work).expect("signer work");
+            } else {
+                break;
+            }
+        }
+        let mut signed = std::mem::take(&mut work.signed);
+        drop(work);
+        signed.sort_unstable_by_key(|(sequence, _, _)| *sequence);
+        self.unsigned.fetch_sub(signed.iter().map(|(_, count, _)| count).sum(), Ordering::SeqCst);
+        signed.into_iter().map(|(_, _, batch)| batch).collect()
     }
 
-    fn send(&self, message: Message) {
-        // The thread only stops when every handle is gone, so sending cannot fail while one exists.
-        let _ = self.sender.lock().expect("signer channel").send(message);
+    fn queue(&self, batch: Vec<PendingReceipt>) {
+        let mut work = self.shared.work.lock().expect("signer work");
+        let sequence = work.next;
+        work.next += 1;
+        work.waiting.push_back((sequence, batch));
+        self.shared.changed.notify_one();
     }
 }
 
-fn run(identity: &Identity, messages: Receiver<Message>) {
-    let mut signed = Vec::new();
-    while let Ok(message) = messages.recv() {
-        match message {
-            Message::Batch(receipts) => signed.push((receipts.len(), sign_batch(identity, receipts))),
-            Message::Finish(reply) => {
-                let _ = reply.send(std::mem::take(&mut signed));
+impl Drop for Signer {
+    fn drop(&mut self) {
+        self.shared.work.lock().expect("signer work").stopping = true;
+        self.shared.changed.notify_all();
+    }
+}
+
+/// A signing thread: signs waiting batches until the handle is dropped.
+fn run(identity: &Identity, shared: &Shared) {
+    let mut work = shared.work.lock().expect("signer work");
+    loop {
+        if work.stopping {
+            return;
+        }
+        match Shared::take(&mut work) {
+            Some(batch) => {
+                drop(work);
+                shared.sign(identity, batch);
+                work = shared.work.lock().expect("signer work");
             }
+            None => work = shared.changed.wait(work).expect("signer work"),
         }
     }
 }

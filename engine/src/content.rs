@@ -159,6 +159,11 @@ impl InvocationTemplate {
 
     /// The sha3-256 digest of the invocation with `args` (its CID's multihash digest).
     pub fn digest(&self, args: &[Value]) -> Result<Digest, ContentError> {
+        Ok(sha3_digest(&self.encode(args)?))
+    }
+
+    /// The DAG-CBOR encoding of the invocation with `args`.
+    pub fn encode(&self, args: &[Value]) -> Result<Vec<u8>, ContentError> {
         let mut bytes = Vec::with_capacity(self.prefix.len() + self.suffix.len() + 16 * args.len());
         bytes.extend_from_slice(&self.prefix);
         cbor::write_head(&mut bytes, cbor::ARRAY, args.len() as u64);
@@ -166,7 +171,7 @@ impl InvocationTemplate {
             cbor::write_value(&mut bytes, arg)?;
         }
         bytes.extend_from_slice(&self.suffix);
-        Ok(sha3_digest(&bytes))
+        Ok(bytes)
     }
 }
 

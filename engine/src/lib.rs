@@ -12,6 +12,7 @@ pub mod gate;
 pub mod hashed_row;
 pub mod plan;
 pub mod row_counts;
+pub mod sha3_lanes;
 pub mod value;
 
 pub use dataflow::{Change, Engine, EngineError, Subscription, Time, ViewChanges, ViewState};
