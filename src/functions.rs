@@ -207,9 +207,25 @@ impl EntryIndex {
     /// The most slots per entry that growing on long probes may reach.
     const SPARSEST: usize = 1024;
 
+    /// Makes room for `additional` more entries without growing for them one doubling at a
+    /// time.
+    fn reserve(&mut self, additional: usize) {
+        let mut length = self.slots.len();
+        while (self.len + additional) * 4 > length * 3 {
+            length = (length * 2).max(16);
+        }
+        if length > self.slots.len() {
+            self.resize(length);
+        }
+    }
+
     /// Doubles the table.
     fn grow(&mut self) {
-        let length = (self.slots.len() * 2).max(16);
+        self.resize((self.slots.len() * 2).max(16));
+    }
+
+    /// Moves the entries to a table of `length` slots (a power of two).
+    fn resize(&mut self, length: usize) {
         let old = std::mem::replace(&mut self.slots, vec![0; length]);
         for slot in old.into_iter().filter(|slot| *slot != 0) {
             self.place(slot);
@@ -342,14 +358,13 @@ impl Memo {
         index
     }
 
-    /// Sets and indexes entry `index`'s digests.
+    /// Sets and indexes entry `index`'s digests (once per entry: when its receipt is signed,
+    /// or when it is replayed signed).
     fn index_digests(&mut self, index: u32, invocation: Digest, receipt: Digest) {
         let entry = self.entry_mut(index);
         entry.invocation = Some(invocation);
         entry.receipt = Some(receipt);
-        if self.find_receipt(&receipt) != Some(index) {
-            self.by_receipt.insert(digest_hash(&receipt), index);
-        }
+        self.by_receipt.insert(digest_hash(&receipt), index);
     }
 
     /// Entry `index`.
@@ -438,6 +453,9 @@ impl Memo {
 
     /// Attaches signed batches (each entry's proof and CIDs) and returns their log frames.
     pub fn attach(&mut self, signed: Vec<SignedReceipts>) -> Vec<Vec<u8>> {
+        // One growth for all: indexing ten million receipts otherwise re-places the index's
+        // slots at every doubling.
+        self.by_receipt.reserve(signed.iter().map(|signed| signed.indices.len()).sum());
         signed
             .into_iter()
             .map(|signed| {
@@ -1189,6 +1207,10 @@ mod tests {
         let hash = |entry: u32| -> u64 { (u64::from(entry % 97) << 40) | u64::from(entry) };
         for entry in 0..5_000u32 {
             index.insert(hash(entry), entry);
+            if entry == 2_500 {
+                index.reserve(10_000);
+                assert!(index.slots.len() * 3 >= 12_501 * 4);
+            }
         }
         for entry in 0..5_000u32 {
             assert_eq!(index.find(hash(entry), |found| found == entry), Some(entry));

@@ -44,7 +44,9 @@ impl RowCounts {
         if needed * 4 <= self.slots.len() * 3 {
             return;
         }
-        let length = (needed * 4 / 3 + 1).next_power_of_two().max(8);
+        // Twice the slots when growing row by row; exactly enough for a large batch (a view's
+        // first batch of ten million rows faults in 640 MB of slots instead of 800).
+        let length = (needed * 4 / 3 + 1).max(self.slots.len() * 2).max(8);
         let old = std::mem::replace(&mut self.slots, (0..length).map(|_| None).collect());
         // The old slots are in hash order (up to wrapping), so this refills the table in order.
         for (row, count) in old.into_iter().flatten() {
@@ -158,11 +160,9 @@ mod tests {
             counts.add(row, 1);
         }
         let stored: Vec<u64> = counts.iter().map(|(row, _)| row.prehash()).collect();
-        let mut sorted = stored.clone();
-        sorted.sort();
-        // Only a probe run wrapping past the end can put a row before the others.
-        let out_of_place = stored.iter().zip(&sorted).filter(|(left, right)| left != right).count();
-        assert!(out_of_place < 50, "{out_of_place} rows out of hash order");
+        // In order, but for a probe run wrapping past the end to the front: at most one descent.
+        let descents = stored.windows(2).filter(|pair| pair[0] > pair[1]).count();
+        assert!(descents <= 1, "{descents} descents in the stored hashes");
         assert!(counts.iter().all(|(_, count)| count == 1) && counts.len() == 1000);
     }
 }
