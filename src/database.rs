@@ -335,14 +335,18 @@ impl Database {
     fn replay(&mut self, records: Vec<Record>) -> Result<(), Error> {
         let frames = records.len();
         // Receipts first: rebuilding views must find every call already in the memo.
-        let (receipts, records): (Vec<Record>, Vec<Record>) =
-            records.into_iter().partition(|record| matches!(record, Record::Receipt { .. } | Record::Receipts(_)));
+        let (receipts, records): (Vec<Record>, Vec<Record>) = records.into_iter().partition(|record| {
+            matches!(record, Record::Receipt { .. } | Record::Receipts(_) | Record::CompactReceipts(_))
+        });
         for record in receipts {
             match record {
                 Record::Receipt { invocation, receipt, proof, first_seen_ns, worker } => {
                     self.memo_mut().replay_single(&invocation, &receipt, proof, first_seen_ns, worker)?
                 }
                 Record::Receipts(batch) => self.memo_mut().replay_batch(batch)?,
+                Record::CompactReceipts(bytes) => {
+                    self.memo_mut().replay_batch(crate::functions::LoggedBatch::decode(&bytes)?)?
+                }
                 _ => {}
             }
         }
@@ -368,7 +372,7 @@ impl Database {
                     self.install_view(id, name, &query, sql, None)?;
                 }
                 Record::Drop { id } => self.uninstall(id)?,
-                Record::Receipt { .. } | Record::Receipts(_) => {}
+                Record::Receipt { .. } | Record::Receipts(_) | Record::CompactReceipts(_) => {}
                 Record::CreateFunction { definition } => self.install_function(definition)?,
                 Record::DropFunction { name } => self.uninstall_function(&name)?,
                 Record::CreateSink { definition } => {

@@ -608,7 +608,7 @@ impl Memo {
                 });
                 pending.push(receipt);
             }
-            records.push(batch_record(pending, &digests, batch.signature()));
+            records.push(batch_record(pending, &digests, batch.signature())?);
         }
         Ok(records)
     }
@@ -637,6 +637,24 @@ pub struct LoggedBatch {
     /// `(module CID bytes, export)`.
     pub functions: Vec<(Vec<u8>, String)>,
     pub receipts: Vec<LoggedReceipt>,
+}
+
+impl LoggedBatch {
+    /// The batch as bincode with variable-length integers (see [`Record::CompactReceipts`]).
+    pub fn encode(&self) -> Result<Vec<u8>, ContentError> {
+        use bincode::Options;
+        bincode::DefaultOptions::new()
+            .serialize(self)
+            .map_err(|error| ContentError::Encoding(format!("a receipt batch for the log: {error}")))
+    }
+
+    /// A batch written by [`LoggedBatch::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<LoggedBatch, ContentError> {
+        use bincode::Options;
+        bincode::DefaultOptions::new()
+            .deserialize(bytes)
+            .map_err(|error| ContentError::Encoding(format!("a logged receipt batch: {error}")))
+    }
 }
 
 /// One receipt of a [`LoggedBatch`].

@@ -60,13 +60,17 @@ pub fn sign_batch(identity: &Identity, receipts: Vec<PendingReceipt>) -> Result<
     let leaves: Vec<Vec<u8>> = digests.iter().map(|(_, receipt)| content::cid_of_digest(receipt).to_bytes()).collect();
     let batch = identity.sign_tree(&leaves).ok_or_else(|| ContentError::Encoding("an empty receipt batch".into()))?;
     let indices = receipts.iter().map(|pending| pending.index).collect();
-    let record = batch_record(receipts, &digests, batch.signature());
+    let record = batch_record(receipts, &digests, batch.signature())?;
     let frame = crate::wal::encode_frame(&record).map_err(|error| ContentError::Encoding(error.to_string()))?;
     Ok(SignedReceipts { indices, digests, batch, frame })
 }
 
 /// The log record of a signed batch: `receipts` with their `digests`, in leaf order.
-pub fn batch_record(receipts: Vec<PendingReceipt>, digests: &[(Digest, Digest)], signature: &[u8]) -> Record {
+pub fn batch_record(
+    receipts: Vec<PendingReceipt>,
+    digests: &[(Digest, Digest)],
+    signature: &[u8],
+) -> Result<Record, ContentError> {
     let issuer = receipts.first().map(|pending| pending.issuer.to_string()).unwrap_or_default();
     let mut functions: Vec<Arc<CalledFunction>> = Vec::new();
     let mut logged = Vec::with_capacity(receipts.len());
@@ -86,7 +90,8 @@ pub fn batch_record(receipts: Vec<PendingReceipt>, digests: &[(Digest, Digest)],
         });
     }
     let functions = functions.iter().map(|function| (function.module.to_bytes(), function.export.clone())).collect();
-    Record::Receipts(LoggedBatch { issuer, signature: signature.to_vec(), functions, receipts: logged })
+    let batch = LoggedBatch { issuer, signature: signature.to_vec(), functions, receipts: logged };
+    Ok(Record::CompactReceipts(batch.encode()?))
 }
 
 /// The work shared by the signing threads: batches waiting, in order, and batches signed.

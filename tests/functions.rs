@@ -324,3 +324,40 @@ fn receipts_logged_one_by_one_by_earlier_versions_still_replay() {
     drop(database);
     std::fs::remove_dir_all(&directory).unwrap();
 }
+
+#[test]
+fn receipt_batches_logged_in_the_earlier_fixed_width_form_still_replay() {
+    use weft::wal::{Record, Wal};
+    let directory = fresh_directory("weft-functions-fixed-width");
+    let options = || Options { data_dir: directory.clone(), workers: 1, sync: true };
+    let mut database = Database::open(options()).unwrap();
+    let cids: Vec<_> = (0..3)
+        .map(|x| database.invoke(MATH, "add_one", vec![Value::Int(x)], None, Limits::default()).unwrap().stored.cid)
+        .collect();
+    drop(database);
+    // Rewrite the log as versions before compact batches wrote it.
+    {
+        let (mut wal, records) = Wal::open(&directory.join("wal"), true).unwrap();
+        let mut compact = 0;
+        let records: Vec<Record> = records
+            .into_iter()
+            .map(|record| match record {
+                Record::CompactReceipts(bytes) => {
+                    compact += 1;
+                    Record::Receipts(weft::functions::LoggedBatch::decode(&bytes).unwrap())
+                }
+                other => other,
+            })
+            .collect();
+        assert!(compact > 0, "new receipts are logged in compact batches");
+        wal.rewrite(&records).unwrap();
+    }
+    let mut database = Database::open(options()).unwrap();
+    for (x, cid) in cids.iter().enumerate() {
+        verify_signed(&database.receipt(cid).expect("a receipt of the old log by its CID"));
+        let again = database.invoke(MATH, "add_one", vec![Value::Int(x as i64)], None, Limits::default()).unwrap();
+        assert!(again.hit && again.stored.cid == *cid, "the old receipt answers the call");
+    }
+    drop(database);
+    std::fs::remove_dir_all(&directory).unwrap();
+}
