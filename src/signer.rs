@@ -126,10 +126,12 @@ impl Shared {
         Some(batch)
     }
 
-    /// Signs a taken batch (without the lock) and files the outcome.
+    /// Signs a taken batch (without the lock) and files the outcome (an error if signing
+    /// panicked: the statement waiting for it then fails instead of waiting forever).
     fn sign(&self, identity: &Identity, (sequence, receipts): (u64, Vec<PendingReceipt>)) {
         let count = receipts.len();
-        let outcome = sign_batch(identity, receipts);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sign_batch(identity, receipts)))
+            .unwrap_or_else(|_| Err(ContentError::Encoding("signing a batch of receipts panicked".into())));
         let mut work = self.work.lock().expect("signer work");
         work.signing -= 1;
         work.signed.push((sequence, count, outcome));
@@ -157,12 +159,14 @@ impl Signer {
     /// handle is dropped.
     pub fn start(identity: Arc<Identity>) -> std::io::Result<Arc<Signer>> {
         let shared = Arc::new(Shared::default());
+        // Built first, so that a failure to start a thread drops it and stops those started.
+        let signer = Signer { pending: Mutex::default(), unsigned: AtomicUsize::new(0), shared, identity };
         let threads = std::thread::available_parallelism().map_or(1, |cores| cores.get()).min(8);
         for number in 0..threads {
-            let (shared, identity) = (shared.clone(), identity.clone());
+            let (shared, identity) = (signer.shared.clone(), signer.identity.clone());
             std::thread::Builder::new().name(format!("weft-signer-{number}")).spawn(move || run(&identity, &shared))?;
         }
-        Ok(Arc::new(Signer { pending: Mutex::default(), unsigned: AtomicUsize::new(0), shared, identity }))
+        Ok(Arc::new(signer))
     }
 
     /// Hands in a receipt to sign; a full batch goes to the signing threads.
