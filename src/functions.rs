@@ -6,7 +6,7 @@
 //! Receipts are facts: nothing ever deletes one.
 
 use crate::identity::{Identity, Proof};
-use crate::signer::{batch_record, digests_of, sign_batch, PendingReceipt, SignedReceipts, Signer};
+use crate::signer::{batch_record, digests_of, sign_batch, take_frames, PendingReceipt, SignedReceipts, Signer};
 use crate::wal::Record;
 use cid::Cid;
 use ipld_core::ipld::Ipld;
@@ -451,23 +451,19 @@ impl Memo {
         }
     }
 
-    /// Attaches signed batches (each entry's proof and CIDs) and returns their log frames.
-    pub fn attach(&mut self, signed: Vec<SignedReceipts>) -> Vec<Vec<u8>> {
+    /// Attaches signed batches: each entry's proof and CIDs (their frames are the caller's to
+    /// log, see [`take_frames`]).
+    pub fn attach(&mut self, signed: Vec<SignedReceipts>) {
         // One growth for all: indexing ten million receipts otherwise re-places the index's
         // slots at every doubling.
         self.by_receipt.reserve(signed.iter().map(|signed| signed.indices.len()).sum());
-        signed
-            .into_iter()
-            .map(|signed| {
-                for (position, (index, (invocation, receipt))) in signed.indices.iter().zip(&signed.digests).enumerate()
-                {
-                    self.entry_mut(*index).proof =
-                        Some(ReceiptProof::InBatch { batch: signed.batch.clone(), index: position as u32 });
-                    self.index_digests(*index, *invocation, *receipt);
-                }
-                signed.frame
-            })
-            .collect()
+        for signed in signed {
+            for (position, (index, (invocation, receipt))) in signed.indices.iter().zip(&signed.digests).enumerate() {
+                self.entry_mut(*index).proof =
+                    Some(ReceiptProof::InBatch { batch: signed.batch.clone(), index: position as u32 });
+                self.index_digests(*index, *invocation, *receipt);
+            }
+        }
     }
 
     /// Signs the receipts of entries `indices` now, in batches of [`RECEIPTS_PER_BATCH`] on all
@@ -476,7 +472,7 @@ impl Memo {
         let threads = std::thread::available_parallelism().map_or(1, |cores| cores.get()).min(8);
         // Whole batches per thread, as evenly as they divide.
         let per_thread = indices.len().div_ceil(RECEIPTS_PER_BATCH).div_ceil(threads).max(1) * RECEIPTS_PER_BATCH;
-        let signed: Vec<SignedReceipts> = std::thread::scope(|scope| {
+        let mut signed: Vec<SignedReceipts> = std::thread::scope(|scope| {
             let handles: Vec<_> = indices
                 .chunks(per_thread)
                 .map(|part| {
@@ -499,7 +495,9 @@ impl Memo {
             }
             Ok::<_, ContentError>(signed)
         })?;
-        Ok(memo.write().expect("memo lock").attach(signed))
+        let frames = take_frames(&mut signed);
+        memo.write().expect("memo lock").attach(signed);
+        Ok(frames)
     }
 
     /// Records a logged batch (replay): its entries, with proofs from the batch rebuilt from

@@ -38,6 +38,11 @@ pub struct SignedReceipts {
     pub frame: Vec<u8>,
 }
 
+/// The log frames of signed batches, taken out of them (in order).
+pub fn take_frames(signed: &mut [SignedReceipts]) -> Vec<Vec<u8>> {
+    signed.iter_mut().map(|batch| std::mem::take(&mut batch.frame)).collect()
+}
+
 /// The invocation and receipt digests of pending receipts, in order: all invocations are
 /// encoded and hashed (eight at a time, see [`sha3_256_many`]), then all receipts, which name
 /// their invocations' CIDs.
