@@ -494,9 +494,10 @@ impl Database {
         let function_index = self.memo_mut().function_index(module.cid, function)?;
         let recorded = self.memo.read().expect("memo lock").recall_entry(function_index, &args);
         if let Some(index) = recorded {
-            // Signed by now unless a concurrent reader's statement is still running it.
+            // Signed by now unless a concurrent reader's statement ran it: its receipt then waits
+            // in the signer (every unsigned entry does), which signs and logs it now.
             if self.memo.read().expect("memo lock").entry(index).receipt.is_none() {
-                self.sign_and_log(&[index])?;
+                self.log_issued_receipts()?;
             }
             return Ok(Invoked { stored: self.memo.read().expect("memo lock").stored(index)?, hit: true });
         }
@@ -529,9 +530,11 @@ impl Database {
                 issuer: memo.issuer_index(self.identity.did()),
                 proof: None,
             };
-            memo.record(entry)
+            let index = memo.record(entry);
+            self.signer.push(memo.pending(index));
+            index
         };
-        self.sign_and_log(&[index])?;
+        self.log_issued_receipts()?;
         let stored = self.memo.read().expect("memo lock").stored(index)?;
         Ok(Invoked { stored, hit: false })
     }
@@ -801,14 +804,6 @@ impl Database {
             writer.join()
         });
         written.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
-        Ok(())
-    }
-
-    /// Signs the receipts of memo entries `indices`, a batch at a time (see [`Memo::sign`]),
-    /// and appends them to the log.
-    fn sign_and_log(&mut self, indices: &[u32]) -> Result<(), Error> {
-        let frames = Memo::sign(&self.memo, &self.identity, indices)?;
-        self.wal.append_frames(&frames)?;
         Ok(())
     }
 

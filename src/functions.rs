@@ -5,8 +5,8 @@
 //! a restart, is a memo hit that returns the recorded outcome without running anything.
 //! Receipts are facts: nothing ever deletes one.
 
-use crate::identity::{Identity, Proof};
-use crate::signer::{batch_record, digests_of, sign_batch, take_frames, PendingReceipt, SignedReceipts, Signer};
+use crate::identity::Proof;
+use crate::signer::{batch_record, digests_of, PendingReceipt, SignedReceipts, Signer};
 use crate::wal::Record;
 use cid::Cid;
 use ipld_core::ipld::Ipld;
@@ -452,7 +452,7 @@ impl Memo {
     }
 
     /// Attaches signed batches: each entry's proof and CIDs (their frames are the caller's to
-    /// log, see [`take_frames`]).
+    /// log, see [`crate::signer::take_frames`]).
     pub fn attach(&mut self, signed: Vec<SignedReceipts>) {
         // One growth for all: indexing ten million receipts otherwise re-places the index's
         // slots at every doubling.
@@ -464,40 +464,6 @@ impl Memo {
                 self.index_digests(*index, *invocation, *receipt);
             }
         }
-    }
-
-    /// Signs the receipts of entries `indices` now, in batches of [`RECEIPTS_PER_BATCH`] on all
-    /// cores (see [`crate::signer`]), attaches them and returns one log frame per batch.
-    pub fn sign(memo: &RwLock<Memo>, identity: &Identity, indices: &[u32]) -> Result<Vec<Vec<u8>>, ContentError> {
-        let threads = std::thread::available_parallelism().map_or(1, |cores| cores.get()).min(8);
-        // Whole batches per thread, as evenly as they divide.
-        let per_thread = indices.len().div_ceil(RECEIPTS_PER_BATCH).div_ceil(threads).max(1) * RECEIPTS_PER_BATCH;
-        let mut signed: Vec<SignedReceipts> = std::thread::scope(|scope| {
-            let handles: Vec<_> = indices
-                .chunks(per_thread)
-                .map(|part| {
-                    scope.spawn(move || {
-                        part.chunks(RECEIPTS_PER_BATCH)
-                            .map(|chunk| {
-                                let batch = {
-                                    let memo = memo.read().expect("memo lock");
-                                    chunk.iter().map(|index| memo.pending(*index)).collect()
-                                };
-                                sign_batch(identity, batch)
-                            })
-                            .collect::<Result<Vec<_>, _>>()
-                    })
-                })
-                .collect();
-            let mut signed = Vec::new();
-            for handle in handles {
-                signed.extend(handle.join().expect("receipt signing thread")?);
-            }
-            Ok::<_, ContentError>(signed)
-        })?;
-        let frames = take_frames(&mut signed);
-        memo.write().expect("memo lock").attach(signed);
-        Ok(frames)
     }
 
     /// Records a logged batch (replay): its entries, with proofs from the batch rebuilt from
@@ -965,12 +931,19 @@ impl weft_engine::functions::Callable for WasmFunction {
             issuer: self.issuer_index,
             proof: None,
         };
-        let index = {
+        {
+            // Handed to the signer under the memo's lock: an entry without a receipt is always
+            // waiting in the signer, so `Database::invoke` can have it signed by finishing it.
             let mut memo = self.memo.write().expect("memo lock");
             memo.count_miss();
-            memo.record(entry)
-        };
-        self.signer.push(PendingReceipt { index, function: self.function.clone(), issuer: self.issuer.clone(), run });
+            let index = memo.record(entry);
+            self.signer.push(PendingReceipt {
+                index,
+                function: self.function.clone(),
+                issuer: self.issuer.clone(),
+                run,
+            });
+        }
         self.finish(out, args)
     }
 }
