@@ -336,8 +336,21 @@ impl Database {
         let frames = records.len();
         // Receipts first: rebuilding views must find every call already in the memo.
         let (receipts, records): (Vec<Record>, Vec<Record>) = records.into_iter().partition(|record| {
-            matches!(record, Record::Receipt { .. } | Record::Receipts(_) | Record::CompactReceipts(_))
+            matches!(
+                record,
+                Record::Receipt { .. } | Record::Receipts(_) | Record::CompactReceipts(_) | Record::ReceiptRuns(_)
+            )
         });
+        let runs = crate::functions::prepare_runs(
+            &receipts
+                .iter()
+                .filter_map(|record| match record {
+                    Record::ReceiptRuns(bytes) => Some(bytes.as_slice()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+        )?;
+        let mut runs = runs.into_iter();
         for record in receipts {
             match record {
                 Record::Receipt { invocation, receipt, proof, first_seen_ns, worker } => {
@@ -346,6 +359,10 @@ impl Database {
                 Record::Receipts(batch) => self.memo_mut().replay_batch(batch)?,
                 Record::CompactReceipts(bytes) => {
                     self.memo_mut().replay_batch(crate::functions::LoggedBatch::decode(&bytes)?)?
+                }
+                Record::ReceiptRuns(_) => {
+                    let replayed = runs.next().expect("one prepared batch per record of runs");
+                    self.memo_mut().replay_runs(replayed)?
                 }
                 _ => {}
             }
@@ -372,7 +389,7 @@ impl Database {
                     self.install_view(id, name, &query, sql, None)?;
                 }
                 Record::Drop { id } => self.uninstall(id)?,
-                Record::Receipt { .. } | Record::Receipts(_) | Record::CompactReceipts(_) => {}
+                Record::Receipt { .. } | Record::Receipts(_) | Record::CompactReceipts(_) | Record::ReceiptRuns(_) => {}
                 Record::CreateFunction { definition } => self.install_function(definition)?,
                 Record::DropFunction { name } => self.uninstall_function(&name)?,
                 Record::CreateSink { definition } => {
@@ -492,11 +509,12 @@ impl Database {
         let invocation = weft_wasm::Runtime::invocation(&module, function, &args);
         let invocation_cid = invocation.cid()?;
         let function_index = self.memo_mut().function_index(module.cid, function)?;
-        let recorded = self.memo.read().expect("memo lock").recall_entry(function_index, &args);
+        let recorded =
+            self.memo.read().expect("memo lock").recall_entry(&crate::functions::CallKey::new(function_index, &args));
         if let Some(index) = recorded {
             // Signed by now unless a concurrent reader's statement ran it: its receipt then waits
             // in the signer (every unsigned entry does), which signs and logs it now.
-            if self.memo.read().expect("memo lock").entry(index).receipt.is_none() {
+            if !self.memo.read().expect("memo lock").entry(index).is_signed() {
                 self.log_issued_receipts()?;
             }
             return Ok(Invoked { stored: self.memo.read().expect("memo lock").stored(index)?, hit: true });
@@ -505,16 +523,17 @@ impl Database {
         let result =
             returns.or_else(|| weft_wasm::Runtime::result_type(&module, function)).unwrap_or(ColumnType::BigInt);
         let signature = weft_wasm::Signature { params, result };
-        let (out, fuel, duration_us) = match self.runtime.call(&module, function, &signature, &args, limits) {
-            Ok(output) => (Outcome::Ok(output.value), output.fuel, output.duration_us),
-            Err(error) => (Outcome::Error(error.to_string()), 0, 0),
+        let (out, fuel, duration_us, started_ns) = match self.runtime.call(&module, function, &signature, &args, limits)
+        {
+            Ok(output) => (Outcome::Ok(output.value), output.fuel, output.duration_us, output.started_ns),
+            Err(error) => (Outcome::Error(error.to_string()), 0, 0, crate::functions::now_ns()),
         };
         let run = crate::functions::Run {
             args: invocation.args.into_boxed_slice(),
             out,
             fuel,
             duration_us,
-            first_seen_ns: crate::functions::now_ns(),
+            first_seen_ns: started_ns,
             worker: 0,
         };
         // Checks the receipt encodes (DAG-CBOR has no NaN or infinity) before recording it.
@@ -522,16 +541,13 @@ impl Database {
         let index = {
             let mut memo = self.memo_mut();
             memo.count_miss();
-            let entry = crate::functions::Entry {
-                invocation: weft_engine::content::digest_of(&invocation_cid),
-                receipt: None,
-                function: function_index,
-                run,
-                issuer: memo.issuer_index(self.identity.did()),
-                proof: None,
-            };
-            let index = memo.record(entry);
-            self.signer.push(memo.pending(index));
+            let issuer = memo.issuer_index(self.identity.did());
+            let (index, recorded) = memo.record(crate::functions::Entry::new(function_index, issuer, run));
+            // A view's call may have recorded it meanwhile: that receipt stays (and is with the
+            // signer already).
+            if recorded {
+                self.signer.push(memo.pending(index));
+            }
             index
         };
         self.log_issued_receipts()?;

@@ -6,11 +6,10 @@
 //! Receipts are facts: nothing ever deletes one.
 
 use crate::identity::Proof;
-use crate::signer::{batch_record, digests_of, PendingReceipt, SignedReceipts, Signer};
+use crate::signer::{digests_of, runs_record, PendingReceipt, SignedReceipts, Signer};
 use crate::wal::Record;
 use cid::Cid;
 use ipld_core::ipld::Ipld;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use weft_engine::content::{self, ContentError, Digest, Invocation, Outcome, Receipt};
@@ -72,22 +71,60 @@ pub fn now_ns() -> i64 {
 }
 
 /// What the memo keeps of one invocation and its receipt: the call (function and arguments:
-/// the memo key), its outcome and metadata, and the digests of the two CIDs (their only
-/// variable part) once computed. The receipt's bytes are not kept: they are canonical, so they
-/// are written again whenever someone asks for them.
+/// the memo key), its outcome and metadata, and, once signed, where its batch keeps the digests
+/// of its two CIDs (their only variable part) and its proof. The receipt's bytes are not kept:
+/// they are canonical, so they are written again whenever someone asks for them.
 #[derive(Clone, Debug)]
 pub struct Entry {
-    /// The invocation CID's digest, computed with the receipt's, off the call path (the same
-    /// function and arguments always make the same invocation, so the call is the memo key).
-    pub invocation: Option<Digest>,
-    /// The receipt CID's digest, once the receipt is signed.
-    pub receipt: Option<Digest>,
     /// Index of the module and export in the memo's functions.
     pub function: u32,
-    pub run: Run,
     /// Index of the issuer's did in the memo's issuers.
     pub issuer: u32,
-    pub proof: Option<ReceiptProof>,
+    /// The memo's signed batch holding this entry's receipt, or [`Entry::UNSIGNED`].
+    batch: u32,
+    /// The receipt's leaf in that batch.
+    leaf: u32,
+    pub run: Run,
+}
+
+impl Entry {
+    /// The batch of an entry whose receipt is not signed yet.
+    const UNSIGNED: u32 = u32::MAX;
+
+    /// An entry for `run` of `function`, issued by `issuer`, not signed yet.
+    pub fn new(function: u32, issuer: u32, run: Run) -> Entry {
+        Entry { function, issuer, batch: Entry::UNSIGNED, leaf: 0, run }
+    }
+
+    /// Whether the entry's receipt is signed.
+    pub fn is_signed(&self) -> bool {
+        self.batch != Entry::UNSIGNED
+    }
+}
+
+/// Receipts signed together, as the memo keeps them: their entries and `(invocation, receipt)`
+/// digests in leaf order, and the signature. An entry names its batch and leaf, so an entry
+/// costs eight bytes for all this instead of a proof and two digests of its own.
+struct MemoBatch {
+    indices: Vec<u32>,
+    digests: Vec<(Digest, Digest)>,
+    proof: BatchProof,
+}
+
+/// How a [`MemoBatch`] is signed.
+enum BatchProof {
+    /// One signature over the Merkle root of the receipt CIDs.
+    Signed(Arc<crate::identity::SignedBatch>),
+    /// A receipt signed on its own (a log written before receipts were signed in batches).
+    Own(Box<Proof>),
+}
+
+/// The memo's index by receipt CID, built when a receipt is first looked up by its CID (most
+/// statements never do): it covers the memo's first `batches` batches.
+#[derive(Default)]
+struct ReceiptIndex {
+    index: EntryIndex,
+    batches: usize,
 }
 
 /// One call as it ran: its arguments and outcome, the fuel and time it took, when and where.
@@ -258,6 +295,21 @@ pub struct CalledFunction {
     pub template: content::InvocationTemplate,
 }
 
+/// A call as the memo keys it: a function's index and its arguments, with their hash (computed
+/// once per call, however often the memo is searched for it).
+#[derive(Clone, Copy, Debug)]
+pub struct CallKey<'a> {
+    pub function: u32,
+    pub args: &'a [Value],
+    hash: u64,
+}
+
+impl<'a> CallKey<'a> {
+    pub fn new(function: u32, args: &'a [Value]) -> CallKey<'a> {
+        CallKey { function, args, hash: call_hash(function, args) }
+    }
+}
+
 /// Every receipt this node holds, indexed by call (function and arguments: the memo key, which
 /// determines the invocation CID) and by receipt CID, with hit and miss counts. Entries are only
 /// ever appended: an entry's index names it for good.
@@ -266,7 +318,9 @@ pub struct Memo {
     chunks: Vec<Vec<Entry>>,
     entry_count: usize,
     by_call: EntryIndex,
-    by_receipt: EntryIndex,
+    /// Every signed batch, in the order signed (or replayed).
+    batches: Vec<MemoBatch>,
+    by_receipt: Mutex<ReceiptIndex>,
     functions: Vec<Arc<CalledFunction>>,
     /// Dids of the nodes that issued receipts (this node's, and any found in an old log).
     issuers: Vec<Arc<str>>,
@@ -303,28 +357,42 @@ impl Memo {
         }
     }
 
-    /// The entry recording the call of `function` on `args`, if any.
-    pub fn find_call(&self, function: u32, args: &[Value]) -> Option<u32> {
-        self.by_call.find(call_hash(function, args), |index| {
+    /// The entry recording `call`, if any.
+    pub fn find_call(&self, call: &CallKey) -> Option<u32> {
+        self.by_call.find(call.hash, |index| {
             let entry = self.entry(index);
-            entry.function == function && *entry.run.args == *args
+            entry.function == call.function && *entry.run.args == *call.args
         })
     }
 
+    /// The entry whose receipt CID has `digest`, once signed. The batches signed since the last
+    /// such lookup are indexed first.
     fn find_receipt(&self, digest: &Digest) -> Option<u32> {
-        self.by_receipt.find(digest_hash(digest), |index| self.entry(index).receipt.as_ref() == Some(digest))
+        let mut by_receipt = self.by_receipt.lock().expect("receipt index");
+        let ReceiptIndex { index, batches } = &mut *by_receipt;
+        let unindexed = &self.batches[*batches..];
+        index.reserve(unindexed.iter().map(|batch| batch.indices.len()).sum());
+        for batch in unindexed {
+            for (entry, (_, receipt)) in batch.indices.iter().zip(&batch.digests) {
+                index.insert(digest_hash(receipt), *entry);
+            }
+        }
+        *batches = self.batches.len();
+        index.find(digest_hash(digest), |index| {
+            self.digests(self.entry(index)).is_some_and(|(_, receipt)| receipt == digest)
+        })
     }
 
-    /// The entry recording the call of `function` on `args`, counted as a memo hit.
-    pub fn recall_entry(&self, function: u32, args: &[Value]) -> Option<u32> {
-        let index = self.find_call(function, args)?;
+    /// The entry recording `call`, counted as a memo hit.
+    pub fn recall_entry(&self, call: &CallKey) -> Option<u32> {
+        let index = self.find_call(call)?;
         self.hits.fetch_add(1, Ordering::Relaxed);
         Some(index)
     }
 
-    /// The recorded outcome of calling `function` on `args`, counted as a memo hit.
-    pub fn recall_call(&self, function: u32, args: &[Value]) -> Option<&Outcome> {
-        Some(&self.entry(self.recall_entry(function, args)?).run.out)
+    /// The recorded outcome of `call`, counted as a memo hit.
+    pub fn recall_call(&self, call: &CallKey) -> Option<&Outcome> {
+        Some(&self.entry(self.recall_entry(call)?).run.out)
     }
 
     /// A receipt by its own CID.
@@ -337,34 +405,49 @@ impl Memo {
         self.misses.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Records an entry, returning its index (the existing entry's, if the call is already
-    /// recorded: receipts are facts, the first one stays).
-    pub fn record(&mut self, entry: Entry) -> u32 {
-        if let Some(index) = self.find_call(entry.function, &entry.run.args) {
-            return index;
+    /// Records an entry, returning its index and whether it is new (if the call is already
+    /// recorded, the existing entry: receipts are facts, the first one stays).
+    pub fn record(&mut self, entry: Entry) -> (u32, bool) {
+        let hash = call_hash(entry.function, &entry.run.args);
+        self.record_hashed(entry, hash, None)
+    }
+
+    /// Records the entry of a call with key `call` (see [`CallKey`]) that was not in the memo
+    /// when it held `absent_at` entries: the memo is only searched again if entries were
+    /// recorded since. Returns the entry's index and whether it is new.
+    pub fn record_missed(&mut self, entry: Entry, call: &CallKey, absent_at: usize) -> (u32, bool) {
+        debug_assert!(call.function == entry.function && *call.args == *entry.run.args);
+        self.record_hashed(entry, call.hash, Some(absent_at))
+    }
+
+    fn record_hashed(&mut self, entry: Entry, hash: u64, absent_at: Option<usize>) -> (u32, bool) {
+        if absent_at != Some(self.entry_count) {
+            if let Some(index) = self.find_call(&CallKey { function: entry.function, args: &entry.run.args, hash }) {
+                return (index, false);
+            }
         }
         let index = self.entry_count as u32;
-        let (invocation, receipt) = (entry.invocation, entry.receipt);
-        let hash = call_hash(entry.function, &entry.run.args);
         if self.chunks.last().is_none_or(|chunk| chunk.len() == CHUNK_ENTRIES) {
             self.chunks.push(Vec::with_capacity(CHUNK_ENTRIES));
         }
         self.chunks.last_mut().expect("a chunk with room").push(entry);
         self.entry_count += 1;
         self.by_call.insert(hash, index);
-        if let (Some(invocation), Some(receipt)) = (invocation, receipt) {
-            self.index_digests(index, invocation, receipt);
-        }
-        index
+        (index, true)
     }
 
-    /// Sets and indexes entry `index`'s digests (once per entry: when its receipt is signed,
-    /// or when it is replayed signed).
-    fn index_digests(&mut self, index: u32, invocation: Digest, receipt: Digest) {
-        let entry = self.entry_mut(index);
-        entry.invocation = Some(invocation);
-        entry.receipt = Some(receipt);
-        self.by_receipt.insert(digest_hash(&receipt), index);
+    /// Adds a signed batch: entries `indices` with their `(invocation, receipt)` digests, in
+    /// leaf order. An entry already signed keeps its first receipt (a log holds each call once).
+    fn add_batch(&mut self, indices: Vec<u32>, digests: Vec<(Digest, Digest)>, proof: BatchProof) {
+        let number = self.batches.len() as u32;
+        for (leaf, index) in indices.iter().enumerate() {
+            let entry = self.entry_mut(*index);
+            if !entry.is_signed() {
+                entry.batch = number;
+                entry.leaf = leaf as u32;
+            }
+        }
+        self.batches.push(MemoBatch { indices, digests, proof });
     }
 
     /// Entry `index`.
@@ -381,10 +464,26 @@ impl Memo {
         self.chunks.iter().flatten()
     }
 
+    /// The digests of an entry's invocation and receipt CIDs, once it is signed.
+    pub fn digests(&self, entry: &Entry) -> Option<&(Digest, Digest)> {
+        entry.is_signed().then(|| &self.batches[entry.batch as usize].digests[entry.leaf as usize])
+    }
+
+    /// An entry's signature proof, once it is signed.
+    pub fn proof_of(&self, entry: &Entry) -> Option<ReceiptProof> {
+        if !entry.is_signed() {
+            return None;
+        }
+        Some(match &self.batches[entry.batch as usize].proof {
+            BatchProof::Signed(batch) => ReceiptProof::InBatch { batch: batch.clone(), index: entry.leaf },
+            BatchProof::Own(proof) => ReceiptProof::Own(proof.clone()),
+        })
+    }
+
     /// The invocation CID of an entry (computed if it is not signed yet).
     pub fn invocation_cid_of(&self, entry: &Entry) -> Result<Cid, ContentError> {
-        match &entry.invocation {
-            Some(digest) => Ok(content::cid_of_digest(digest)),
+        match self.digests(entry) {
+            Some((invocation, _)) => Ok(content::cid_of_digest(invocation)),
             None => self.functions[entry.function as usize].template.cid(&entry.run.args),
         }
     }
@@ -407,8 +506,8 @@ impl Memo {
 
     /// The receipt CID of an entry (computed if it is not signed yet).
     pub fn receipt_cid_of(&self, entry: &Entry) -> Result<Cid, ContentError> {
-        match &entry.receipt {
-            Some(digest) => Ok(content::cid_of_digest(digest)),
+        match self.digests(entry) {
+            Some((_, receipt)) => Ok(content::cid_of_digest(receipt)),
             None => Ok(content::dag_cbor_cid(&self.receipt_of(entry)?.encode()?)),
         }
     }
@@ -424,7 +523,7 @@ impl Memo {
             invocation: Invocation { module: *module, function: function.to_string(), args: entry.run.args.to_vec() },
             receipt,
             encoded,
-            proof: entry.proof.clone(),
+            proof: self.proof_of(entry),
             first_seen_ns: entry.run.first_seen_ns,
             worker: entry.run.worker,
         })
@@ -451,53 +550,54 @@ impl Memo {
         }
     }
 
-    /// Attaches signed batches: each entry's proof and CIDs (their frames are the caller's to
+    /// Attaches signed batches: their digests and signatures (their frames are the caller's to
     /// log, see [`crate::signer::take_frames`]).
     pub fn attach(&mut self, signed: Vec<SignedReceipts>) {
-        // One growth for all: indexing ten million receipts otherwise re-places the index's
-        // slots at every doubling.
-        self.by_receipt.reserve(signed.iter().map(|signed| signed.indices.len()).sum());
         for signed in signed {
-            for (position, (index, (invocation, receipt))) in signed.indices.iter().zip(&signed.digests).enumerate() {
-                self.entry_mut(*index).proof =
-                    Some(ReceiptProof::InBatch { batch: signed.batch.clone(), index: position as u32 });
-                self.index_digests(*index, *invocation, *receipt);
-            }
+            self.add_batch(signed.indices, signed.digests, BatchProof::Signed(signed.batch));
         }
     }
 
     /// Records a logged batch (replay): its entries, with proofs from the batch rebuilt from
     /// their receipt CIDs.
     pub fn replay_batch(&mut self, batch: LoggedBatch) -> Result<(), ContentError> {
-        let functions: Vec<u32> = batch
-            .functions
-            .iter()
-            .map(|(module, export)| {
-                let module = Cid::try_from(module.as_slice()).map_err(|error| ContentError::InvalidCid {
-                    text: format!("{module:02x?}"),
-                    message: error.to_string(),
-                })?;
-                self.function_index(module, export)
-            })
-            .collect::<Result<_, ContentError>>()?;
+        let functions = self.logged_functions(&batch.functions)?;
         let issuer = self.issuer_index(&batch.issuer);
         let leaves: Vec<Vec<u8>> =
             batch.receipts.iter().map(|logged| content::cid_of_digest(&logged.receipt).to_bytes()).collect();
         let signed = Arc::new(crate::identity::SignedBatch::from_signature(&leaves, batch.signature));
-        for (position, logged) in batch.receipts.into_iter().enumerate() {
-            let function = *functions
-                .get(logged.function as usize)
-                .ok_or_else(|| ContentError::Encoding(format!("logged receipt names function {}", logged.function)))?;
-            self.record(Entry {
-                invocation: Some(logged.invocation),
-                receipt: Some(logged.receipt),
-                function,
-                run: logged.run,
-                issuer,
-                proof: Some(ReceiptProof::InBatch { batch: signed.clone(), index: position as u32 }),
-            });
+        let mut indices = Vec::with_capacity(batch.receipts.len());
+        let mut digests = Vec::with_capacity(batch.receipts.len());
+        for logged in batch.receipts {
+            let function = logged_function(&functions, logged.function)?;
+            indices.push(self.record(Entry::new(function, issuer, logged.run)).0);
+            digests.push((logged.invocation, logged.receipt));
         }
+        self.add_batch(indices, digests, BatchProof::Signed(signed));
         Ok(())
+    }
+
+    /// Records a logged batch of runs whose digests were computed again (see
+    /// [`ReplayedRuns::prepare`]).
+    pub fn replay_runs(&mut self, replayed: ReplayedRuns) -> Result<(), ContentError> {
+        let ReplayedRuns { batch, digests } = replayed;
+        let functions = self.logged_functions(&batch.functions)?;
+        let issuer = self.issuer_index(&batch.issuer);
+        let leaves: Vec<Vec<u8>> =
+            digests.iter().map(|(_, receipt)| content::cid_of_digest(receipt).to_bytes()).collect();
+        let signed = Arc::new(crate::identity::SignedBatch::from_signature(&leaves, batch.signature));
+        let mut indices = Vec::with_capacity(batch.runs.len());
+        for (function, run) in batch.runs {
+            let function = logged_function(&functions, function)?;
+            indices.push(self.record(Entry::new(function, issuer, run)).0);
+        }
+        self.add_batch(indices, digests, BatchProof::Signed(signed));
+        Ok(())
+    }
+
+    /// The memo's indices of a logged batch's functions (`(module CID bytes, export)`).
+    fn logged_functions(&mut self, functions: &[(Vec<u8>, String)]) -> Result<Vec<u32>, ContentError> {
+        functions.iter().map(|(module, export)| self.function_index(logged_module(module)?, export)).collect()
     }
 
     /// Records a receipt logged on its own (by versions before batches were logged).
@@ -513,66 +613,42 @@ impl Memo {
         let decoded = Receipt::from_ipld(&content::decode(receipt)?)?;
         let function = self.function_index(decoded_invocation.module, &decoded_invocation.function)?;
         let issuer = self.issuer_index(&decoded.issuer);
-        self.record(Entry {
-            invocation: Some(content::sha3_digest(invocation)),
-            receipt: Some(content::sha3_digest(receipt)),
-            function,
-            run: Run {
-                args: decoded_invocation.args.into_boxed_slice(),
-                out: decoded.out,
-                fuel: decoded.fuel,
-                duration_us: decoded.duration_us,
-                first_seen_ns,
-                worker,
-            },
-            issuer,
-            proof: Some(ReceiptProof::Own(Box::new(proof))),
-        });
+        let run = Run {
+            args: decoded_invocation.args.into_boxed_slice(),
+            out: decoded.out,
+            fuel: decoded.fuel,
+            duration_us: decoded.duration_us,
+            first_seen_ns,
+            worker,
+        };
+        let (index, _) = self.record(Entry::new(function, issuer, run));
+        let digests = (content::sha3_digest(invocation), content::sha3_digest(receipt));
+        self.add_batch(vec![index], vec![digests], BatchProof::Own(Box::new(proof)));
         Ok(())
     }
 
     /// Log records holding every signed receipt (for a snapshot): each signed batch again as
     /// one record, and each receipt with its own proof as before.
     pub fn snapshot_records(&self) -> Result<Vec<Record>, ContentError> {
-        let mut records = Vec::new();
-        let mut batches: HashMap<*const crate::identity::SignedBatch, Vec<(u32, u32)>> = HashMap::new();
-        let mut order = Vec::new();
-        for (index, entry) in self.entries().enumerate() {
-            match &entry.proof {
-                Some(ReceiptProof::InBatch { batch, index: leaf }) => {
-                    let members = batches.entry(Arc::as_ptr(batch)).or_default();
-                    if members.is_empty() {
-                        order.push((Arc::as_ptr(batch), batch.clone()));
-                    }
-                    members.push((*leaf, index as u32));
+        let mut records = Vec::with_capacity(self.batches.len());
+        for batch in &self.batches {
+            records.push(match &batch.proof {
+                BatchProof::Signed(signed) => {
+                    let pending = batch.indices.iter().map(|index| self.pending(*index)).collect();
+                    runs_record(pending, signed.signature())?
                 }
-                Some(ReceiptProof::Own(proof)) => {
-                    let stored = self.stored(index as u32)?;
-                    records.push(Record::Receipt {
+                BatchProof::Own(proof) => {
+                    let index = batch.indices[0];
+                    let stored = self.stored(index)?;
+                    Record::Receipt {
                         invocation: stored.invocation.encode()?,
                         receipt: stored.encoded,
                         proof: proof.as_ref().clone(),
-                        first_seen_ns: entry.run.first_seen_ns,
-                        worker: entry.run.worker,
-                    });
+                        first_seen_ns: stored.first_seen_ns,
+                        worker: stored.worker,
+                    }
                 }
-                None => {}
-            }
-        }
-        for (pointer, batch) in order {
-            let mut members = batches.remove(&pointer).unwrap_or_default();
-            members.sort_unstable();
-            let mut pending = Vec::with_capacity(members.len());
-            let mut digests = Vec::with_capacity(members.len());
-            for (_, index) in members {
-                let receipt = self.pending(index);
-                digests.push(match self.entry(index) {
-                    Entry { invocation: Some(invocation), receipt: Some(receipt), .. } => (*invocation, *receipt),
-                    _ => digests_of(std::slice::from_ref(&receipt))?[0],
-                });
-                pending.push(receipt);
-            }
-            records.push(batch_record(pending, &digests, batch.signature())?);
+            });
         }
         Ok(records)
     }
@@ -586,6 +662,20 @@ impl Memo {
     pub fn is_empty(&self) -> bool {
         self.entry_count == 0
     }
+}
+
+/// A logged module CID.
+fn logged_module(bytes: &[u8]) -> Result<Cid, ContentError> {
+    Cid::try_from(bytes)
+        .map_err(|error| ContentError::InvalidCid { text: format!("{bytes:02x?}"), message: error.to_string() })
+}
+
+/// The memo's index of a logged receipt's function (`position` in its batch's functions).
+fn logged_function(functions: &[u32], position: u32) -> Result<u32, ContentError> {
+    functions
+        .get(position as usize)
+        .copied()
+        .ok_or_else(|| ContentError::Encoding(format!("logged receipt names function {position}")))
 }
 
 /// Receipts signed (and logged) together: one signature per this many.
@@ -606,19 +696,110 @@ pub struct LoggedBatch {
 impl LoggedBatch {
     /// The batch as bincode with variable-length integers (see [`Record::CompactReceipts`]).
     pub fn encode(&self) -> Result<Vec<u8>, ContentError> {
-        use bincode::Options;
-        bincode::DefaultOptions::new()
-            .serialize(self)
-            .map_err(|error| ContentError::Encoding(format!("a receipt batch for the log: {error}")))
+        compact_encode(self)
     }
 
     /// A batch written by [`LoggedBatch::encode`].
     pub fn decode(bytes: &[u8]) -> Result<LoggedBatch, ContentError> {
-        use bincode::Options;
-        bincode::DefaultOptions::new()
-            .deserialize(bytes)
-            .map_err(|error| ContentError::Encoding(format!("a logged receipt batch: {error}")))
+        compact_decode(bytes)
     }
+}
+
+/// A logged value as bincode with variable-length integers.
+fn compact_encode(value: &impl serde::Serialize) -> Result<Vec<u8>, ContentError> {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .serialize(value)
+        .map_err(|error| ContentError::Encoding(format!("a receipt batch for the log: {error}")))
+}
+
+/// A value written by [`compact_encode`].
+fn compact_decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ContentError> {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .deserialize(bytes)
+        .map_err(|error| ContentError::Encoding(format!("a logged receipt batch: {error}")))
+}
+
+/// One signed batch of receipts as logged now ([`Record::ReceiptRuns`]): the signature over the
+/// Merkle root of the receipt CIDs (in order), the functions called, and each receipt's run
+/// with the position of its function. The CIDs are not logged: they follow from the runs (the
+/// receipt's bytes are canonical), so reading the log computes them again, and a batch costs
+/// about 27 bytes per receipt instead of 91.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LoggedRuns {
+    pub issuer: String,
+    pub signature: Vec<u8>,
+    /// `(module CID bytes, export)`.
+    pub functions: Vec<(Vec<u8>, String)>,
+    pub runs: Vec<(u32, Run)>,
+}
+
+impl LoggedRuns {
+    /// The batch as bincode with variable-length integers.
+    pub fn encode(&self) -> Result<Vec<u8>, ContentError> {
+        compact_encode(self)
+    }
+
+    /// A batch written by [`LoggedRuns::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<LoggedRuns, ContentError> {
+        compact_decode(bytes)
+    }
+}
+
+/// A logged batch of runs with its receipts' digests computed again, ready for the memo.
+pub struct ReplayedRuns {
+    batch: LoggedRuns,
+    digests: Vec<(Digest, Digest)>,
+}
+
+impl ReplayedRuns {
+    /// Decodes a [`Record::ReceiptRuns`] record and computes its digests (without the memo, so
+    /// the batches of a log are prepared on every core).
+    pub fn prepare(bytes: &[u8]) -> Result<ReplayedRuns, ContentError> {
+        let mut batch = LoggedRuns::decode(bytes)?;
+        let functions = batch
+            .functions
+            .iter()
+            .map(|(module, export)| {
+                let module = logged_module(module)?;
+                let template = content::InvocationTemplate::new(module, export)?;
+                Ok(Arc::new(CalledFunction { module, export: export.clone(), template }))
+            })
+            .collect::<Result<Vec<_>, ContentError>>()?;
+        let issuer: Arc<str> = batch.issuer.as_str().into();
+        let positions: Vec<u32> = batch.runs.iter().map(|(function, _)| *function).collect();
+        let pending = std::mem::take(&mut batch.runs)
+            .into_iter()
+            .map(|(function, run)| {
+                let called = functions
+                    .get(function as usize)
+                    .ok_or_else(|| ContentError::Encoding(format!("logged receipt names function {function}")))?;
+                Ok(PendingReceipt { index: 0, function: called.clone(), issuer: issuer.clone(), run })
+            })
+            .collect::<Result<Vec<_>, ContentError>>()?;
+        let digests = digests_of(&pending)?;
+        batch.runs = positions.into_iter().zip(pending.into_iter().map(|pending| pending.run)).collect();
+        Ok(ReplayedRuns { batch, digests })
+    }
+}
+
+/// Prepares logged batches of runs (see [`ReplayedRuns::prepare`]) on every core, in order.
+pub fn prepare_runs(batches: &[&[u8]]) -> Result<Vec<ReplayedRuns>, ContentError> {
+    let threads = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+    let share = batches.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let prepared: Vec<_> = batches
+            .chunks(share)
+            .map(|chunk| {
+                scope.spawn(move || chunk.iter().map(|bytes| ReplayedRuns::prepare(bytes)).collect::<Vec<_>>())
+            })
+            .collect();
+        prepared
+            .into_iter()
+            .flat_map(|thread| thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect()
+    })
 }
 
 /// One receipt of a [`LoggedBatch`].
@@ -884,21 +1065,33 @@ impl weft_engine::functions::Callable for WasmFunction {
             return Ok(Value::Null);
         }
         let definition = &self.definition;
-        let recall = || self.memo.read().expect("memo lock").recall_call(self.function_index, args).cloned();
-        if let Some(out) = recall() {
-            return self.finish(out, args);
-        }
+        let call = CallKey::new(self.function_index, args);
+        // The memo's length when the call was last found absent: recording it searches again
+        // only if entries were recorded since.
+        let absent_at = {
+            let memo = self.memo.read().expect("memo lock");
+            if let Some(out) = memo.recall_call(&call) {
+                return self.finish(out.clone(), args);
+            }
+            memo.len()
+        };
         let _running = self.running.lock().expect("running lock");
         // Another worker may have run it while this one waited.
-        if let Some(out) = recall() {
-            return self.finish(out, args);
-        }
+        let absent_at = {
+            let memo = self.memo.read().expect("memo lock");
+            if memo.len() != absent_at {
+                if let Some(out) = memo.recall_call(&call) {
+                    return self.finish(out.clone(), args);
+                }
+            }
+            memo.len()
+        };
         let signature = weft_wasm::Signature { params: definition.params.clone(), result: definition.result };
         let limits = weft_wasm::Limits { fuel: definition.fuel, memory_bytes: definition.memory_bytes };
-        let (out, fuel, duration_us) =
+        let (out, fuel, duration_us, started_ns) =
             match self.runtime.call(&self.module, &definition.export, &signature, args, limits) {
-                Ok(output) => (Outcome::Ok(output.value), output.fuel, output.duration_us),
-                Err(error) => (Outcome::Error(error.to_string()), 0, 0),
+                Ok(output) => (Outcome::Ok(output.value), output.fuel, output.duration_us, output.started_ns),
+                Err(error) => (Outcome::Error(error.to_string()), 0, 0, now_ns()),
             };
         // A receipt must be encodable: DAG-CBOR has no NaN or infinity, and every argument is
         // part of the invocation.
@@ -920,29 +1113,26 @@ impl weft_engine::functions::Callable for WasmFunction {
             out: out.clone(),
             fuel,
             duration_us,
-            first_seen_ns: now_ns(),
+            first_seen_ns: started_ns,
             worker: weft_engine::dataflow::current_worker().unwrap_or(0) as u32,
-        };
-        let entry = Entry {
-            invocation: None,
-            receipt: None,
-            function: self.function_index,
-            run: run.clone(),
-            issuer: self.issuer_index,
-            proof: None,
         };
         {
             // Handed to the signer under the memo's lock: an entry without a receipt is always
             // waiting in the signer, so `Database::invoke` can have it signed by finishing it.
             let mut memo = self.memo.write().expect("memo lock");
             memo.count_miss();
-            let index = memo.record(entry);
-            self.signer.push(PendingReceipt {
-                index,
-                function: self.function.clone(),
-                issuer: self.issuer.clone(),
-                run,
-            });
+            let (index, recorded) =
+                memo.record_missed(Entry::new(self.function_index, self.issuer_index, run.clone()), &call, absent_at);
+            // Recorded meanwhile by `Database::invoke` (which holds no running lock): that
+            // first receipt stays, and is already with the signer.
+            if recorded {
+                self.signer.push(PendingReceipt {
+                    index,
+                    function: self.function.clone(),
+                    issuer: self.issuer.clone(),
+                    run,
+                });
+            }
         }
         self.finish(out, args)
     }

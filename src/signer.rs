@@ -10,7 +10,7 @@
 //! none is left, and returns the signed batches in order; `Database` attaches them to the memo
 //! and writes their frames to the log before the statement returns.
 
-use crate::functions::{CalledFunction, LoggedBatch, LoggedReceipt, Run, RECEIPTS_PER_BATCH};
+use crate::functions::{CalledFunction, LoggedRuns, Run, RECEIPTS_PER_BATCH};
 use crate::identity::{Identity, SignedBatch};
 use crate::wal::Record;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -65,21 +65,18 @@ pub fn sign_batch(identity: &Identity, receipts: Vec<PendingReceipt>) -> Result<
     let leaves: Vec<Vec<u8>> = digests.iter().map(|(_, receipt)| content::cid_of_digest(receipt).to_bytes()).collect();
     let batch = identity.sign_tree(&leaves).ok_or_else(|| ContentError::Encoding("an empty receipt batch".into()))?;
     let indices = receipts.iter().map(|pending| pending.index).collect();
-    let record = batch_record(receipts, &digests, batch.signature())?;
+    let record = runs_record(receipts, batch.signature())?;
     let frame = crate::wal::encode_frame(&record).map_err(|error| ContentError::Encoding(error.to_string()))?;
     Ok(SignedReceipts { indices, digests, batch, frame })
 }
 
-/// The log record of a signed batch: `receipts` with their `digests`, in leaf order.
-pub fn batch_record(
-    receipts: Vec<PendingReceipt>,
-    digests: &[(Digest, Digest)],
-    signature: &[u8],
-) -> Result<Record, ContentError> {
+/// The log record of a signed batch: the runs of `receipts` (in leaf order) and the batch's
+/// signature (see [`LoggedRuns`]).
+pub fn runs_record(receipts: Vec<PendingReceipt>, signature: &[u8]) -> Result<Record, ContentError> {
     let issuer = receipts.first().map(|pending| pending.issuer.to_string()).unwrap_or_default();
     let mut functions: Vec<Arc<CalledFunction>> = Vec::new();
-    let mut logged = Vec::with_capacity(receipts.len());
-    for (pending, (invocation, receipt)) in receipts.into_iter().zip(digests) {
+    let mut runs = Vec::with_capacity(receipts.len());
+    for pending in receipts {
         let function = match functions.iter().position(|known| Arc::ptr_eq(known, &pending.function)) {
             Some(position) => position,
             None => {
@@ -87,16 +84,11 @@ pub fn batch_record(
                 functions.len() - 1
             }
         };
-        logged.push(LoggedReceipt {
-            invocation: *invocation,
-            receipt: *receipt,
-            function: function as u32,
-            run: pending.run,
-        });
+        runs.push((function as u32, pending.run));
     }
     let functions = functions.iter().map(|function| (function.module.to_bytes(), function.export.clone())).collect();
-    let batch = LoggedBatch { issuer, signature: signature.to_vec(), functions, receipts: logged };
-    Ok(Record::CompactReceipts(batch.encode()?))
+    let batch = LoggedRuns { issuer, signature: signature.to_vec(), functions, runs };
+    Ok(Record::ReceiptRuns(batch.encode()?))
 }
 
 /// The work shared by the signing threads: batches waiting, in order, and batches signed.

@@ -44,9 +44,13 @@ pub enum Record {
     /// before [`Record::CompactReceipts`]).
     Receipts(crate::functions::LoggedBatch),
     /// Receipts signed together, the batch encoded with variable-length integers
-    /// ([`crate::functions::LoggedBatch::encode`]): about 90 bytes per receipt instead of 130,
-    /// which is what ten million calls write.
+    /// ([`crate::functions::LoggedBatch::encode`]): about 90 bytes per receipt instead of 130
+    /// (logs written before [`Record::ReceiptRuns`]).
     CompactReceipts(Vec<u8>),
+    /// Receipts signed together, as their runs without their CIDs (computed again when read),
+    /// encoded with variable-length integers ([`crate::functions::LoggedRuns::encode`]): about
+    /// 27 bytes per receipt.
+    ReceiptRuns(Vec<u8>),
 }
 
 /// Errors of the log.

@@ -325,39 +325,75 @@ fn receipts_logged_one_by_one_by_earlier_versions_still_replay() {
     std::fs::remove_dir_all(&directory).unwrap();
 }
 
-#[test]
-fn receipt_batches_logged_in_the_earlier_fixed_width_form_still_replay() {
-    use weft::wal::{Record, Wal};
-    let directory = fresh_directory("weft-functions-fixed-width");
-    let options = || Options { data_dir: directory.clone(), workers: 1, sync: true };
-    let mut database = Database::open(options()).unwrap();
-    let cids: Vec<_> = (0..3)
-        .map(|x| database.invoke(MATH, "add_one", vec![Value::Int(x)], None, Limits::default()).unwrap().stored.cid)
+/// A batch logged as runs ([`Record::ReceiptRuns`]) in the form versions before it logged:
+/// with each receipt's two digests.
+fn with_digests(bytes: &[u8]) -> weft::functions::LoggedBatch {
+    use weft_engine::content::{dag_cbor_cid, digest_of, Invocation};
+    let runs = weft::functions::LoggedRuns::decode(bytes).unwrap();
+    let receipts = runs
+        .runs
+        .into_iter()
+        .map(|(function, run)| {
+            let (module, export) = &runs.functions[function as usize];
+            let module = cid::Cid::try_from(module.as_slice()).unwrap();
+            let invocation = Invocation { module, function: export.clone(), args: run.args.to_vec() }.cid().unwrap();
+            let receipt = dag_cbor_cid(&run.receipt(invocation, &runs.issuer).encode().unwrap());
+            weft::functions::LoggedReceipt {
+                invocation: digest_of(&invocation).unwrap(),
+                receipt: digest_of(&receipt).unwrap(),
+                function,
+                run,
+            }
+        })
         .collect();
-    drop(database);
-    // Rewrite the log as versions before compact batches wrote it.
-    {
-        let (mut wal, records) = Wal::open(&directory.join("wal"), true).unwrap();
-        let mut compact = 0;
-        let records: Vec<Record> = records
-            .into_iter()
-            .map(|record| match record {
-                Record::CompactReceipts(bytes) => {
-                    compact += 1;
-                    Record::Receipts(weft::functions::LoggedBatch::decode(&bytes).unwrap())
-                }
-                other => other,
-            })
+    weft::functions::LoggedBatch { issuer: runs.issuer, signature: runs.signature, functions: runs.functions, receipts }
+}
+
+#[test]
+fn receipt_batches_logged_in_earlier_forms_still_replay() {
+    use weft::wal::{Record, Wal};
+    type Form = fn(weft::functions::LoggedBatch) -> Record;
+    let fixed_width: Form = Record::Receipts;
+    let compact: Form = |batch| Record::CompactReceipts(batch.encode().unwrap());
+    for (label, form) in [("fixed-width", fixed_width), ("compact", compact)] {
+        let directory = fresh_directory(&format!("weft-functions-{label}"));
+        let options = || Options { data_dir: directory.clone(), workers: 1, sync: true };
+        let mut database = Database::open(options()).unwrap();
+        let cids: Vec<_> = (0..3)
+            .map(|x| database.invoke(MATH, "add_one", vec![Value::Int(x)], None, Limits::default()).unwrap().stored.cid)
             .collect();
-        assert!(compact > 0, "new receipts are logged in compact batches");
-        wal.rewrite(&records).unwrap();
+        drop(database);
+        // Rewrite the log as versions before batches of runs wrote it.
+        {
+            let (mut wal, records) = Wal::open(&directory.join("wal"), true).unwrap();
+            let mut batches = 0;
+            let records: Vec<Record> = records
+                .into_iter()
+                .map(|record| match record {
+                    Record::ReceiptRuns(bytes) => {
+                        batches += 1;
+                        form(with_digests(&bytes))
+                    }
+                    other => other,
+                })
+                .collect();
+            assert!(batches > 0, "new receipts are logged as batches of runs");
+            wal.rewrite(&records).unwrap();
+        }
+        let mut database = Database::open(options()).unwrap();
+        for (x, cid) in cids.iter().enumerate() {
+            verify_signed(&database.receipt(cid).expect("a receipt of the old log by its CID"));
+            let again = database.invoke(MATH, "add_one", vec![Value::Int(x as i64)], None, Limits::default()).unwrap();
+            assert!(again.hit && again.stored.cid == *cid, "{label}: the old receipt answers the call");
+        }
+        // A checkpoint writes them as runs again, and they still verify.
+        database.checkpoint().unwrap();
+        drop(database);
+        let database = Database::open(options()).unwrap();
+        for cid in &cids {
+            verify_signed(&database.receipt(cid).expect("a receipt by its CID after a checkpoint"));
+        }
+        drop(database);
+        std::fs::remove_dir_all(&directory).unwrap();
     }
-    let mut database = Database::open(options()).unwrap();
-    for (x, cid) in cids.iter().enumerate() {
-        verify_signed(&database.receipt(cid).expect("a receipt of the old log by its CID"));
-        let again = database.invoke(MATH, "add_one", vec![Value::Int(x as i64)], None, Limits::default()).unwrap();
-        assert!(again.hit && again.stored.cid == *cid, "the old receipt answers the call");
-    }
-    drop(database);
-    std::fs::remove_dir_all(&directory).unwrap();
 }

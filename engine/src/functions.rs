@@ -1,9 +1,14 @@
 //! User-defined scalar functions, as the engine sees them: a process-wide registry from
 //! function id to something callable. The engine neither knows nor cares that a function is
 //! WebAssembly; the runtime that implements [`Callable`] lives outside this crate.
+//!
+//! A call is on a dataflow's per-row path, so each thread keeps the functions it called in a
+//! small cache, valid while no function was removed: a call then takes no lock, hashes nothing
+//! and touches no shared reference count.
 
 use crate::expr::EvalError;
 use crate::value::Value;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
@@ -30,16 +35,81 @@ pub fn register(callable: Arc<dyn Callable>) -> FunctionId {
     id
 }
 
+/// Counts removals: a thread's cache of functions is valid while it is unchanged (ids are never
+/// reused, so a registration leaves every cache valid).
+static REMOVALS: AtomicU64 = AtomicU64::new(0);
+
+/// The functions a thread called, valid while [`REMOVALS`] is `removals`.
+#[derive(Default)]
+struct ThreadCache {
+    removals: u64,
+    functions: Vec<(FunctionId, Arc<dyn Callable>)>,
+}
+
+thread_local! {
+    static CACHE: RefCell<ThreadCache> = RefCell::default();
+}
+
 /// Removes a function (its id is never reused).
 pub fn unregister(id: FunctionId) {
     registry().write().expect("function registry").remove(&id);
+    REMOVALS.fetch_add(1, Ordering::Release);
 }
 
 /// Calls function `id`.
 pub fn call(id: FunctionId, args: &[Value]) -> Result<Value, EvalError> {
-    let callable = registry().read().expect("function registry").get(&id).cloned();
-    match callable {
-        Some(callable) => callable.call(args),
-        None => Err(EvalError(format!("function {id} is no longer defined"))),
+    let removals = REMOVALS.load(Ordering::Acquire);
+    CACHE.with(|cache| {
+        {
+            let cached = cache.borrow();
+            if cached.removals == removals {
+                if let Some((_, callable)) = cached.functions.iter().find(|(cached_id, _)| *cached_id == id) {
+                    return callable.call(args);
+                }
+            }
+        }
+        let callable = registry().read().expect("function registry").get(&id).cloned();
+        let Some(callable) = callable else {
+            return Err(EvalError(format!("function {id} is no longer defined")));
+        };
+        // A function calling functions (none does today) would find the cache borrowed: it
+        // then simply goes uncached.
+        if let Ok(mut cached) = cache.try_borrow_mut() {
+            if cached.removals != removals {
+                *cached = ThreadCache { removals, functions: Vec::new() };
+            }
+            cached.functions.push((id, callable.clone()));
+        }
+        callable.call(args)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Constant(i64);
+
+    impl Callable for Constant {
+        fn call(&self, _args: &[Value]) -> Result<Value, EvalError> {
+            Ok(Value::Int(self.0))
+        }
+    }
+
+    #[test]
+    fn a_removed_function_is_not_called_from_a_thread_that_cached_it() {
+        let first = register(Arc::new(Constant(1)));
+        let second = register(Arc::new(Constant(2)));
+        assert_eq!(call(first, &[]).unwrap(), Value::Int(1));
+        assert_eq!(call(second, &[]).unwrap(), Value::Int(2));
+        unregister(first);
+        let error = call(first, &[]).unwrap_err();
+        assert!(error.0.contains("no longer defined"), "{error:?}");
+        assert_eq!(call(second, &[]).unwrap(), Value::Int(2));
+        let third = register(Arc::new(Constant(3)));
+        assert_eq!(call(third, &[]).unwrap(), Value::Int(3));
+        unregister(second);
+        unregister(third);
     }
 }

@@ -92,6 +92,8 @@ pub struct CallOutput {
     pub value: Value,
     pub fuel: u64,
     pub duration_us: u64,
+    /// When the call started, in nanoseconds since the epoch.
+    pub started_ns: i64,
 }
 
 /// The declared types of a function.
@@ -115,7 +117,30 @@ struct ReusedStore {
     calls: usize,
     memory_bytes: usize,
     /// The one instance of each stateless module (few: searched in order).
-    stateless: Vec<(Cid, Instance)>,
+    stateless: Vec<StatelessInstance>,
+}
+
+/// The one instance of a stateless module in a store, with the exports called so far (looking
+/// an export up by name is a large share of a small call's cost).
+struct StatelessInstance {
+    cid: Cid,
+    instance: Instance,
+    funcs: Vec<(Box<str>, wasmtime::Func)>,
+}
+
+/// `instant` in nanoseconds since the epoch: the system clock is read once per process, and
+/// times are measured from there on the monotonic clock a call reads anyway.
+fn epoch_ns(instant: Instant) -> i64 {
+    static ANCHOR: std::sync::OnceLock<(Instant, i64)> = std::sync::OnceLock::new();
+    let (anchor, anchor_ns) = *ANCHOR.get_or_init(|| {
+        let now = std::time::SystemTime::now();
+        let since = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_nanos() as i64);
+        (Instant::now(), since)
+    });
+    match instant.checked_duration_since(anchor) {
+        Some(after) => anchor_ns + after.as_nanos() as i64,
+        None => anchor_ns - anchor.duration_since(instant).as_nanos() as i64,
+    }
 }
 
 /// Calls per reused store.
@@ -221,7 +246,7 @@ impl Runtime {
             )));
         }
         if args.iter().any(Value::is_null) {
-            return Ok(CallOutput { value: Value::Null, fuel: 0, duration_us: 0 });
+            return Ok(CallOutput { value: Value::Null, fuel: 0, duration_us: 0, started_ns: epoch_ns(started) });
         }
         let call_limits = StoreLimitsBuilder::new()
             .memory_size(limits.memory_bytes)
@@ -243,20 +268,40 @@ impl Runtime {
             let reused = &mut stores[position];
             reused.store.data_mut().limits = call_limits;
             let shared = if module.stateless {
-                reused.stateless.iter().find(|(cid, _)| *cid == module.cid).map(|(_, instance)| *instance)
+                reused.stateless.iter().position(|stateless| stateless.cid == module.cid)
             } else {
                 None
             };
-            if shared.is_none() {
-                reused.calls += 1;
-            }
-            let mut instance = shared;
-            let result =
-                self.run_instance(&mut reused.store, module, function, signature, args, limits, started, &mut instance);
+            let (mut instance, mut func) = match shared {
+                Some(position) => {
+                    let stateless = &reused.stateless[position];
+                    let func = stateless.funcs.iter().find(|(name, _)| **name == *function).map(|(_, func)| *func);
+                    (Some(stateless.instance), func)
+                }
+                None => {
+                    reused.calls += 1;
+                    (None, None)
+                }
+            };
+            let known = func.is_some();
+            let result = self.run_instance(
+                &mut reused.store,
+                module,
+                function,
+                signature,
+                args,
+                limits,
+                started,
+                (&mut instance, &mut func),
+            );
             let memory_bytes = match instance {
                 Some(instance) if module.stateless => {
-                    if shared.is_none() {
-                        reused.stateless.push((module.cid, instance));
+                    let position = shared.unwrap_or_else(|| {
+                        reused.stateless.push(StatelessInstance { cid: module.cid, instance, funcs: Vec::new() });
+                        reused.stateless.len() - 1
+                    });
+                    if let (false, Some(func)) = (known, func) {
+                        reused.stateless[position].funcs.push((function.into(), func));
                     }
                     0
                 }
@@ -283,7 +328,7 @@ impl Runtime {
         args: &[Value],
         limits: Limits,
         started: Instant,
-        created: &mut Option<Instance>,
+        (created, found): (&mut Option<Instance>, &mut Option<wasmtime::Func>),
     ) -> Result<CallOutput, CallError> {
         store.set_fuel(limits.fuel).expect("fuel is enabled");
         let fuel_used = |store: &Store<CallState>| limits.fuel - store.get_fuel().unwrap_or(0);
@@ -309,17 +354,42 @@ impl Runtime {
                 instance
             }
         };
-        let func =
-            instance.get_func(&mut *store, function).ok_or_else(|| CallError::MissingExport(function.to_string()))?;
-        let mut params = Vec::with_capacity(signature.params.len() + 1);
+        let func = match *found {
+            Some(func) => func,
+            None => {
+                let func = instance
+                    .get_func(&mut *store, function)
+                    .ok_or_else(|| CallError::MissingExport(function.to_string()))?;
+                *found = Some(func);
+                func
+            }
+        };
+        // The raw call skips the per-call dynamic type check (a large share of a small call's
+        // cost); `check_signature` established above that the export's type is exactly these
+        // parameters and one result, and no reference types are involved. Parameters go in a
+        // buffer on the stack unless there are many.
+        let width: usize = signature.params.iter().map(|param| wasm_types(*param).len()).sum();
+        let mut inline = [wasmtime::ValRaw::i64(0); 8];
+        let mut spilled = Vec::new();
+        let raw: &mut [wasmtime::ValRaw] = if width <= inline.len() {
+            &mut inline[..width.max(1)]
+        } else {
+            spilled.resize(width, wasmtime::ValRaw::i64(0));
+            &mut spilled
+        };
+        let mut position = 0;
+        let mut push = |value: wasmtime::ValRaw| {
+            raw[position] = value;
+            position += 1;
+        };
         for (arg, column_type) in args.iter().zip(&signature.params) {
             match (arg, column_type) {
                 (Value::Int(i), ColumnType::BigInt) | (Value::Timestamp(i), ColumnType::Timestamp) => {
-                    params.push(Val::I64(*i))
+                    push(wasmtime::ValRaw::i64(*i))
                 }
-                (Value::Float(f), ColumnType::Double) => params.push(Val::F64(f.to_bits())),
-                (Value::Int(i), ColumnType::Double) => params.push(Val::F64((*i as f64).to_bits())),
-                (Value::Bool(b), ColumnType::Boolean) => params.push(Val::I32(i32::from(*b))),
+                (Value::Float(f), ColumnType::Double) => push(wasmtime::ValRaw::f64(f.to_bits())),
+                (Value::Int(i), ColumnType::Double) => push(wasmtime::ValRaw::f64((*i as f64).to_bits())),
+                (Value::Bool(b), ColumnType::Boolean) => push(wasmtime::ValRaw::i32(i32::from(*b))),
                 (Value::Text(_) | Value::Bytes(_), ColumnType::Text | ColumnType::Bytea) => {
                     let bytes = match arg {
                         Value::Text(text) => text.as_bytes(),
@@ -330,32 +400,17 @@ impl Runtime {
                         CallError::Trap(message) => CallError::Trap(message),
                         other => other,
                     })?;
-                    params.push(Val::I32(pointer));
-                    params.push(Val::I32(bytes.len() as i32));
+                    push(wasmtime::ValRaw::i32(pointer));
+                    push(wasmtime::ValRaw::i32(bytes.len() as i32));
                 }
                 (arg, column_type) => {
                     return Err(CallError::Signature(format!("argument {arg} is not a {column_type}")));
                 }
             }
         }
-        // The raw call skips the per-call dynamic type check (a large share of a small call's
-        // cost); `check_signature` established above that the export's type is exactly these
-        // parameters and one result, and no reference types are involved.
-        let mut raw: Vec<wasmtime::ValRaw> = params
-            .iter()
-            .map(|param| match param {
-                Val::I64(i) => wasmtime::ValRaw::i64(*i),
-                Val::I32(i) => wasmtime::ValRaw::i32(*i),
-                Val::F64(bits) => wasmtime::ValRaw::f64(*bits),
-                _ => unreachable!("only i32, i64 and f64 parameters are built"),
-            })
-            .collect();
-        if raw.is_empty() {
-            raw.push(wasmtime::ValRaw::i64(0));
-        }
         // SAFETY: `raw` holds every parameter with the function's exact types (checked) and has
         // room for its one result; the function belongs to `store`; there are no references.
-        unsafe { func.call_unchecked(&mut *store, raw.as_mut_slice()) }.map_err(|error| classify(store, error))?;
+        unsafe { func.call_unchecked(&mut *store, &mut *raw) }.map_err(|error| classify(store, error))?;
         let result = match result_type(signature.result) {
             ValType::F64 => Val::F64(raw[0].get_f64()),
             ValType::I32 => Val::I32(raw[0].get_i32()),
@@ -380,7 +435,12 @@ impl Runtime {
             }
             (_, other) => return Err(CallError::Result(format!("unexpected result {other:?}"))),
         };
-        Ok(CallOutput { value, fuel: fuel_used(store), duration_us: started.elapsed().as_micros() as u64 })
+        Ok(CallOutput {
+            value,
+            fuel: fuel_used(store),
+            duration_us: started.elapsed().as_micros() as u64,
+            started_ns: epoch_ns(started),
+        })
     }
 
     fn write_guest_bytes(

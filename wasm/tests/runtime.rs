@@ -110,11 +110,15 @@ fn calls_never_see_each_others_state_and_fuel_is_per_call() {
     let spin = runtime.load(STATELESS_SPIN.as_bytes()).unwrap();
     let limits = Limits { fuel: 10_000, ..Limits::default() };
     let first = runtime.call(&spin, "spin_if", &one, &[Value::Int(4)], limits).unwrap();
+    let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
+    assert!((now_ns - first.started_ns).abs() < 10_000_000_000, "a call's start is on the system clock");
     for _ in 0..3 {
         let error = runtime.call(&spin, "spin_if", &one, &[Value::Int(0)], limits).unwrap_err();
         assert!(matches!(error, CallError::OutOfFuel(_)), "{error:?}");
         let again = runtime.call(&spin, "spin_if", &one, &[Value::Int(4)], limits).unwrap();
-        assert_eq!(again, CallOutput { duration_us: again.duration_us, ..first.clone() }, "same value and fuel");
+        assert!(again.started_ns >= first.started_ns, "calls start in order");
+        let timing = CallOutput { duration_us: again.duration_us, started_ns: again.started_ns, ..first.clone() };
+        assert_eq!(again, timing, "same value and fuel");
     }
     assert_eq!(runtime.call(&spin, "spin_if", &one, &[Value::Int(41)], limits).unwrap().value, Value::Int(42));
 }
