@@ -23,7 +23,7 @@ use weft::{Database, Options, Value};
 /// mimalloc: dataflow batches allocate and free many small rows, where glibc's malloc spends
 /// a large share of the time (measured with `cargo bench --bench incremental`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: weft::memory::Prefaulting<mimalloc::MiMalloc> = weft::memory::Prefaulting(mimalloc::MiMalloc);
 
 const CUSTOMERS: usize = 10_000;
 const REGIONS: usize = 50;
@@ -122,6 +122,7 @@ fn hand_written(orders: &[(u64, u64, i64)], customers: &[(u64, u64)], updates: &
 
 fn main() -> anyhow::Result<()> {
     weft::memory::use_small_pages();
+    weft::memory::start_prefaulting();
     let order_count = env_usize("WEFT_BENCH_ORDERS", 1_000_000);
     let update_count = env_usize("WEFT_BENCH_UPDATES", 2_000);
     let mut random = Random(0x5eed);

@@ -14,10 +14,11 @@ use weft::{Database, Options, Value};
 
 /// mimalloc, as in the `weft` binary.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: weft::memory::Prefaulting<mimalloc::MiMalloc> = weft::memory::Prefaulting(mimalloc::MiMalloc);
 
 fn main() -> anyhow::Result<()> {
     weft::memory::use_small_pages();
+    weft::memory::start_prefaulting();
     let calls: usize =
         std::env::var("WEFT_BENCH_CALLS").ok().and_then(|value| value.parse().ok()).unwrap_or(10_000_000);
     let module = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/wasm/math.wat");

@@ -10,7 +10,7 @@ use weft::{ColumnType, Database, Options, Value};
 /// mimalloc: dataflow batches allocate and free many small rows, where glibc's malloc spends
 /// a large share of the time (measured with `cargo bench --bench incremental`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: weft::memory::Prefaulting<mimalloc::MiMalloc> = weft::memory::Prefaulting(mimalloc::MiMalloc);
 
 #[derive(Parser)]
 #[command(name = "weft", version, about = "SQL views kept up to date incrementally on differential dataflow")]
@@ -117,6 +117,7 @@ const EFFECTS_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn main() -> std::process::ExitCode {
     weft::memory::use_small_pages();
+    weft::memory::start_prefaulting();
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
