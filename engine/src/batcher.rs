@@ -34,7 +34,7 @@ type Update<K, V, R> = ((K, V), Time, R);
 /// Buckets of a large batch (a power of two).
 const BUCKETS: usize = 256;
 /// Updates per chunk of a bucket.
-const BUCKET_CHUNK: usize = 4096;
+const BUCKET_CHUNK: usize = 1024;
 /// Updates held from which a batch is scattered into buckets as it arrives.
 const BUCKETED_FROM: usize = 1 << 16;
 
