@@ -146,3 +146,38 @@ unsafe impl<A: std::alloc::GlobalAlloc> std::alloc::GlobalAlloc for Prefaulting<
         unsafe { self.0.realloc(pointer, layout, new_size) }
     }
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::alloc::{GlobalAlloc, Layout, System};
+
+    fn resident(address: usize) -> bool {
+        let page = address / 4096 * 4096;
+        let mut resident = 0u8;
+        // SAFETY: mincore only reports on the page.
+        unsafe { libc::mincore(page as *mut libc::c_void, 4096, &mut resident) == 0 && resident & 1 == 1 }
+    }
+
+    #[test]
+    fn a_large_allocation_is_faulted_in_from_its_end_and_keeps_what_is_written() {
+        start_prefaulting();
+        let allocator = Prefaulting(System);
+        let layout = Layout::from_size_align(PREFAULT_FROM_BYTES * 2, 4096).unwrap();
+        // SAFETY: a valid, non-zero layout; the block is written only within it and freed once.
+        unsafe {
+            let block = allocator.alloc(layout);
+            assert!(!block.is_null());
+            block.write(7);
+            let last = block as usize + layout.size() - 1;
+            let waited = std::time::Instant::now();
+            while !resident(last) && waited.elapsed() < std::time::Duration::from_secs(10) {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            assert!(resident(last), "the helper faulted in the allocation's last page");
+            assert_eq!(block.read(), 7, "what was written stays");
+            assert_eq!(*(last as *const u8), 0, "prefaulted memory reads as zero");
+            allocator.dealloc(block, layout);
+        }
+    }
+}
