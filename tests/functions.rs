@@ -397,3 +397,21 @@ fn receipt_batches_logged_in_earlier_forms_still_replay() {
         std::fs::remove_dir_all(&directory).unwrap();
     }
 }
+
+#[test]
+fn receipts_signed_after_a_lookup_by_cid_are_found_by_theirs() {
+    let directory = fresh_directory("weft-functions-receipt-index");
+    let mut database = Database::open(Options { data_dir: directory.clone(), workers: 1, sync: true }).unwrap();
+    let mut cids = Vec::new();
+    for x in 0..3 {
+        cids.push(database.invoke(MATH, "add_one", vec![Value::Int(x)], None, Limits::default()).unwrap().stored.cid);
+        // Each lookup indexes the batches signed since the one before.
+        for cid in &cids {
+            verify_signed(&database.receipt(cid).expect("every receipt so far by its CID"));
+        }
+    }
+    let unknown = database.invoke(MATH, "add_one", vec![Value::Int(-1)], None, Limits::default()).unwrap().stored;
+    assert!(database.receipt(&unknown.invocation.cid().unwrap()).is_none(), "an invocation CID is no receipt CID");
+    drop(database);
+    std::fs::remove_dir_all(&directory).unwrap();
+}
