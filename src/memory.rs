@@ -1,4 +1,5 @@
-//! Process-wide memory policy: weft runs on small (4 KiB) pages, without transparent huge pages.
+//! Process-wide memory policy: weft runs on small (4 KiB) pages, without transparent huge pages,
+//! and a helper thread faults in the pages of large allocations (see [`Prefaulting`]).
 //!
 //! mimalloc asks the kernel for transparent huge pages on its arenas. Whether a 2 MiB page is
 //! cheap to fault in depends on the machine's state: on the 2-core virtual machines weft is
