@@ -561,20 +561,13 @@ impl Memo {
     /// Records a logged batch (replay): its entries, with proofs from the batch rebuilt from
     /// their receipt CIDs.
     pub fn replay_batch(&mut self, batch: LoggedBatch) -> Result<(), ContentError> {
-        let functions = self.logged_functions(&batch.functions)?;
-        let issuer = self.issuer_index(&batch.issuer);
-        let leaves: Vec<Vec<u8>> =
-            batch.receipts.iter().map(|logged| content::cid_of_digest(&logged.receipt).to_bytes()).collect();
-        let signed = Arc::new(crate::identity::SignedBatch::from_signature(&leaves, batch.signature));
-        let mut indices = Vec::with_capacity(batch.receipts.len());
-        let mut digests = Vec::with_capacity(batch.receipts.len());
-        for logged in batch.receipts {
-            let function = logged_function(&functions, logged.function)?;
-            indices.push(self.record(Entry::new(function, issuer, logged.run)).0);
-            digests.push((logged.invocation, logged.receipt));
-        }
-        self.add_batch(indices, digests, BatchProof::Signed(signed));
-        Ok(())
+        let (runs, digests) = batch
+            .receipts
+            .into_iter()
+            .map(|logged| ((logged.function, logged.run), (logged.invocation, logged.receipt)))
+            .unzip();
+        let LoggedBatch { issuer, signature, functions, .. } = batch;
+        self.replay_runs(ReplayedRuns { batch: LoggedRuns { issuer, signature, functions, runs }, digests })
     }
 
     /// Records a logged batch of runs whose digests were computed again (see
@@ -588,7 +581,7 @@ impl Memo {
         let signed = Arc::new(crate::identity::SignedBatch::from_signature(&leaves, batch.signature));
         let mut indices = Vec::with_capacity(batch.runs.len());
         for (function, run) in batch.runs {
-            let function = logged_function(&functions, function)?;
+            let function = *logged_function(&functions, function)?;
             indices.push(self.record(Entry::new(function, issuer, run)).0);
         }
         self.add_batch(indices, digests, BatchProof::Signed(signed));
@@ -670,11 +663,10 @@ fn logged_module(bytes: &[u8]) -> Result<Cid, ContentError> {
         .map_err(|error| ContentError::InvalidCid { text: format!("{bytes:02x?}"), message: error.to_string() })
 }
 
-/// The memo's index of a logged receipt's function (`position` in its batch's functions).
-fn logged_function(functions: &[u32], position: u32) -> Result<u32, ContentError> {
+/// A logged receipt's function: `position` in its batch's `functions`.
+fn logged_function<T>(functions: &[T], position: u32) -> Result<&T, ContentError> {
     functions
         .get(position as usize)
-        .copied()
         .ok_or_else(|| ContentError::Encoding(format!("logged receipt names function {position}")))
 }
 
@@ -772,10 +764,8 @@ impl ReplayedRuns {
         let pending = std::mem::take(&mut batch.runs)
             .into_iter()
             .map(|(function, run)| {
-                let called = functions
-                    .get(function as usize)
-                    .ok_or_else(|| ContentError::Encoding(format!("logged receipt names function {function}")))?;
-                Ok(PendingReceipt { index: 0, function: called.clone(), issuer: issuer.clone(), run })
+                let function = logged_function(&functions, function)?.clone();
+                Ok(PendingReceipt { index: 0, function, issuer: issuer.clone(), run })
             })
             .collect::<Result<Vec<_>, ContentError>>()?;
         let digests = digests_of(&pending)?;
