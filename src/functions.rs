@@ -400,6 +400,11 @@ impl Memo {
         Some(self.stored(self.find_receipt(&content::digest_of(cid)?)?))
     }
 
+    /// Counts `hits` calls answered from recorded receipts.
+    pub fn count_hits(&self, hits: u64) {
+        self.hits.fetch_add(hits, Ordering::Relaxed);
+    }
+
     /// Counts a call that had to run.
     pub fn count_miss(&self) {
         self.misses.fetch_add(1, Ordering::Relaxed);
@@ -1125,6 +1130,41 @@ impl weft_engine::functions::Callable for WasmFunction {
             }
         }
         self.finish(out, args)
+    }
+
+    /// The calls of a chunk: the recorded ones are answered under one read lock of the memo,
+    /// the others then run one by one as [`WasmFunction::call`]s.
+    fn call_batch(&self, rows: usize, args: &[Value], results: &mut Vec<Result<Value, weft_engine::EvalError>>) {
+        let arity = self.definition.params.len();
+        debug_assert_eq!(args.len(), rows * arity, "one row of arguments per call");
+        let row_args = |row: usize| &args[row * arity..(row + 1) * arity];
+        let first = results.len();
+        let mut missed = Vec::new();
+        {
+            let memo = self.memo.read().expect("memo lock");
+            let mut hits = 0;
+            for row in 0..rows {
+                let args = row_args(row);
+                if args.iter().any(Value::is_null) {
+                    results.push(Ok(Value::Null));
+                    continue;
+                }
+                match memo.find_call(&CallKey::new(self.function_index, args)) {
+                    Some(index) => {
+                        hits += 1;
+                        results.push(self.finish(memo.entry(index).run.out.clone(), args));
+                    }
+                    None => {
+                        missed.push(row);
+                        results.push(Ok(Value::Null));
+                    }
+                }
+            }
+            memo.count_hits(hits);
+        }
+        for row in missed {
+            results[first + row] = self.call(row_args(row));
+        }
     }
 }
 

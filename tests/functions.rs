@@ -198,6 +198,64 @@ fn functions_in_views_run_each_invocation_once_across_rebuilds_and_restarts() {
 }
 
 #[test]
+fn views_calling_functions_over_many_chunks_equal_the_batch_answer() {
+    let directory = fresh_directory("weft-functions-chunks");
+    let mut database = Database::open(Options { data_dir: directory.clone(), workers: 2, sync: false }).unwrap();
+    let math = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/wasm/math.wat");
+    database
+        .execute(&format!(
+            "CREATE TABLE t (id BIGINT PRIMARY KEY, x BIGINT, d BIGINT);
+             CREATE FUNCTION add_one(BIGINT) RETURNS BIGINT LANGUAGE wasm AS '{math}';"
+        ))
+        .unwrap();
+    // Views read tables a chunk of rows at a time: 5,000 rows span several chunks per worker,
+    // with NULL arguments, arguments that fail (x / d with d = 0) and repeated arguments.
+    let rows: Vec<Vec<Value>> = (0..5000i64)
+        .map(|id| {
+            let x = if id % 97 == 0 { Value::Null } else { Value::Int(id % 3000) };
+            vec![Value::Int(id), x, Value::Int(if id == 4321 { 0 } else { 1 + id % 7 })]
+        })
+        .collect();
+    database.insert_rows("t", rows).unwrap();
+    let views = [
+        ("plain", "SELECT id, add_one(x) AS y FROM t"),
+        ("nested", "SELECT id, add_one(add_one(x)) * 2 AS y, CASE WHEN id % 2 = 0 THEN add_one(id) END AS z FROM t"),
+        ("filtered", "SELECT id, add_one(x) AS y FROM t WHERE add_one(id) % 3 = 0 AND x IS NOT NULL"),
+        ("failing", "SELECT id, add_one(x / d) AS y FROM t"),
+    ];
+    for (name, sql) in views {
+        database.execute(&format!("CREATE VIEW {name} AS {sql}")).unwrap();
+    }
+    // Every distinct call ran once: at most 3,000 x, 3,000 add_one(x), 5,000 ids and 3,000 x / d.
+    let (hits, misses) = memo_counts(&mut database);
+    assert!((3000..=14000).contains(&misses), "{misses} runs");
+    // The same views again: every call is a hit, answered a chunk at a time.
+    for (name, sql) in &views[..3] {
+        database.execute(&format!("CREATE VIEW {name}_again AS {sql}")).unwrap();
+    }
+    let (hits_again, misses_again) = memo_counts(&mut database);
+    assert_eq!(misses_again, misses, "building the views again ran nothing");
+    assert!(hits_again - hits >= 3 * 4900, "{} hits", hits_again - hits);
+    for (name, sql) in &views[..3] {
+        let mut maintained = database.query(&format!("SELECT * FROM {name}")).unwrap();
+        let mut again = database.query(&format!("SELECT * FROM {name}_again")).unwrap();
+        let mut batch = database.query(sql).unwrap();
+        maintained.sort();
+        again.sort();
+        batch.sort();
+        assert_eq!(again, maintained, "view {name} built again");
+        assert_eq!(maintained.len(), if *name == "filtered" { batch.len() } else { 5000 }, "{name}");
+        assert_eq!(maintained, batch, "view {name}");
+    }
+    let error = database.query("SELECT * FROM failing").unwrap_err().to_string();
+    assert!(error.to_lowercase().contains("zero"), "{error}");
+    database.execute("DELETE FROM t WHERE d = 0").unwrap();
+    assert_eq!(database.query("SELECT count(*) FROM failing").unwrap(), vec![vec![Value::Int(4999)]]);
+    drop(database);
+    std::fs::remove_dir_all(&directory).unwrap();
+}
+
+#[test]
 fn failing_calls_name_the_function_and_invocation_or_yield_null() {
     let directory = fresh_directory("weft-functions-errors");
     std::fs::create_dir_all(&directory).unwrap();

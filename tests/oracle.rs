@@ -40,6 +40,11 @@ const VIEWS: &[(&str, &str, Option<&str>)] = &[
     ("v_between_in", "SELECT x, y FROM c WHERE x BETWEEN 1 AND 3 AND y IN ('p', 'q')", None),
     ("v_residual", "SELECT a.id, c.y FROM a JOIN c ON a.k = c.x AND a.s <> c.y", None),
     ("v_semi_residual", "SELECT id FROM a WHERE EXISTS (SELECT 1 FROM b WHERE b.k = a.k AND b.w > a.v)", None),
+    (
+        "v_wasm",
+        "SELECT id, add_one(k) AS k1, add_one(add_one(k)) + 1 AS k3, CASE WHEN b THEN add_one(k) END AS kb FROM a WHERE add_one(k) % 2 = 0",
+        None,
+    ),
 ];
 
 /// xorshift64*: a tiny deterministic generator, so a seed replays the same stream.
@@ -149,6 +154,8 @@ fn run_oracle(workers: usize, seed: u64, transactions: usize) {
              CREATE TABLE c (x BIGINT, y TEXT);",
         )
         .unwrap();
+    let math = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/wasm/math.wat");
+    database.execute(&format!("CREATE FUNCTION add_one(BIGINT) RETURNS BIGINT LANGUAGE wasm AS '{math}'")).unwrap();
     // Half the views exist before any data, half are created after some: both paths must agree.
     let (early, late) = VIEWS.split_at(VIEWS.len() / 2);
     for (name, sql, _) in early {

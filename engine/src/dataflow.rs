@@ -12,7 +12,7 @@
 //! the heavy generic code stays in one place.
 
 use crate::batcher::SortBatcher;
-use crate::expr::{eval_all, EvalError, Expr};
+use crate::expr::{eval_all, eval_chunk_all, EvalError, Expr, RowChunk};
 use crate::hashed_row::{HashedRow, RowPacker};
 use crate::plan::{Aggregate, AggregateFunction, JoinKind, Plan, RelationId, SortKey};
 use crate::row_counts::RowCounts;
@@ -635,45 +635,58 @@ struct RowMap {
 }
 
 impl RowMap {
-    /// Maps a borrowed row: the first projection builds the new row from references, so only
-    /// the values it keeps are copied; filters before it read the stored row in place, and a
-    /// row no step rebuilds is handed on borrowed.
-    fn apply_ref<'row>(&self, row: &'row [Value]) -> Result<Option<Cow<'row, [Value]>>, EvalError> {
-        for (index, step) in self.steps.iter().enumerate() {
-            let built = match step {
-                Step::Filter(predicate) => {
-                    if !predicate.eval_predicate(row)? {
-                        return Ok(None);
-                    }
-                    continue;
+    /// Applies the steps to every row of `chunk`, step by step over the whole chunk (so a
+    /// function is called once per chunk, see [`Expr::eval_chunk`]). Rows a filter drops or
+    /// whose evaluation fails are removed, the failure handed to `failed` with the row's origin;
+    /// `origins` (the input row each row of the chunk came from) is kept in step. `scratch` is
+    /// the spare chunk each step builds into.
+    fn apply_chunk(
+        &self,
+        chunk: &mut RowChunk,
+        origins: &mut Vec<u32>,
+        scratch: &mut RowChunk,
+        mut failed: impl FnMut(u32, EvalError),
+    ) {
+        for step in &self.steps {
+            let mut kept = 0;
+            let mut keep = |row: usize, error: Option<EvalError>| match error {
+                None => {
+                    origins[kept] = origins[row];
+                    kept += 1;
                 }
-                Step::Project(exprs) => eval_all(exprs, row)?,
-                Step::Select(columns) => columns.iter().map(|column| row[*column].clone()).collect(),
+                Some(error) => failed(origins[row], error),
             };
-            return Ok(RowMap::apply_steps(&self.steps[index + 1..], built)?.map(Cow::Owned));
-        }
-        Ok(Some(Cow::Borrowed(row)))
-    }
-
-    fn apply(&self, row: Row) -> Result<Option<Row>, EvalError> {
-        RowMap::apply_steps(&self.steps, row)
-    }
-
-    fn apply_steps(steps: &[Step], mut row: Row) -> Result<Option<Row>, EvalError> {
-        for step in steps {
             match step {
                 Step::Filter(predicate) => {
-                    if !predicate.eval_predicate(&row)? {
-                        return Ok(None);
+                    let mut results = Vec::with_capacity(chunk.rows());
+                    predicate.eval_chunk(chunk, &mut results);
+                    scratch.clear();
+                    for (row, result) in results.into_iter().enumerate() {
+                        match result {
+                            Ok(Value::Bool(true)) => {
+                                scratch.values.extend(chunk.row_mut(row).iter_mut().map(std::mem::take));
+                                scratch.end_row();
+                                keep(row, None);
+                            }
+                            Ok(_) => {}
+                            Err(error) => keep(row, Some(error)),
+                        }
                     }
                 }
-                Step::Project(exprs) => row = eval_all(exprs, &row)?,
+                Step::Project(exprs) => eval_chunk_all(exprs, chunk, scratch, keep),
                 Step::Select(columns) => {
-                    row = columns.iter().map(|column| std::mem::replace(&mut row[*column], Value::Null)).collect()
+                    scratch.clear();
+                    for row in 0..chunk.rows() {
+                        let values = chunk.row_mut(row);
+                        scratch.values.extend(columns.iter().map(|column| std::mem::take(&mut values[*column])));
+                        scratch.end_row();
+                        keep(row, None);
+                    }
                 }
             }
+            origins.truncate(kept);
+            std::mem::swap(chunk, scratch);
         }
-        Ok(Some(row))
     }
 
     fn is_identity(&self) -> bool {
@@ -726,8 +739,8 @@ enum Source<'scope> {
     /// A rendered collection of packed rows (an inner join's output: built by copying the
     /// joined rows' packed values, and read by its consumer while still in cache).
     Packed(VecCollection<'scope, Time, HashedRow, isize>),
-    /// An imported table or view arrangement, read in place: each stored (packed) row is decoded
-    /// into one reused scratch row and mapped from there, so no stored row is copied whole.
+    /// An imported table or view arrangement, read in place: stored (packed) rows are decoded
+    /// into a reused chunk and mapped from there, so no stored row is copied whole.
     Imported(Stream<'scope, Time, Vec<SpanOf<ImportedTrace>>>),
 }
 
@@ -738,47 +751,17 @@ struct Mapped<'scope> {
 }
 
 impl<'scope> Mapped<'scope> {
+    /// The mapped rows, packed (a view's output).
+    fn evaluate_packed(&self, view: &Arc<ViewState>) -> VecCollection<'scope, Time, (HashedRow, ()), isize> {
+        self.evaluate(view, false, |row, diff| Ok(Some(((HashedRow::from_values(row.iter()), ()), diff))))
+    }
+
     /// Applies the row map and then `logic` (given the mapped row and its multiplicity) to every
-    /// update, in one operator, recording evaluation errors on the view. With `combine`, the
-    /// updates of one activation are first added up per `(record, time)` (see [`Combiner`]).
+    /// update, in one operator, recording evaluation errors on the view. Rows are mapped a
+    /// chunk at a time (see [`Gathered`]). With `combine`, the updates of one activation are
+    /// first added up per `(record, time)` (see [`Combiner`]).
     fn evaluate<D, R>(
         &self,
-        view: &Arc<ViewState>,
-        combine: bool,
-        logic: impl FnMut(Cow<'_, [Value]>, isize) -> Result<Option<(D, R)>, EvalError> + 'static,
-    ) -> VecCollection<'scope, Time, D, R>
-    where
-        D: Clone + Hash + Eq + 'static,
-        R: Semigroup + 'static,
-    {
-        self.evaluate_with(self.map.clone(), view, combine, logic)
-    }
-
-    /// The mapped rows, packed (a view's output). A final projection is not built as a row: its
-    /// values are packed straight from the row before it.
-    fn evaluate_packed(&self, view: &Arc<ViewState>) -> VecCollection<'scope, Time, (HashedRow, ()), isize> {
-        let mut map = self.map.clone();
-        let projection = match map.steps.pop() {
-            Some(Step::Project(exprs)) => Some(exprs),
-            Some(step) => {
-                map.steps.push(step);
-                None
-            }
-            None => None,
-        };
-        self.evaluate_with(map, view, false, move |row, diff| {
-            let packed = match &projection {
-                Some(exprs) => pack_all(exprs, &row)?.finish(),
-                None => HashedRow::from_values(row.iter()),
-            };
-            Ok(Some(((packed, ()), diff)))
-        })
-    }
-
-    /// [`Mapped::evaluate`] with `map` in place of the input's own row map.
-    fn evaluate_with<D, R>(
-        &self,
-        map: RowMap,
         view: &Arc<ViewState>,
         combine: bool,
         mut logic: impl FnMut(Cow<'_, [Value]>, isize) -> Result<Option<(D, R)>, EvalError> + 'static,
@@ -787,74 +770,145 @@ impl<'scope> Mapped<'scope> {
         D: Clone + Hash + Eq + 'static,
         R: Semigroup + 'static,
     {
+        let map = self.map.clone();
         let view = view.clone();
         let mut combiner = Combiner::new(combine);
+        let mut gathered = Gathered::default();
+        // Maps the gathered rows and hands each mapped row's updates to `logic`.
+        macro_rules! flush {
+            ($session:expr) => {
+                gathered.flush(
+                    &map,
+                    |row, updates| {
+                        for (time, diff) in updates {
+                            let outcome = logic(Cow::Borrowed(row), *diff);
+                            combiner.offer(outcome, *time, *diff, &view, |update| $session.give(update));
+                        }
+                    },
+                    |error, updates| updates.iter().for_each(|(_, diff)| view.record_error(&error, *diff)),
+                )
+            };
+        }
         let stream = match &self.source {
+            Source::Rows(rows) if map.is_identity() => rows.inner.clone().unary(Pipeline, "Mapped", move |_, _| {
+                move |input, output| {
+                    input.for_each(|capability, data| {
+                        let mut session = output.session(&capability);
+                        combiner.hold(&capability);
+                        for (row, time, diff) in data.drain(..) {
+                            let outcome = logic(Cow::Owned(row), diff);
+                            combiner.offer(outcome, time, diff, &view, |update| session.give(update));
+                        }
+                    });
+                    combiner.flush(|capability, updates| output.session(capability).give_iterator(updates));
+                }
+            }),
             Source::Rows(rows) => rows.inner.clone().unary(Pipeline, "Mapped", move |_, _| {
                 move |input, output| {
                     input.for_each(|capability, data| {
                         let mut session = output.session(&capability);
                         combiner.hold(&capability);
                         for (row, time, diff) in data.drain(..) {
-                            let outcome =
-                                map.apply(row).and_then(|row| row.map_or(Ok(None), |row| logic(Cow::Owned(row), diff)));
-                            combiner.offer(outcome, time, diff, &view, |update| session.give(update));
+                            if gathered.push(|values| values.extend(row), &[(time, diff)]) {
+                                flush!(session);
+                            }
                         }
+                        flush!(session);
                     });
                     combiner.flush(|capability, updates| output.session(capability).give_iterator(updates));
                 }
             }),
             Source::Packed(rows) => rows.inner.clone().unary(Pipeline, "PackedMapped", move |_, _| {
-                let mut values: Row = Vec::new();
                 move |input, output| {
                     input.for_each(|capability, data| {
                         let mut session = output.session(&capability);
                         combiner.hold(&capability);
                         for (row, time, diff) in data.drain(..) {
-                            values.clear();
-                            row.decode_into(&mut values);
-                            let outcome =
-                                map.apply_ref(&values).and_then(|row| row.map_or(Ok(None), |row| logic(row, diff)));
-                            combiner.offer(outcome, time, diff, &view, |update| session.give(update));
+                            if gathered.push(|values| row.decode_into(values), &[(time, diff)]) {
+                                flush!(session);
+                            }
                         }
+                        flush!(session);
                     });
                     combiner.flush(|capability, updates| output.session(capability).give_iterator(updates));
                 }
             }),
             Source::Imported(stream) => stream.clone().unary(Pipeline, "ImportMapped", move |_, _| {
                 let mut times: Vec<(Time, isize)> = Vec::new();
-                let mut values: Row = Vec::new();
                 move |input, output| {
                     input.for_each(|capability, data| {
                         let mut session = output.session(&capability);
                         combiner.hold(&capability);
                         for batch in data.iter().filter_map(|span| span.inner.as_ref()) {
                             for_each_stored_row(batch, &mut times, |row, times| {
-                                values.clear();
-                                row.decode_into(&mut values);
-                                let mapped = match map.apply_ref(&values) {
-                                    Ok(mapped) => mapped,
-                                    Err(error) => {
-                                        times.iter().for_each(|(_, diff)| view.record_error(&error, *diff));
-                                        None
-                                    }
-                                };
-                                let Some(mapped) = mapped else { return };
-                                let last = times.len() - 1;
-                                let mut mapped = Some(mapped);
-                                for (index, (time, diff)) in times.iter().enumerate() {
-                                    let row = if index == last { mapped.take() } else { mapped.clone() };
-                                    let outcome = logic(row.expect("taken last"), *diff);
-                                    combiner.offer(outcome, *time, *diff, &view, |update| session.give(update));
+                                if gathered.push(|values| row.decode_into(values), times) {
+                                    flush!(session);
                                 }
                             });
                         }
+                        flush!(session);
                     });
                     combiner.flush(|capability, updates| output.session(capability).give_iterator(updates));
                 }
             }),
         };
         stream.as_collection()
+    }
+}
+
+/// Rows gathered from an operator's input for a [`RowMap`] to map at once (see
+/// [`RowMap::apply_chunk`]), each with its updates.
+#[derive(Default)]
+struct Gathered {
+    chunk: RowChunk,
+    scratch: RowChunk,
+    /// Input row `i`'s updates are `updates[ends[i - 1]..ends[i]]`.
+    updates: Vec<(Time, isize)>,
+    ends: Vec<usize>,
+    /// The input row each row of the mapped chunk came from.
+    origins: Vec<u32>,
+}
+
+impl Gathered {
+    /// Rows gathered before they are mapped: enough to share a function's per-call costs, few
+    /// enough to stay in cache.
+    const ROWS: usize = 1024;
+
+    /// Adds the row `fill` pushes onto a vector of values, with its `updates`. True when the
+    /// chunk is full and should be flushed.
+    fn push(&mut self, fill: impl FnOnce(&mut Row), updates: &[(Time, isize)]) -> bool {
+        fill(&mut self.chunk.values);
+        self.chunk.end_row();
+        self.updates.extend_from_slice(updates);
+        self.ends.push(self.updates.len());
+        self.chunk.rows() >= Gathered::ROWS
+    }
+
+    /// Maps the gathered rows with `map`, then calls `mapped` with each mapped row and its input
+    /// row's updates, and `failed` with each failure and its row's updates; empties the chunk.
+    fn flush(
+        &mut self,
+        map: &RowMap,
+        mut mapped: impl FnMut(&[Value], &[(Time, isize)]),
+        mut failed: impl FnMut(EvalError, &[(Time, isize)]),
+    ) {
+        if self.chunk.rows() == 0 {
+            return;
+        }
+        let Gathered { chunk, scratch, updates, ends, origins } = self;
+        let updates_of = |origin: u32| {
+            let origin = origin as usize;
+            &updates[if origin == 0 { 0 } else { ends[origin - 1] }..ends[origin]]
+        };
+        origins.clear();
+        origins.extend(0..chunk.rows() as u32);
+        map.apply_chunk(chunk, origins, scratch, |origin, error| failed(error, updates_of(origin)));
+        for (row, origin) in origins.iter().enumerate() {
+            mapped(chunk.row(row), updates_of(*origin));
+        }
+        chunk.clear();
+        updates.clear();
+        ends.clear();
     }
 }
 

@@ -8,7 +8,10 @@
 //!
 //! An interpreter over `Vec<Value>` rows was chosen over DataFusion's physical expressions on
 //! Arrow batches because incremental updates arrive a few rows at a time: building a one-row
-//! Arrow batch costs more than interpreting the expression.
+//! Arrow batch costs more than interpreting the expression. Dataflows still evaluate a
+//! [`RowChunk`] of rows at a time ([`Expr::eval_chunk`]), so that a user-defined function is
+//! called once per chunk (one memo lock and lookup pass instead of one per row); everything else
+//! is interpreted row by row within the chunk.
 
 use crate::value::SmolStr;
 use crate::value::{ColumnType, Row, Value};
@@ -22,6 +25,50 @@ use std::fmt;
 pub struct EvalError(pub String);
 
 type EvalResult = Result<Value, EvalError>;
+
+/// Rows of one arity, stored one after another in one vector: what a dataflow operator
+/// evaluates at once (see [`Expr::eval_chunk`]). Building it allocates nothing per row.
+#[derive(Clone, Debug, Default)]
+pub struct RowChunk {
+    /// The rows' values, row after row.
+    pub values: Vec<Value>,
+    arity: usize,
+    rows: usize,
+}
+
+impl RowChunk {
+    /// Empties the chunk, keeping its memory.
+    pub fn clear(&mut self) {
+        self.values.clear();
+        self.arity = 0;
+        self.rows = 0;
+    }
+
+    /// The number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Row `index`.
+    pub fn row(&self, index: usize) -> &[Value] {
+        &self.values[index * self.arity..(index + 1) * self.arity]
+    }
+
+    /// Row `index`, to move values out of.
+    pub fn row_mut(&mut self, index: usize) -> &mut [Value] {
+        &mut self.values[index * self.arity..(index + 1) * self.arity]
+    }
+
+    /// Counts the values pushed onto [`RowChunk::values`] since the last row as one more row.
+    /// The first row sets the chunk's arity; every other row must have it.
+    pub fn end_row(&mut self) {
+        if self.rows == 0 {
+            self.arity = self.values.len();
+        }
+        self.rows += 1;
+        assert_eq!(self.values.len(), self.rows * self.arity, "rows of one chunk have one arity");
+    }
+}
 
 /// A scalar expression over the columns of one input row.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -262,6 +309,38 @@ impl Expr {
                 let values = args.iter().map(|arg| arg.eval(row)).collect::<Result<Vec<_>, _>>()?;
                 crate::functions::call(*id, &values)
             }
+        }
+    }
+
+    /// Evaluates the expression on every row of `chunk`, pushing one result per row onto
+    /// `results`. A call of a user-defined function whose arguments evaluated is made once for
+    /// the whole chunk ([`crate::functions::call_batch`]); the rest is [`Expr::eval`] row by row
+    /// (so a function inside CASE, AND, OR or COALESCE is still only called where SQL evaluates
+    /// it).
+    pub fn eval_chunk(&self, chunk: &RowChunk, results: &mut Vec<EvalResult>) {
+        let Expr::Udf { id, args, .. } = self else {
+            results.extend((0..chunk.rows()).map(|row| self.eval(chunk.row(row))));
+            return;
+        };
+        // The rows whose arguments all evaluated are called together; a row whose argument
+        // failed fails with its first argument's error, as in `eval`.
+        let first = results.len();
+        let mut arguments = RowChunk::default();
+        let mut called = Vec::with_capacity(chunk.rows());
+        eval_chunk_all(args, chunk, &mut arguments, |row, failed| match failed {
+            Some(error) => results.push(Err(error)),
+            None => {
+                called.push(first + row);
+                results.push(Ok(Value::Null));
+            }
+        });
+        let mut outputs = Vec::with_capacity(called.len());
+        if let Err(error) = crate::functions::call_batch(*id, arguments.rows(), &arguments.values, &mut outputs) {
+            outputs = vec![Err(error); called.len()];
+        }
+        debug_assert_eq!(outputs.len(), called.len(), "one result per called row");
+        for (position, output) in called.into_iter().zip(outputs) {
+            results[position] = output;
         }
     }
 
@@ -798,6 +877,43 @@ pub fn eval_all(exprs: &[Expr], row: &[Value]) -> Result<Row, EvalError> {
     exprs.iter().map(|expr| expr.eval(row)).collect()
 }
 
+/// Evaluates each expression on every row of `chunk` (see [`Expr::eval_chunk`]), adding the
+/// rows of values to `output` (cleared first). Tells `outcome`
+/// about each row in order: `None` when its row was added, or the error of its first
+/// expression that failed (as [`eval_all`] would).
+pub fn eval_chunk_all(
+    exprs: &[Expr],
+    chunk: &RowChunk,
+    output: &mut RowChunk,
+    mut outcome: impl FnMut(usize, Option<EvalError>),
+) {
+    output.clear();
+    let mut columns: Vec<_> = exprs
+        .iter()
+        .map(|expr| {
+            let mut column = Vec::with_capacity(chunk.rows());
+            expr.eval_chunk(chunk, &mut column);
+            column.into_iter()
+        })
+        .collect();
+    for row in 0..chunk.rows() {
+        let start = output.values.len();
+        let mut failed = None;
+        for column in &mut columns {
+            match (column.next().expect("one result per row"), &failed) {
+                (Ok(value), None) => output.values.push(value),
+                (Err(error), None) => failed = Some(error),
+                (_, Some(_)) => {}
+            }
+        }
+        match failed {
+            Some(_) => output.values.truncate(start),
+            None => output.end_row(),
+        }
+        outcome(row, failed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -813,6 +929,72 @@ mod tests {
         assert_eq!(binary(BinaryOp::Or, Value::Null, Value::Bool(false)), Ok(Value::Null));
         assert_eq!(binary(BinaryOp::Eq, Value::Null, Value::Null), Ok(Value::Null));
         assert_eq!(binary(BinaryOp::IsNotDistinctFrom, Value::Null, Value::Null), Ok(Value::Bool(true)));
+    }
+
+    /// Doubles its argument, counting the batches it is called with and the rows in them.
+    #[derive(Debug, Default)]
+    struct Doubling {
+        batches: std::sync::Mutex<Vec<usize>>,
+    }
+
+    impl crate::functions::Callable for Doubling {
+        fn call(&self, args: &[Value]) -> EvalResult {
+            self.batches.lock().unwrap().push(1);
+            eval_binary(BinaryOp::Multiply, args[0].clone(), Value::Int(2))
+        }
+
+        fn call_batch(&self, rows: usize, args: &[Value], results: &mut Vec<EvalResult>) {
+            self.batches.lock().unwrap().push(rows);
+            results.extend(args.iter().map(|arg| eval_binary(BinaryOp::Multiply, arg.clone(), Value::Int(2))));
+        }
+    }
+
+    #[test]
+    fn a_function_is_called_once_per_chunk_on_the_rows_whose_arguments_evaluated() {
+        let doubling = std::sync::Arc::new(Doubling::default());
+        let id = crate::functions::register(doubling.clone());
+        let column = |index| Box::new(Expr::Column(index));
+        // double(a / b) + 1 per row, and a projection of it beside b.
+        let quotient = Expr::Binary { op: BinaryOp::Divide, left: column(0), right: column(1) };
+        let doubled = Expr::Udf { id, name: "double".into(), args: vec![quotient] };
+        let plus_one = Expr::Binary {
+            op: BinaryOp::Add,
+            left: Box::new(doubled.clone()),
+            right: Box::new(Expr::Literal(Value::Int(1))),
+        };
+        let mut chunk = RowChunk::default();
+        for (a, b) in [(10, 2), (1, 0), (9, 3), (i64::MAX, 1)] {
+            chunk.values.extend([Value::Int(a), Value::Int(b)]);
+            chunk.end_row();
+        }
+        let mut results = Vec::new();
+        doubled.eval_chunk(&chunk, &mut results);
+        assert_eq!(results[0], Ok(Value::Int(10)));
+        assert!(results[1].as_ref().unwrap_err().0.contains("zero"), "{:?}", results[1]);
+        assert_eq!(results[2], Ok(Value::Int(6)));
+        assert!(results[3].as_ref().unwrap_err().0.contains("overflow"), "{:?}", results[3]);
+        // The row whose argument failed was not called; the other three were, in one batch.
+        assert_eq!(*doubling.batches.lock().unwrap(), vec![3]);
+        for (row, result) in results.iter().enumerate() {
+            assert_eq!(*result, doubled.eval(chunk.row(row)), "row {row}");
+        }
+
+        // Inside another expression the function is called row by row, with the same results.
+        doubling.batches.lock().unwrap().clear();
+        let mut projected = RowChunk::default();
+        let mut outcomes = Vec::new();
+        eval_chunk_all(&[Expr::Column(1), plus_one.clone()], &chunk, &mut projected, |row, error| {
+            outcomes.push((row, error.is_some()))
+        });
+        assert_eq!(outcomes, vec![(0, false), (1, true), (2, false), (3, true)]);
+        assert_eq!(projected.rows(), 2);
+        assert_eq!(projected.row(0), &[Value::Int(2), Value::Int(11)]);
+        assert_eq!(projected.row(1), &[Value::Int(3), Value::Int(7)]);
+        assert_eq!(*doubling.batches.lock().unwrap(), vec![1, 1, 1]);
+        crate::functions::unregister(id);
+        let mut results = Vec::new();
+        doubled.eval_chunk(&chunk, &mut results);
+        assert!(results[0].as_ref().unwrap_err().0.contains("no longer defined"), "{:?}", results[0]);
     }
 
     #[test]

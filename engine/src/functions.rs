@@ -20,6 +20,15 @@ pub type FunctionId = u64;
 pub trait Callable: Send + Sync + std::fmt::Debug {
     /// Calls the function on one row's arguments.
     fn call(&self, args: &[Value]) -> Result<Value, EvalError>;
+
+    /// Calls the function on `rows` rows of arguments, stored one row after another in `args`
+    /// (each row has `args.len() / rows` values), pushing one result per row onto `results`,
+    /// in order. A function whose calls share a cost (a lock, a lookup) implements it to pay
+    /// that cost once per batch.
+    fn call_batch(&self, rows: usize, args: &[Value], results: &mut Vec<Result<Value, EvalError>>) {
+        let arity = args.len().checked_div(rows).unwrap_or(0);
+        results.extend((0..rows).map(|row| self.call(&args[row * arity..(row + 1) * arity])));
+    }
 }
 
 fn registry() -> &'static RwLock<HashMap<FunctionId, Arc<dyn Callable>>> {
@@ -58,13 +67,28 @@ pub fn unregister(id: FunctionId) {
 
 /// Calls function `id`.
 pub fn call(id: FunctionId, args: &[Value]) -> Result<Value, EvalError> {
+    with_function(id, |callable| callable.call(args))?
+}
+
+/// Calls function `id` on `rows` rows of arguments (see [`Callable::call_batch`]).
+pub fn call_batch(
+    id: FunctionId,
+    rows: usize,
+    args: &[Value],
+    results: &mut Vec<Result<Value, EvalError>>,
+) -> Result<(), EvalError> {
+    with_function(id, |callable| callable.call_batch(rows, args, results))
+}
+
+/// Runs `logic` with function `id`, found in this thread's cache if it can be.
+fn with_function<T>(id: FunctionId, logic: impl FnOnce(&dyn Callable) -> T) -> Result<T, EvalError> {
     let removals = REMOVALS.load(Ordering::Acquire);
     CACHE.with(|cache| {
         {
             let cached = cache.borrow();
             if cached.removals == removals {
                 if let Some((_, callable)) = cached.functions.iter().find(|(cached_id, _)| *cached_id == id) {
-                    return callable.call(args);
+                    return Ok(logic(callable.as_ref()));
                 }
             }
         }
@@ -80,7 +104,7 @@ pub fn call(id: FunctionId, args: &[Value]) -> Result<Value, EvalError> {
             }
             cached.functions.push((id, callable.clone()));
         }
-        callable.call(args)
+        Ok(logic(callable.as_ref()))
     })
 }
 

@@ -16,7 +16,7 @@ pub mod sha3_lanes;
 pub mod value;
 
 pub use dataflow::{Change, Engine, EngineError, Subscription, Time, ViewChanges, ViewState};
-pub use expr::{EvalError, Expr};
+pub use expr::{EvalError, Expr, RowChunk};
 pub use gate::Gate;
 pub use plan::{Plan, RelationId};
 pub use value::{ColumnType, Row, Value};

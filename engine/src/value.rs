@@ -51,10 +51,11 @@ impl fmt::Display for ColumnType {
     }
 }
 
-/// One SQL value. `Null` sorts first.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// One SQL value. `Null` sorts first, and is the default (what taking a value leaves).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub enum Value {
     /// SQL NULL.
+    #[default]
     Null,
     /// BOOLEAN.
     Bool(bool),

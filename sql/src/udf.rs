@@ -1,7 +1,7 @@
 //! A weft user-defined function as a DataFusion scalar UDF.
 //!
 //! DataFusion needs the function's name and types to plan queries that call it, and runs it
-//! row by row when an ad-hoc query calls it. Lowering recognises this type and turns the call
+//! a batch at a time ([`Callable::call_batch`]) when an ad-hoc query calls it. Lowering recognises this type and turns the call
 //! into [`weft_engine::Expr::Udf`], so views call the same registered [`Callable`].
 
 use crate::convert::{array_values, arrow_type, column_array};
@@ -74,12 +74,16 @@ impl ScalarUDFImpl for WeftUdf {
             let array = arg.to_array(rows)?;
             columns.push(array_values(array.as_ref()).map_err(external)?);
         }
-        let mut results: Vec<Vec<Value>> = Vec::with_capacity(rows);
+        let mut call_args = Vec::with_capacity(rows * columns.len());
         for row in 0..rows {
-            let call_args: Vec<Value> = columns.iter().map(|column| column[row].clone()).collect();
-            let value = self.callable.call(&call_args).map_err(|error| DataFusionError::Execution(error.0))?;
-            results.push(vec![value]);
+            call_args.extend(columns.iter().map(|column| column[row].clone()));
         }
+        let mut outputs = Vec::with_capacity(rows);
+        self.callable.call_batch(rows, &call_args, &mut outputs);
+        let results = outputs
+            .into_iter()
+            .map(|output| output.map(|value| vec![value]).map_err(|error| DataFusionError::Execution(error.0)))
+            .collect::<Result<Vec<Vec<Value>>>>()?;
         let array = column_array(&results, 0, &self.name, &arrow_type(self.result)).map_err(external)?;
         Ok(ColumnarValue::Array(array))
     }
