@@ -334,11 +334,22 @@ impl Expr {
                 results.push(Ok(Value::Null));
             }
         });
-        let mut outputs = Vec::with_capacity(called.len());
-        if let Err(error) = crate::functions::call_batch(*id, arguments.rows(), &arguments.values, &mut outputs) {
-            outputs = vec![Err(error); called.len()];
+        let call = |outputs: &mut Vec<EvalResult>| {
+            let start = outputs.len();
+            if let Err(error) = crate::functions::call_batch(*id, arguments.rows(), &arguments.values, outputs) {
+                outputs.truncate(start);
+                outputs.extend(std::iter::repeat_n(Err(error), arguments.rows()));
+            }
+            debug_assert_eq!(outputs.len(), start + arguments.rows(), "one result per called row");
+        };
+        if called.len() == chunk.rows() {
+            // Every row is called (the usual case): the results are the call's.
+            results.truncate(first);
+            call(results);
+            return;
         }
-        debug_assert_eq!(outputs.len(), called.len(), "one result per called row");
+        let mut outputs = Vec::with_capacity(called.len());
+        call(&mut outputs);
         for (position, output) in called.into_iter().zip(outputs) {
             results[position] = output;
         }
