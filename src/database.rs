@@ -27,7 +27,7 @@ use datafusion::sql::sqlparser::ast::{
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use weft_engine::content::Outcome;
 use weft_engine::expr::{cast, BinaryOp};
 use weft_engine::{
@@ -779,7 +779,7 @@ impl Database {
             runtime: self.runtime.clone(),
             memo: self.memo.clone(),
             signer: self.signer.clone(),
-            running: Mutex::new(()),
+            running: crate::functions::RunningLocks::new(),
         });
         let id = weft_engine::functions::register(callable.clone());
         self.planner.register_function(weft_sql::WeftUdf::new(

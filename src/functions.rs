@@ -1045,7 +1045,32 @@ pub struct WasmFunction {
     pub issuer_index: u32,
     pub issuer: Arc<str>,
     /// Held while a missed invocation runs, so two workers never run the same one.
-    pub running: Mutex<()>,
+    pub running: RunningLocks,
+}
+
+/// The locks a missed call holds while it runs, one per share of the calls (by their memo
+/// hash): two workers never run the same invocation, while workers calling different ones
+/// (nearly always in different shares) run them side by side.
+pub struct RunningLocks([Mutex<()>; RunningLocks::SHARES]);
+
+impl RunningLocks {
+    const SHARES: usize = 64;
+
+    pub fn new() -> RunningLocks {
+        RunningLocks(std::array::from_fn(|_| Mutex::new(())))
+    }
+
+    /// Locks the share of `call`, chosen by the low bits of its hash: workers read their rows
+    /// in hash order, so the high bits of the calls they make at the same moment are alike.
+    fn lock(&self, call: &CallKey) -> std::sync::MutexGuard<'_, ()> {
+        self.0[call.hash as usize % RunningLocks::SHARES].lock().expect("running lock")
+    }
+}
+
+impl Default for RunningLocks {
+    fn default() -> RunningLocks {
+        RunningLocks::new()
+    }
 }
 
 impl std::fmt::Debug for WasmFunction {
@@ -1070,7 +1095,7 @@ impl weft_engine::functions::Callable for WasmFunction {
             }
             memo.len()
         };
-        let _running = self.running.lock().expect("running lock");
+        let _running = self.running.lock(&call);
         // Another worker may have run it while this one waited.
         let absent_at = {
             let memo = self.memo.read().expect("memo lock");
