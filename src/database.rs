@@ -129,6 +129,10 @@ pub struct Database {
     wal: Wal,
     /// Changes of the open `BEGIN` block, or of the statement being executed.
     pending: Vec<Change>,
+    /// The log frame of the commit of `pending`, encoded while a large statement's changes were
+    /// applied to its table, with the number of changes it holds (valid while `pending` has
+    /// that many: it only grows until it is committed or rolled back).
+    pending_frame: Option<(usize, Vec<u8>)>,
     in_transaction: bool,
     identity: Arc<Identity>,
     runtime: Arc<weft_wasm::Runtime>,
@@ -296,6 +300,7 @@ impl Database {
             next_id: 1,
             wal,
             pending: Vec::new(),
+            pending_frame: None,
             in_transaction: false,
             identity,
             runtime: Arc::new(weft_wasm::Runtime::new()),
@@ -1133,19 +1138,42 @@ impl Database {
             .map(|row| Change { table: id, row, diff: -1 })
             .chain(checked.into_iter().map(|row| Change { table: id, row, diff: 1 }))
             .collect();
-        if let Err((_, message)) = data.apply_all(changes.iter().map(|change| (&change.row, change.diff as i64))) {
+        let apply = || data.apply_all(changes.iter().map(|change| (&change.row, change.diff as i64)));
+        // A large statement that begins a commit has the commit's log frame encoded on another
+        // core while its changes are applied to the table (and checked).
+        let (applied, frame) = if self.pending.is_empty() && changes.len() >= Database::ENCODE_ASIDE_CHANGES {
+            std::thread::scope(|scope| {
+                let encoder = scope.spawn(|| crate::wal::commit_frame(&changes).ok());
+                (apply(), encoder.join().ok().flatten())
+            })
+        } else {
+            (apply(), None)
+        };
+        if let Err((_, message)) = applied {
             return Err(Error::Constraint(format!("{name}: {message}")));
         }
-        self.pending.extend(changes);
+        if self.pending.is_empty() {
+            self.pending_frame = frame.map(|frame| (changes.len(), frame));
+            self.pending = changes;
+        } else {
+            self.pending.extend(changes);
+        }
         Ok(count)
     }
+
+    /// Statements of this many changes or more encode their log frame beside applying them.
+    const ENCODE_ASIDE_CHANGES: usize = 1 << 16;
 
     fn commit_pending(&mut self) -> Result<(), Error> {
         if self.pending.is_empty() {
             self.end_write();
             return Ok(());
         }
-        if let Err(error) = self.wal.append_commit(&self.pending) {
+        let appended = match self.pending_frame.take() {
+            Some((changes, frame)) if changes == self.pending.len() => self.wal.append_frames(&[frame]),
+            _ => self.wal.append_commit(&self.pending),
+        };
+        if let Err(error) = appended {
             self.rollback_pending();
             return Err(error.into());
         }
@@ -1162,6 +1190,7 @@ impl Database {
     }
 
     fn rollback_pending(&mut self) {
+        self.pending_frame = None;
         for change in std::mem::take(&mut self.pending).into_iter().rev() {
             if let Ok(data) = self.table_by_id(change.table) {
                 data.apply(&change.row, -(change.diff as i64)).expect("undo of an applied change");

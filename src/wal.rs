@@ -250,6 +250,12 @@ impl Wal {
     }
 }
 
+/// The frame [`Wal::append_commit`] appends for `changes`, to encode ahead (on another thread)
+/// and append with [`Wal::append_frames`].
+pub fn commit_frame(changes: &[Change]) -> Result<Vec<u8>, bincode::Error> {
+    encode_frame(&CommitRef(changes))
+}
+
 /// Serializes exactly as `Record::Commit { changes }` would, borrowing the changes.
 struct CommitRef<'a>(&'a [Change]);
 
@@ -288,6 +294,18 @@ fn read_full(reader: &mut impl Read, buffer: &mut [u8]) -> std::io::Result<usize
 mod tests {
     use super::*;
     use weft_engine::Value;
+
+    #[test]
+    fn a_commit_frame_encoded_ahead_is_the_frame_of_its_commit_record() {
+        let changes = vec![
+            Change { table: 3, row: vec![Value::Int(1), Value::Text("a".into())], diff: 1 },
+            Change { table: 3, row: vec![Value::Int(2), Value::Null], diff: -1 },
+        ];
+        let record = Record::Commit {
+            changes: changes.iter().map(|change| (change.table, change.row.clone(), change.diff as i64)).collect(),
+        };
+        assert_eq!(commit_frame(&changes).unwrap(), encode_frame(&record).unwrap());
+    }
 
     #[test]
     fn torn_tail_is_dropped_and_log_stays_appendable() {

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use weft::{Database, Error, Options, Row};
+use weft::{Database, Error, Options, Row, Value};
 
 fn temporary_directory(label: &str) -> std::path::PathBuf {
     let directory = std::env::temp_dir().join(format!("weft-persistence-{label}-{}", std::process::id()));
@@ -52,6 +52,44 @@ fn restart_rebuilds_identical_tables_and_views() {
     }
     let mut database = Database::open(options(2)).unwrap();
     assert_eq!(sorted(database.query("SELECT * FROM orders").unwrap()), table_before);
+    drop(database);
+    std::fs::remove_dir_all(&directory).unwrap();
+}
+
+#[test]
+fn large_statements_log_exactly_what_they_commit() {
+    // 70,000 rows: a statement this large has its log frame encoded while its rows are applied.
+    let directory = temporary_directory("large");
+    let options = Options { data_dir: directory.clone(), workers: 2, sync: false };
+    let rows = |ids: std::ops::Range<i64>| -> Vec<Row> {
+        ids.map(|id| vec![Value::Int(id), Value::Text(format!("c{}", id % 13).into())]).collect()
+    };
+    {
+        let mut database = Database::open(options.clone()).unwrap();
+        database
+            .execute("CREATE TABLE t (id BIGINT PRIMARY KEY, name TEXT); CREATE VIEW n AS SELECT count(*) AS n FROM t")
+            .unwrap();
+        assert_eq!(database.insert_rows("t", rows(0..70_000)).unwrap(), 70_000);
+        // A large statement that fails (a duplicate key at its end) logs nothing.
+        let error = database.insert_rows("t", rows(70_000..140_000).into_iter().chain(rows(5..6)).collect());
+        assert!(error.unwrap_err().to_string().contains("duplicate"), "a duplicate key is refused");
+        // A large statement after another in a transaction, rolled back; then one first in a
+        // transaction (its frame encoded ahead) followed by another, committed.
+        database.execute("BEGIN; INSERT INTO t VALUES (-1, 'x')").unwrap();
+        database.insert_rows("t", rows(200_000..270_000)).unwrap();
+        database.execute("ROLLBACK").unwrap();
+        database.execute("BEGIN").unwrap();
+        database.insert_rows("t", rows(300_000..370_000)).unwrap();
+        database.execute("INSERT INTO t VALUES (-2, 'y'); COMMIT").unwrap();
+        assert_eq!(database.view_rows("n").unwrap(), vec![vec![Value::Int(140_001)]]);
+    }
+    let mut database = Database::open(options).unwrap();
+    assert_eq!(database.view_rows("n").unwrap(), vec![vec![Value::Int(140_001)]]);
+    let expected: Vec<Row> = std::iter::once(vec![Value::Int(-2), Value::Text("y".into())])
+        .chain(rows(0..70_000))
+        .chain(rows(300_000..370_000))
+        .collect();
+    assert_eq!(sorted(database.query("SELECT * FROM t").unwrap()), sorted(expected));
     drop(database);
     std::fs::remove_dir_all(&directory).unwrap();
 }
