@@ -889,9 +889,9 @@ pub fn eval_all(exprs: &[Expr], row: &[Value]) -> Result<Row, EvalError> {
 }
 
 /// Evaluates each expression on every row of `chunk` (see [`Expr::eval_chunk`]), adding the
-/// rows of values to `output` (cleared first). Tells `outcome`
-/// about each row in order: `None` when its row was added, or the error of its first
-/// expression that failed (as [`eval_all`] would).
+/// rows of values to `output` (cleared first). Tells `outcome` about each row in order: `None`
+/// when its row was added, or the error of its first expression that failed (as [`eval_all`]
+/// would).
 pub fn eval_chunk_all(
     exprs: &[Expr],
     chunk: &RowChunk,

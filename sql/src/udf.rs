@@ -1,8 +1,9 @@
 //! A weft user-defined function as a DataFusion scalar UDF.
 //!
-//! DataFusion needs the function's name and types to plan queries that call it, and runs it
-//! a batch at a time ([`Callable::call_batch`]) when an ad-hoc query calls it. Lowering recognises this type and turns the call
-//! into [`weft_engine::Expr::Udf`], so views call the same registered [`Callable`].
+//! DataFusion needs the function's name and types to plan queries that call it, and runs it a
+//! batch at a time ([`Callable::call_batch`]) when an ad-hoc query calls it. Lowering recognises
+//! this type and turns the call into [`weft_engine::Expr::Udf`], so views call the same
+//! registered [`Callable`].
 
 use crate::convert::{array_values, arrow_type, column_array};
 use datafusion::arrow::datatypes::DataType;
