@@ -45,6 +45,8 @@ const VIEWS: &[(&str, &str, Option<&str>)] = &[
         "SELECT id, add_one(k) AS k1, add_one(add_one(k)) + 1 AS k3, CASE WHEN b THEN add_one(k) END AS kb FROM a WHERE add_one(k) % 2 = 0",
         None,
     ),
+    ("v_wasm_join", "SELECT a.id, add_one(b.w) AS w1 FROM a JOIN b ON a.k = b.k WHERE add_one(a.k) > 2", None),
+    ("v_wasm_group", "SELECT k, add_one(count(*)) AS n1 FROM a GROUP BY k HAVING add_one(k) <> 3", None),
 ];
 
 /// xorshift64*: a tiny deterministic generator, so a seed replays the same stream.
