@@ -133,6 +133,8 @@ pub struct Database {
     /// applied to its table, with the number of changes it holds (valid while `pending` has
     /// that many: it only grows until it is committed or rolled back).
     pending_frame: Option<(usize, Vec<u8>)>,
+    /// How many of `pending`'s first changes the engine already holds (see [`weft_engine::dataflow::Stager`]).
+    staged: usize,
     in_transaction: bool,
     identity: Arc<Identity>,
     runtime: Arc<weft_wasm::Runtime>,
@@ -301,6 +303,7 @@ impl Database {
             wal,
             pending: Vec::new(),
             pending_frame: None,
+            staged: 0,
             in_transaction: false,
             identity,
             runtime: Arc::new(weft_wasm::Runtime::new()),
@@ -1139,21 +1142,33 @@ impl Database {
             .chain(checked.into_iter().map(|row| Change { table: id, row, diff: 1 }))
             .collect();
         let apply = || data.apply_all(changes.iter().map(|change| (&change.row, change.diff as i64)));
-        // A large statement that begins a commit has the commit's log frame encoded on another
-        // core while its changes are applied to the table (and checked).
-        let (applied, frame) = if self.pending.is_empty() && changes.len() >= Database::ENCODE_ASIDE_CHANGES {
+        // A large statement that begins a commit has, on another core while its changes are
+        // applied to the table (and checked), the commit's log frame encoded and, outside a
+        // transaction (nothing else can reach the engine before this statement commits), its
+        // changes staged with the engine, whose workers start sorting them.
+        let (applied, frame, staged) = if self.pending.is_empty() && changes.len() >= Database::AHEAD_CHANGES {
+            let stager = if self.in_transaction { None } else { self.engine.stager(&changes).ok() };
             std::thread::scope(|scope| {
-                let encoder = scope.spawn(|| crate::wal::commit_frame(&changes).ok());
-                (apply(), encoder.join().ok().flatten())
+                let helper = scope.spawn(|| {
+                    let staged = stager.is_some_and(|stager| stager.stage(&changes).is_ok());
+                    (crate::wal::commit_frame(&changes).ok(), staged)
+                });
+                let applied = apply();
+                let (frame, staged) = helper.join().expect("the statement's helper thread");
+                (applied, frame, staged)
             })
         } else {
-            (apply(), None)
+            (apply(), None, false)
         };
         if let Err((_, message)) = applied {
+            if staged {
+                self.engine.withdraw(&changes)?;
+            }
             return Err(Error::Constraint(format!("{name}: {message}")));
         }
         if self.pending.is_empty() {
             self.pending_frame = frame.map(|frame| (changes.len(), frame));
+            self.staged = if staged { changes.len() } else { 0 };
             self.pending = changes;
         } else {
             self.pending.extend(changes);
@@ -1161,8 +1176,8 @@ impl Database {
         Ok(count)
     }
 
-    /// Statements of this many changes or more encode their log frame beside applying them.
-    const ENCODE_ASIDE_CHANGES: usize = 1 << 16;
+    /// Statements of this many changes or more prepare their commit beside applying them.
+    const AHEAD_CHANGES: usize = 1 << 16;
 
     fn commit_pending(&mut self) -> Result<(), Error> {
         if self.pending.is_empty() {
@@ -1177,7 +1192,13 @@ impl Database {
             self.rollback_pending();
             return Err(error.into());
         }
-        let committed = self.engine.commit(std::mem::take(&mut self.pending));
+        let mut pending = std::mem::take(&mut self.pending);
+        let unstaged = pending.split_off(std::mem::take(&mut self.staged));
+        let committed = self.engine.commit(unstaged);
+        if !pending.is_empty() {
+            // The staged changes' rows are the engine's now: free the copies off this thread.
+            std::thread::spawn(move || drop(pending));
+        }
         if committed.is_ok() && !self.sinks.is_empty() {
             self.enqueue_sink_changes();
         }
@@ -1191,6 +1212,11 @@ impl Database {
 
     fn rollback_pending(&mut self) {
         self.pending_frame = None;
+        let staged = std::mem::take(&mut self.staged);
+        if staged > 0 {
+            // The engine's workers died if this fails: every later statement reports that.
+            let _ = self.engine.withdraw(&self.pending[..staged]);
+        }
         for change in std::mem::take(&mut self.pending).into_iter().rev() {
             if let Ok(data) = self.table_by_id(change.table) {
                 data.apply(&change.row, -(change.diff as i64)).expect("undo of an applied change");

@@ -82,13 +82,22 @@ fn large_statements_log_exactly_what_they_commit() {
         database.insert_rows("t", rows(300_000..370_000)).unwrap();
         database.execute("INSERT INTO t VALUES (-2, 'y'); COMMIT").unwrap();
         assert_eq!(database.view_rows("n").unwrap(), vec![vec![Value::Int(140_001)]]);
+        // Large statements outside a transaction are handed to the engine while they are
+        // checked: one that fails leaves no trace in the views, one that succeeds is seen whole.
+        let error = database.insert_rows("t", rows(400_000..470_000).into_iter().chain(rows(7..8)).collect());
+        assert!(error.is_err(), "a duplicate key is refused");
+        database.execute("INSERT INTO t VALUES (-3, 'z')").unwrap();
+        assert_eq!(database.view_rows("n").unwrap(), vec![vec![Value::Int(140_002)]]);
+        database.execute("DELETE FROM t WHERE id >= 300000").unwrap();
+        assert_eq!(database.view_rows("n").unwrap(), vec![vec![Value::Int(70_002)]]);
     }
     let mut database = Database::open(options).unwrap();
-    assert_eq!(database.view_rows("n").unwrap(), vec![vec![Value::Int(140_001)]]);
-    let expected: Vec<Row> = std::iter::once(vec![Value::Int(-2), Value::Text("y".into())])
-        .chain(rows(0..70_000))
-        .chain(rows(300_000..370_000))
-        .collect();
+    assert_eq!(database.view_rows("n").unwrap(), vec![vec![Value::Int(70_002)]]);
+    let expected: Vec<Row> =
+        [vec![Value::Int(-2), Value::Text("y".into())], vec![Value::Int(-3), Value::Text("z".into())]]
+            .into_iter()
+            .chain(rows(0..70_000))
+            .collect();
     assert_eq!(sorted(database.query("SELECT * FROM t").unwrap()), sorted(expected));
     drop(database);
     std::fs::remove_dir_all(&directory).unwrap();

@@ -242,10 +242,54 @@ impl ViewState {
 }
 
 enum Command {
-    CreateTable { id: RelationId },
-    CreateView { id: RelationId, plan: Arc<Plan>, state: Arc<ViewState> },
-    Drop { id: RelationId },
-    Commit { time: Time, changes: Vec<Change> },
+    CreateTable {
+        id: RelationId,
+    },
+    CreateView {
+        id: RelationId,
+        plan: Arc<Plan>,
+        state: Arc<ViewState>,
+    },
+    Drop {
+        id: RelationId,
+    },
+    Commit {
+        time: Time,
+        changes: Vec<Change>,
+    },
+    /// Rows (packed) of the next commit, fed ahead of it (see [`Stager`]): no reply.
+    Stage {
+        rows: Vec<(RelationId, HashedRow, isize)>,
+    },
+}
+
+/// Hands the workers changes of the next [`Engine::commit`] ahead of it, without waiting: they
+/// pack and sort them while the caller still checks and logs them. Nothing is visible until
+/// that commit, which then needs only the changes not staged; changes not to be committed
+/// after all are taken back with [`Engine::withdraw`] (both cancel out within the timestamp, so
+/// no view ever sees them). Nothing else may reach the engine in between.
+pub struct Stager {
+    commands: Vec<Sender<Command>>,
+}
+
+impl Stager {
+    /// Stages `changes` (checked by [`Engine::stager`]).
+    pub fn stage(&self, changes: &[Change]) -> Result<(), EngineError> {
+        self.send(changes, 1)
+    }
+
+    fn send(&self, changes: &[Change], sign: isize) -> Result<(), EngineError> {
+        let workers = self.commands.len();
+        let mut shares: Vec<Vec<(RelationId, HashedRow, isize)>> =
+            (0..workers).map(|_| Vec::with_capacity(changes.len() / workers + 1)).collect();
+        for (index, change) in changes.iter().enumerate() {
+            shares[index % workers].push((change.table, HashedRow::from_values(&change.row), sign * change.diff));
+        }
+        for (sender, rows) in self.commands.iter().zip(shares) {
+            sender.send(Command::Stage { rows }).map_err(|_| EngineError::WorkerDied)?;
+        }
+        Ok(())
+    }
 }
 
 /// A running set of timely workers holding the tables and views.
@@ -257,6 +301,9 @@ pub struct Engine {
     relations: HashMap<RelationId, Option<Arc<ViewState>>>,
     spins: u32,
 }
+
+/// Steps a worker takes after staged rows arrive: enough for them to reach the arrangements.
+const STAGE_STEPS: usize = 4;
 
 /// How many times a thread polls a channel before blocking on it (a few hundred microseconds).
 const SPIN_LIMIT: u32 = 20_000;
@@ -352,6 +399,20 @@ impl Engine {
         self.publish(time);
         self.time += 1;
         Ok(time)
+    }
+
+    /// A handle to hand the workers `changes` of the next [`Engine::commit`] ahead of it, from
+    /// any thread (see [`Stager`]); an error if one names no table.
+    pub fn stager(&self, changes: &[Change]) -> Result<Stager, EngineError> {
+        if let Some(change) = changes.iter().find(|change| !matches!(self.relations.get(&change.table), Some(None))) {
+            return Err(EngineError::UnknownRelation(change.table));
+        }
+        Ok(Stager { commands: self.commands.clone() })
+    }
+
+    /// Takes back changes staged since the last commit (see [`Stager`]).
+    pub fn withdraw(&self, changes: &[Change]) -> Result<(), EngineError> {
+        Stager { commands: self.commands.clone() }.send(changes, -1)
     }
 
     /// Tells every view that `time` is complete.
@@ -467,6 +528,22 @@ fn run_worker(worker: &mut Worker, commands: Receiver<Command>, replies: Sender<
                     }
                 }
                 advance(worker, &mut state, time);
+            }
+            Command::Stage { rows } => {
+                for (table, row, diff) in rows {
+                    if let Some(input) = state.inputs.get_mut(&table) {
+                        input.update((row, ()), diff);
+                    }
+                }
+                for input in state.inputs.values_mut() {
+                    input.flush();
+                }
+                // Let the tables' arrangements take the rows in (their batchers sort them as
+                // they arrive); the time stays open until the commit.
+                for _ in 0..STAGE_STEPS {
+                    worker.step();
+                }
+                continue;
             }
         }
         if replies.send(()).is_err() {
