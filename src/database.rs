@@ -1149,12 +1149,16 @@ impl Database {
         let (applied, frame, staged) = if self.pending.is_empty() && changes.len() >= Database::AHEAD_CHANGES {
             let stager = if self.in_transaction { None } else { self.engine.stager(&changes).ok() };
             std::thread::scope(|scope| {
-                let helper = scope.spawn(|| {
+                // Without a thread to spare, the commit is prepared as any other.
+                let helper = std::thread::Builder::new().spawn_scoped(scope, || {
                     let staged = stager.is_some_and(|stager| stager.stage(&changes).is_ok());
                     (crate::wal::commit_frame(&changes).ok(), staged)
                 });
                 let applied = apply();
-                let (frame, staged) = helper.join().expect("the statement's helper thread");
+                let (frame, staged) = match helper {
+                    Ok(helper) => helper.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                    Err(_) => (None, false),
+                };
                 (applied, frame, staged)
             })
         } else {
@@ -1196,8 +1200,9 @@ impl Database {
         let unstaged = pending.split_off(std::mem::take(&mut self.staged));
         let committed = self.engine.commit(unstaged);
         if !pending.is_empty() {
-            // The staged changes' rows are the engine's now: free the copies off this thread.
-            std::thread::spawn(move || drop(pending));
+            // The staged changes' rows are the engine's now: free the copies off this thread (or
+            // here, with the refused closure, if no thread can be had).
+            let _ = std::thread::Builder::new().spawn(move || drop(pending));
         }
         if committed.is_ok() && !self.sinks.is_empty() {
             self.enqueue_sink_changes();
