@@ -263,8 +263,9 @@ enum Command {
     },
 }
 
-/// Hands the workers changes of the next [`Engine::commit`] ahead of it, without waiting: they
-/// pack and sort them while the caller still checks and logs them. Nothing is visible until
+/// Hands the workers changes of the next [`Engine::commit`] ahead of it, packed on the calling
+/// thread and sent without waiting: the workers sort them into the tables' arrangements while
+/// the caller still checks and logs them. Nothing is visible until
 /// that commit, which then needs only the changes not staged; changes not to be committed
 /// after all are taken back with [`Engine::withdraw`] (both cancel out within the timestamp, so
 /// no view ever sees them). Nothing else may reach the engine in between.
