@@ -3,7 +3,7 @@
 //! Planning a statement with DataFusion costs a few hundred microseconds, far more than applying
 //! a one-row change to a maintained view. `INSERT ... VALUES` of literals and `UPDATE`/`DELETE`
 //! whose expressions use only columns, literals, arithmetic, comparisons, AND/OR/NOT and IS
-//! [NOT] NULL are therefore translated here, with the types checked the way DataFusion would
+//! \[NOT\] NULL are therefore translated here, with the types checked the way DataFusion would
 //! coerce them. Anything else returns `None` and takes the general DataFusion path, so both
 //! paths give the same answers.
 

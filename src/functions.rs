@@ -1158,7 +1158,7 @@ impl weft_engine::functions::Callable for WasmFunction {
     }
 
     /// The calls of a chunk: the recorded ones are answered under one read lock of the memo,
-    /// the others then run one by one as [`WasmFunction::call`]s.
+    /// the others then run one by one as single calls (`Callable::call`).
     fn call_batch(&self, rows: usize, args: &[Value], results: &mut Vec<Result<Value, weft_engine::EvalError>>) {
         let arity = self.definition.params.len();
         debug_assert_eq!(args.len(), rows * arity, "one row of arguments per call");

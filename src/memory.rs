@@ -30,7 +30,7 @@ const PREFAULT_STEP_BYTES: usize = 4 << 20;
 const PREFAULT_QUEUE: usize = 16;
 
 /// A global allocator that has a helper thread fault in the pages of each large allocation
-/// (from [`PREFAULT_FROM_BYTES`]) while the thread that made it starts writing it.
+/// (from `PREFAULT_FROM_BYTES`) while the thread that made it starts writing it.
 ///
 /// A view's first build or a bulk load writes hundreds of megabytes of fresh memory (a view's
 /// arrangement, its readable copy), and on the virtual machines weft is measured on the page

@@ -10,7 +10,7 @@
 //! Measured with `cargo bench --bench incremental` (see the README).
 //!
 //! A large batch (a bulk load, a view's first build: millions of updates) is scattered as it
-//! arrives into [`BUCKETS`] buckets by the top bits of its keys' hashes, in fixed-size chunks.
+//! arrives into `BUCKETS` buckets by the top bits of its keys' hashes, in fixed-size chunks.
 //! The containers it arrived in are then freed at once and reused by the allocator for the next
 //! ones, instead of all being held until extraction and copied into one vector as large again:
 //! on the virtual machines weft is measured on, touching fresh memory costs more than copying it

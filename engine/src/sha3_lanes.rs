@@ -1,7 +1,7 @@
 //! SHA3-256 of many messages at once: eight Keccak states side by side in AVX-512 registers.
 //!
 //! Signing a receipt takes two sha3-256 digests (its invocation's and its own CID), three
-//! Keccak-f[1600] permutations in all, and one permutation costs about 240 ns on one core with
+//! Keccak-f\[1600\] permutations in all, and one permutation costs about 240 ns on one core with
 //! the `sha3` crate's portable code: more than running a small Wasm call. The receipts of a
 //! signed batch are independent messages, so their digests are computed eight at a time, lane
 //! `m` of each 512-bit register holding the Keccak lane of message `m` (the layout of XKCP's
