@@ -1197,7 +1197,10 @@ impl Database {
             return Err(error.into());
         }
         let mut pending = std::mem::take(&mut self.pending);
-        let unstaged = pending.split_off(std::mem::take(&mut self.staged));
+        let unstaged = match std::mem::take(&mut self.staged) {
+            0 => std::mem::take(&mut pending),
+            staged => pending.split_off(staged),
+        };
         let committed = self.engine.commit(unstaged);
         if !pending.is_empty() {
             // The staged changes' rows are the engine's now: free the copies off this thread (or
