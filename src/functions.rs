@@ -1084,10 +1084,7 @@ impl weft_engine::functions::Callable for WasmFunction {
         if args.iter().any(Value::is_null) {
             return Ok(Value::Null);
         }
-        let definition = &self.definition;
         let call = CallKey::new(self.function_index, args);
-        // The memo's length when the call was last found absent: recording it searches again
-        // only if entries were recorded since.
         let absent_at = {
             let memo = self.memo.read().expect("memo lock");
             if let Some(out) = memo.recall_call(&call) {
@@ -1095,12 +1092,58 @@ impl weft_engine::functions::Callable for WasmFunction {
             }
             memo.len()
         };
-        let _running = self.running.lock(&call);
+        self.run_missed(&call, absent_at)
+    }
+
+    /// The calls of a chunk: the recorded ones are answered under one read lock of the memo,
+    /// the others then run one by one (see [`WasmFunction::run_missed`]).
+    fn call_batch(&self, rows: usize, args: &[Value], results: &mut Vec<Result<Value, weft_engine::EvalError>>) {
+        let arity = self.definition.params.len();
+        debug_assert_eq!(args.len(), rows * arity, "one row of arguments per call");
+        let first = results.len();
+        let mut missed = Vec::new();
+        let absent_at = {
+            let memo = self.memo.read().expect("memo lock");
+            let mut hits = 0;
+            for row in 0..rows {
+                let args = &args[row * arity..(row + 1) * arity];
+                if args.iter().any(Value::is_null) {
+                    results.push(Ok(Value::Null));
+                    continue;
+                }
+                let call = CallKey::new(self.function_index, args);
+                match memo.find_call(&call) {
+                    Some(index) => {
+                        hits += 1;
+                        results.push(self.finish(memo.entry(index).run.out.clone(), args));
+                    }
+                    None => {
+                        missed.push((first + row, call));
+                        results.push(Ok(Value::Null));
+                    }
+                }
+            }
+            memo.count_hits(hits);
+            memo.len()
+        };
+        for (position, call) in missed {
+            results[position] = self.run_missed(&call, absent_at);
+        }
+    }
+}
+
+impl WasmFunction {
+    /// Runs `call`, found absent from the memo when it held `absent_at` entries (recording it
+    /// searches the memo again only if entries were recorded since), unless another worker ran
+    /// it meanwhile: the share of the running locks it falls in is held throughout.
+    fn run_missed(&self, call: &CallKey, absent_at: usize) -> Result<Value, weft_engine::EvalError> {
+        let (definition, args) = (&self.definition, call.args);
+        let _running = self.running.lock(call);
         // Another worker may have run it while this one waited.
         let absent_at = {
             let memo = self.memo.read().expect("memo lock");
             if memo.len() != absent_at {
-                if let Some(out) = memo.recall_call(&call) {
+                if let Some(out) = memo.recall_call(call) {
                     return self.finish(out.clone(), args);
                 }
             }
@@ -1142,7 +1185,7 @@ impl weft_engine::functions::Callable for WasmFunction {
             let mut memo = self.memo.write().expect("memo lock");
             memo.count_miss();
             let (index, recorded) =
-                memo.record_missed(Entry::new(self.function_index, self.issuer_index, run.clone()), &call, absent_at);
+                memo.record_missed(Entry::new(self.function_index, self.issuer_index, run.clone()), call, absent_at);
             // Recorded meanwhile by `Database::invoke` (which holds no running lock): that
             // first receipt stays, and is already with the signer.
             if recorded {
@@ -1157,43 +1200,6 @@ impl weft_engine::functions::Callable for WasmFunction {
         self.finish(out, args)
     }
 
-    /// The calls of a chunk: the recorded ones are answered under one read lock of the memo,
-    /// the others then run one by one as single calls (`Callable::call`).
-    fn call_batch(&self, rows: usize, args: &[Value], results: &mut Vec<Result<Value, weft_engine::EvalError>>) {
-        let arity = self.definition.params.len();
-        debug_assert_eq!(args.len(), rows * arity, "one row of arguments per call");
-        let row_args = |row: usize| &args[row * arity..(row + 1) * arity];
-        let first = results.len();
-        let mut missed = Vec::new();
-        {
-            let memo = self.memo.read().expect("memo lock");
-            let mut hits = 0;
-            for row in 0..rows {
-                let args = row_args(row);
-                if args.iter().any(Value::is_null) {
-                    results.push(Ok(Value::Null));
-                    continue;
-                }
-                match memo.find_call(&CallKey::new(self.function_index, args)) {
-                    Some(index) => {
-                        hits += 1;
-                        results.push(self.finish(memo.entry(index).run.out.clone(), args));
-                    }
-                    None => {
-                        missed.push(row);
-                        results.push(Ok(Value::Null));
-                    }
-                }
-            }
-            memo.count_hits(hits);
-        }
-        for row in missed {
-            results[first + row] = self.call(row_args(row));
-        }
-    }
-}
-
-impl WasmFunction {
     /// The value of an outcome, or the call's error naming
     /// the function and the invocation CID.
     fn finish(&self, out: Outcome, args: &[Value]) -> Result<Value, weft_engine::EvalError> {
