@@ -265,10 +265,10 @@ enum Command {
 
 /// Hands the workers changes of the next [`Engine::commit`] ahead of it, packed on the calling
 /// thread and sent without waiting: the workers sort them into the tables' arrangements while
-/// the caller still checks and logs them. Nothing is visible until
-/// that commit, which then needs only the changes not staged; changes not to be committed
-/// after all are taken back with [`Engine::withdraw`] (both cancel out within the timestamp, so
-/// no view ever sees them). Nothing else may reach the engine in between.
+/// the caller still checks and logs them. Nothing is visible until that commit, which then
+/// needs only the changes not staged; changes not to be committed after all are taken back with
+/// [`Engine::withdraw`] (both cancel out within the timestamp, so no view ever sees them).
+/// Nothing else may reach the engine in between.
 pub struct Stager {
     commands: Vec<Sender<Command>>,
 }
@@ -867,6 +867,27 @@ impl<'scope> Mapped<'scope> {
                 )
             };
         }
+        // The operator of a collection (of rows, or of packed rows): each update one row, whose
+        // values `fill` pushes onto the chunk.
+        macro_rules! one_row_per_update {
+            ($rows:expr, $name:literal, |$row:ident, $values:ident| $fill:expr) => {
+                $rows.inner.clone().unary(Pipeline, $name, move |_, _| {
+                    move |input, output| {
+                        input.for_each(|capability, data| {
+                            let mut session = output.session(&capability);
+                            combiner.hold(&capability);
+                            for ($row, time, diff) in data.drain(..) {
+                                if gathered.push(|$values| $fill, &[(time, diff)]) {
+                                    flush!(session);
+                                }
+                            }
+                            flush!(session);
+                        });
+                        combiner.flush(|capability, updates| output.session(capability).give_iterator(updates));
+                    }
+                })
+            };
+        }
         let stream = match &self.source {
             Source::Rows(rows) if map.is_identity() => rows.inner.clone().unary(Pipeline, "Mapped", move |_, _| {
                 move |input, output| {
@@ -881,36 +902,8 @@ impl<'scope> Mapped<'scope> {
                     combiner.flush(|capability, updates| output.session(capability).give_iterator(updates));
                 }
             }),
-            Source::Rows(rows) => rows.inner.clone().unary(Pipeline, "Mapped", move |_, _| {
-                move |input, output| {
-                    input.for_each(|capability, data| {
-                        let mut session = output.session(&capability);
-                        combiner.hold(&capability);
-                        for (row, time, diff) in data.drain(..) {
-                            if gathered.push(|values| values.extend(row), &[(time, diff)]) {
-                                flush!(session);
-                            }
-                        }
-                        flush!(session);
-                    });
-                    combiner.flush(|capability, updates| output.session(capability).give_iterator(updates));
-                }
-            }),
-            Source::Packed(rows) => rows.inner.clone().unary(Pipeline, "PackedMapped", move |_, _| {
-                move |input, output| {
-                    input.for_each(|capability, data| {
-                        let mut session = output.session(&capability);
-                        combiner.hold(&capability);
-                        for (row, time, diff) in data.drain(..) {
-                            if gathered.push(|values| row.decode_into(values), &[(time, diff)]) {
-                                flush!(session);
-                            }
-                        }
-                        flush!(session);
-                    });
-                    combiner.flush(|capability, updates| output.session(capability).give_iterator(updates));
-                }
-            }),
+            Source::Rows(rows) => one_row_per_update!(rows, "Mapped", |row, values| values.extend(row)),
+            Source::Packed(rows) => one_row_per_update!(rows, "PackedMapped", |row, values| row.decode_into(values)),
             Source::Imported(stream) => stream.clone().unary(Pipeline, "ImportMapped", move |_, _| {
                 let mut times: Vec<(Time, isize)> = Vec::new();
                 move |input, output| {
