@@ -11,7 +11,7 @@ use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
 use datafusion::sql::sqlparser::ast::{CopyLegacyOption, CopyOption, CopySource, CopyTarget, Statement};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use weft_engine::{Row, Value};
 use weft_sql::convert::batch_rows;
 
@@ -58,7 +58,7 @@ pub fn copy(
     let CopyTarget::File { filename } = target else {
         return Err(Error::Unsupported("COPY to or from STDIN, STDOUT or a program; name a file".into()));
     };
-    let path = PathBuf::from(filename);
+    let path = database.access().file(&filename)?;
     let mut format = None;
     for option in options {
         if let CopyOption::Format(name) = option {

@@ -28,12 +28,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use weft_engine::content::Outcome;
 use weft_engine::expr::{cast, BinaryOp};
 use weft_engine::{
     Change, ColumnType, Engine, EngineError, Expr, Gate, Plan, RelationId, Row, Subscription, Value, ViewState,
 };
+use weft_ipvm::content::Outcome;
 use weft_sql::convert::{batch_rows, column_type, schema_of};
+use weft_sql::statement::WeftStatement;
 use weft_sql::{lower_plan, ConvertError, Planner, RelationProvider, RowSource, SqlError};
 
 /// A relation's column names and types.
@@ -55,6 +56,56 @@ impl Options {
     /// Defaults for `data_dir`: one worker, sync on.
     pub fn new(data_dir: impl Into<PathBuf>) -> Options {
         Options { data_dir: data_dir.into(), workers: 1, sync: true }
+    }
+}
+
+/// What statements may reach and use: files and hosts, and the most one function call may use.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// Files and hosts.
+    pub access: weft_connectors::access::Access,
+    /// Fuel a function may ask for, at most.
+    pub max_fuel: u64,
+    /// Memory a function may ask for, at most, in bytes.
+    pub max_memory_bytes: usize,
+    /// Wall-clock time after which a call is interrupted (and nothing recorded).
+    pub max_call_ms: u64,
+}
+
+impl Policy {
+    /// The default of `--max-fuel`.
+    pub const DEFAULT_MAX_FUEL: u64 = 1_000_000_000;
+    /// The default of `--max-memory-mb`.
+    pub const DEFAULT_MAX_MEMORY_MB: usize = 256;
+    /// The default of `--max-call-ms`.
+    pub const DEFAULT_MAX_CALL_MS: u64 = 5_000;
+
+    /// The local user's: any file and host, the default ceilings.
+    pub fn local() -> Policy {
+        Policy {
+            access: weft_connectors::access::Access::unrestricted(),
+            max_fuel: Policy::DEFAULT_MAX_FUEL,
+            max_memory_bytes: Policy::DEFAULT_MAX_MEMORY_MB << 20,
+            max_call_ms: Policy::DEFAULT_MAX_CALL_MS,
+        }
+    }
+
+    /// Refuses function limits above the ceilings.
+    pub fn check_limits(&self, fuel: u64, memory_bytes: usize) -> Result<(), Error> {
+        if fuel > self.max_fuel {
+            return Err(Error::Ceiling(format!(
+                "fuel = {fuel} is more than this server allows a call (--max-fuel {})",
+                self.max_fuel
+            )));
+        }
+        if memory_bytes > self.max_memory_bytes {
+            return Err(Error::Ceiling(format!(
+                "{} MiB of memory is more than this server allows a call (--max-memory-mb {})",
+                memory_bytes >> 20,
+                self.max_memory_bytes >> 20
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -93,10 +144,29 @@ pub enum Error {
     Wasm(#[from] weft_wasm::LoadError),
     /// Content addressing failed.
     #[error(transparent)]
-    Content(#[from] weft_engine::content::ContentError),
+    Content(#[from] weft_ipvm::content::ContentError),
     /// The node key failed.
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
+    /// A call ran into its wall-clock limit (nothing was recorded).
+    #[error("{0}")]
+    Interrupted(String),
+    /// A function asks for more than the server allows a call, or a result is larger than it
+    /// allows.
+    #[error("{0}")]
+    Ceiling(String),
+    /// The server has as many connections as it takes.
+    #[error("{0}")]
+    TooManyConnections(String),
+    /// The writer stayed taken for longer than a statement waits.
+    #[error("{0}")]
+    LockTimeout(String),
+    /// A subscriber fell further behind than the server buffers, and was disconnected.
+    #[error("the subscriber fell more than {0} changes behind and was disconnected (--subscribe-buffer)")]
+    FellBehind(usize),
+    /// A file or host out of the statement's reach.
+    #[error(transparent)]
+    Access(#[from] weft_connectors::access::AccessError),
     /// The outbox or a connector failed.
     #[error(transparent)]
     Effects(#[from] crate::executor::ExecutorError),
@@ -111,7 +181,7 @@ pub struct Invoked {
 }
 
 /// What a statement returns.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum Output {
     /// A result set.
     Rows { schema: SchemaRef, batches: Vec<RecordBatch> },
@@ -121,6 +191,8 @@ pub enum Output {
 
 /// An open weft database.
 pub struct Database {
+    /// What statements may reach and use.
+    policy: Policy,
     planner: Planner,
     engine: Engine,
     relations: BTreeMap<String, Relation>,
@@ -168,6 +240,8 @@ pub struct Reader {
     planner: Planner,
     gate: Arc<Gate>,
     signer: Arc<Signer>,
+    /// The most rows a query may return (`None`: any number).
+    row_limit: Option<usize>,
 }
 
 impl Reader {
@@ -182,12 +256,18 @@ impl Reader {
         )
     }
 
+    /// This reader, refusing (with [`Error::Ceiling`]) a query that returns more than `limit`
+    /// rows; execution stops once it has produced one row more.
+    pub fn with_row_limit(self, limit: usize) -> Reader {
+        Reader { row_limit: Some(limit), ..self }
+    }
+
     /// Runs a query (see [`Reader::can_run`]).
     pub fn query(&self, statement: Statement) -> Result<Output, Error> {
         if !Reader::can_run(&statement) {
             return Err(Error::Unsupported("a statement that changes the database, on a read-only handle".into()));
         }
-        run_query(&self.planner, statement, Some(&self.gate))
+        run_query(&self.planner, statement, Some(&self.gate), self.row_limit)
     }
 
     /// The columns `statement` returns and the types of its `$n` parameters (where DataFusion
@@ -221,13 +301,42 @@ impl Reader {
         let _reading = self.gate.read();
         Ok(view.subscribe()?)
     }
+
+    /// Subscribes to `view`, ending the subscription when its reader falls more than `bound`
+    /// changes behind; `wake` is called as changes arrive.
+    pub fn subscribe_bounded(
+        &self,
+        view: &ViewState,
+        bound: usize,
+        wake: Option<weft_engine::Wake>,
+    ) -> Result<Subscription, Error> {
+        let _reading = self.gate.read();
+        Ok(view.subscribe_bounded(bound, wake)?)
+    }
 }
 
 /// Plans and executes a query on DataFusion over the current tables and maintained views.
-fn run_query(planner: &Planner, statement: Statement, gate: Option<&Gate>) -> Result<Output, Error> {
-    let plan = planner.optimized_plan(statement)?;
+/// With `row_limit`, a query returning more rows is an error, found without producing them all.
+fn run_query(
+    planner: &Planner,
+    statement: Statement,
+    gate: Option<&Gate>,
+    row_limit: Option<usize>,
+) -> Result<Output, Error> {
+    let mut plan = planner.optimized_plan(statement)?;
     let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
-    let batches = planner.execute(plan, gate)?;
+    if let Some(limit) = row_limit {
+        plan = datafusion::logical_expr::LogicalPlanBuilder::from(plan)
+            .limit(0, Some(limit.saturating_add(1)))
+            .and_then(|builder| builder.build())
+            .map_err(SqlError::from)?;
+    }
+    let batches = planner.execute(plan, || gate.map(Gate::read))?;
+    if let Some(limit) = row_limit {
+        if batches.iter().map(RecordBatch::num_rows).sum::<usize>() > limit {
+            return Err(Error::Ceiling(format!("the result has more than {limit} rows (--max-result-rows)")));
+        }
+    }
     Ok(Output::Rows { schema, batches })
 }
 
@@ -278,8 +387,15 @@ fn sql_column_type(data_type: &ast::DataType) -> Result<ColumnType, Error> {
 }
 
 impl Database {
-    /// Opens (or creates) the database in `options.data_dir`, replaying its log.
+    /// Opens (or creates) the database in `options.data_dir`, replaying its log. Statements
+    /// reach any file and host (the local user's own reach).
     pub fn open(options: Options) -> Result<Database, Error> {
+        Database::open_with_policy(options, Policy::local())
+    }
+
+    /// Opens the database as [`Database::open`] does, its statements reaching and using only
+    /// what `policy` allows (a server's clients).
+    pub fn open_with_policy(options: Options, policy: Policy) -> Result<Database, Error> {
         let directory = &options.data_dir;
         let file_error =
             |path: &Path, error: std::io::Error| Error::File { path: path.to_path_buf(), message: error.to_string() };
@@ -293,8 +409,17 @@ impl Database {
         let identity = Arc::new(Identity::load_or_create(&directory.join("node.key"))?);
         let signer = Signer::start(identity.clone())
             .map_err(|error| Error::Catalog(format!("starting the receipt signer: {error}")))?;
-        let executor = crate::executor::Executor::open(&directory.join("outbox"), options.sync, identity.clone())?;
+        let executor = crate::executor::Executor::open(
+            &directory.join("outbox"),
+            options.sync,
+            identity.clone(),
+            policy.access.clone(),
+        )?;
         let mut database = Database {
+            runtime: Arc::new(weft_wasm::Runtime::with_call_limit(std::time::Duration::from_millis(
+                policy.max_call_ms,
+            ))),
+            policy,
             engine: Engine::start(options.workers)?,
             planner: Planner::new()?,
             relations: BTreeMap::new(),
@@ -306,7 +431,6 @@ impl Database {
             staged: 0,
             in_transaction: false,
             identity,
-            runtime: Arc::new(weft_wasm::Runtime::new()),
             memo: Arc::new(RwLock::new(Memo::default())),
             functions: Arc::default(),
             function_ids: HashMap::new(),
@@ -513,6 +637,7 @@ impl Database {
         returns: Option<ColumnType>,
         limits: weft_wasm::Limits,
     ) -> Result<Invoked, Error> {
+        self.policy.check_limits(limits.fuel, limits.memory_bytes)?;
         let module = self.runtime.load(source)?;
         let invocation = weft_wasm::Runtime::invocation(&module, function, &args);
         let invocation_cid = invocation.cid()?;
@@ -534,6 +659,8 @@ impl Database {
         let (out, fuel, duration_us, started_ns) = match self.runtime.call(&module, function, &signature, &args, limits)
         {
             Ok(output) => (Outcome::Ok(output.value), output.fuel, output.duration_us, output.started_ns),
+            // Not an outcome of the invocation: nothing is recorded.
+            Err(error @ weft_wasm::CallError::Interrupted(_)) => return Err(Error::Interrupted(error.to_string())),
             Err(error) => (Outcome::Error(error.to_string()), 0, 0, crate::functions::now_ns()),
         };
         let run = crate::functions::Run {
@@ -564,7 +691,7 @@ impl Database {
     }
 
     /// A receipt by its CID.
-    pub fn receipt(&self, cid: &weft_engine::content::Cid) -> Option<StoredReceipt> {
+    pub fn receipt(&self, cid: &weft_ipvm::content::Cid) -> Option<StoredReceipt> {
         self.memo.read().expect("memo lock").receipt(cid).and_then(Result::ok)
     }
 
@@ -700,29 +827,57 @@ impl Database {
     /// the first error; statements before it keep their effects.
     pub fn execute(&mut self, sql: &str) -> Result<Vec<Output>, Error> {
         let mut outputs = Vec::new();
+        self.ingest_before_statement();
+        for text in crate::functions::split_statements(sql) {
+            if let Some(statement) = weft_sql::statement::parse_weft_statement(&text) {
+                outputs.push(self.execute_weft_statement(statement?)?);
+                continue;
+            }
+            for statement in weft_sql::parse(&text)? {
+                outputs.push(self.execute_statement(statement)?);
+            }
+        }
+        Ok(outputs)
+    }
+
+    /// Applies what sources have read before a statement outside a transaction runs, so that
+    /// it sees them.
+    fn ingest_before_statement(&mut self) {
         if self.has_inputs() && !self.in_transaction {
             if let Err(error) = self.ingest_sources() {
                 eprintln!("weft: {error}");
             }
         }
-        for text in crate::functions::split_statements(sql) {
-            if let Some(statement) = crate::effects::parse_effect_statement(&text) {
-                let statement =
-                    statement.map_err(|message| Error::Catalog(format!("in sink/source statement: {message}")))?;
-                outputs.push(self.execute_effect_statement(statement)?);
-                continue;
+    }
+
+    /// Executes parsed SQL statements (no weft statements among them), returning one output per
+    /// statement. Execution stops at the first error; statements before it keep their effects.
+    pub fn execute_parsed(&mut self, statements: Vec<Statement>) -> Result<Vec<Output>, Error> {
+        self.ingest_before_statement();
+        statements.into_iter().map(|statement| self.execute_statement(statement)).collect()
+    }
+
+    /// Executes one of weft's own statements.
+    pub fn execute_weft_statement(&mut self, statement: WeftStatement) -> Result<Output, Error> {
+        match statement {
+            WeftStatement::CreateFunction(spec) => {
+                let statement = crate::functions::function_statement(spec)
+                    .map_err(|message| Error::Catalog(format!("in function statement: {message}")))?;
+                self.execute_function_statement(statement)
             }
-            if let Some(statement) = crate::functions::parse_function_statement(&text) {
-                let statement =
-                    statement.map_err(|message| Error::Catalog(format!("in function statement: {message}")))?;
-                outputs.push(self.execute_function_statement(statement)?);
-                continue;
+            WeftStatement::DropFunction { name, if_exists } => {
+                self.execute_function_statement(FunctionStatement::Drop { name, if_exists })
             }
-            for statement in weft_sql::parse(&crate::reads::hoist_view_options(&text))? {
-                outputs.push(self.execute_statement(statement)?);
+            WeftStatement::Subscribe { .. } => {
+                Err(Error::Unsupported("SUBSCRIBE outside weft serve (connect a client to weft serve)".into()))
             }
+            effect => match crate::effects::effect_statement(effect) {
+                Some(statement) => self.execute_effect_statement(
+                    statement.map_err(|message| Error::Catalog(format!("in sink/source statement: {message}")))?,
+                ),
+                None => Err(Error::Unsupported("this statement".into())),
+            },
         }
-        Ok(outputs)
     }
 
     fn execute_function_statement(&mut self, statement: FunctionStatement) -> Result<Output, Error> {
@@ -733,7 +888,9 @@ impl Database {
                 if exists && !or_replace {
                     return catalog_error(format!("function {} already exists", definition.name));
                 }
-                definition.source = std::fs::read(&path)
+                self.policy.check_limits(definition.fuel, definition.memory_bytes)?;
+                let resolved = self.policy.access.file(&path)?;
+                definition.source = std::fs::read(&resolved)
                     .map_err(|error| Error::File { path: PathBuf::from(&path), message: error.to_string() })?;
                 if exists {
                     self.drop_function(&definition.name, false)?;
@@ -927,7 +1084,7 @@ impl Database {
 
     /// Runs a query on DataFusion over the current tables and maintained views.
     pub(crate) fn select(&mut self, statement: Statement) -> Result<Output, Error> {
-        run_query(&self.planner, statement, self.read_gate())
+        run_query(&self.planner, statement, self.read_gate(), None)
     }
 
     /// The gate a read must pass: none inside this database's own open write, which already
@@ -938,7 +1095,12 @@ impl Database {
 
     /// A handle that runs queries on other threads while this database goes on writing.
     pub fn reader(&self) -> Reader {
-        Reader { planner: self.planner.clone(), gate: self.gate.clone(), signer: self.signer.clone() }
+        Reader { planner: self.planner.clone(), gate: self.gate.clone(), signer: self.signer.clone(), row_limit: None }
+    }
+
+    /// What statements may reach outside the database.
+    pub fn access(&self) -> &weft_connectors::access::Access {
+        &self.policy.access
     }
 
     /// Whether a `BEGIN` block is open.
@@ -1340,7 +1502,7 @@ impl Database {
                     Some(local) => local,
                     None => {
                         // Not row by row (a subquery, say): let DataFusion find the rows.
-                        let batches = self.planner.execute(plan, self.read_gate())?;
+                        let batches = self.planner.execute(plan, || self.read_gate().map(Gate::read))?;
                         let mut found = Vec::new();
                         for batch in &batches {
                             found.extend(batch_rows(batch)?.into_iter().map(split));
@@ -1610,4 +1772,42 @@ fn point_lookup(
         .iter()
         .map(|column| pinned.get(column).filter(|value| value.column_type() == Some(columns[*column].1)).cloned())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_whose_log_write_fails_never_comes_back_and_later_ones_are_refused() {
+        for (case, sync) in [("write", false), ("torn", false), ("sync", true)] {
+            let directory = std::env::temp_dir().join(format!("weft-failed-commit-{case}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&directory);
+            let options = Options { data_dir: directory.clone(), workers: 1, sync };
+            {
+                let mut database = Database::open(options.clone()).unwrap();
+                database.execute("CREATE TABLE t (x BIGINT PRIMARY KEY); INSERT INTO t VALUES (1)").unwrap();
+                match case {
+                    "write" => database.wal.fail_next_write(0),
+                    "torn" => database.wal.fail_next_write(9),
+                    _ => database.wal.fail_next_sync(),
+                }
+                let error = database.execute("INSERT INTO t VALUES (2)").unwrap_err();
+                assert!(matches!(error, Error::Wal(WalError::Io { .. })), "{case}: {error}");
+                assert_eq!(database.query("SELECT x FROM t").unwrap(), vec![vec![Value::Int(1)]], "{case}");
+                // The log takes nothing more, so nothing after the failure can carry it out.
+                let refused = database.execute("INSERT INTO t VALUES (3)").unwrap_err();
+                assert!(matches!(refused, Error::Wal(WalError::Failed { .. })), "{case}: {refused}");
+            }
+            let mut database = Database::open(options).unwrap();
+            assert_eq!(database.query("SELECT x FROM t").unwrap(), vec![vec![Value::Int(1)]], "{case}");
+            database.execute("INSERT INTO t VALUES (4)").unwrap();
+            assert_eq!(
+                database.query("SELECT x FROM t ORDER BY x").unwrap(),
+                vec![vec![Value::Int(1)], vec![Value::Int(4)]]
+            );
+            drop(database);
+            let _ = std::fs::remove_dir_all(&directory);
+        }
+    }
 }

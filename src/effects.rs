@@ -14,11 +14,11 @@
 //! `CREATE FUNCTION`. The definitions are logged in the write-ahead log; the effects themselves
 //! live in the outbox ([`crate::executor`]).
 
-use crate::functions::{column_type_named, tokens};
 use serde::{Deserialize, Serialize};
 use weft_connectors::Target;
 use weft_effects::{Column, ColumnKind, Datum};
 use weft_engine::{ColumnType, Value};
+use weft_sql::statement::WeftStatement;
 
 /// How often a source is read when the statement does not say.
 pub const DEFAULT_POLL_MS: u64 = 1000;
@@ -65,164 +65,28 @@ pub enum EffectStatement {
     Retry { cid: String },
 }
 
-struct Cursor {
-    tokens: Vec<String>,
-    at: usize,
-}
-
-impl Cursor {
-    fn peek(&self) -> Option<String> {
-        self.tokens.get(self.at).map(|token| token.to_ascii_uppercase())
-    }
-
-    fn next(&mut self, what: &str) -> Result<String, String> {
-        let token = self.tokens.get(self.at).cloned().ok_or_else(|| format!("expected {what}, found the end"))?;
-        self.at += 1;
-        Ok(token)
-    }
-
-    fn expect(&mut self, word: &str) -> Result<(), String> {
-        let token = self.next(word)?;
-        if token.eq_ignore_ascii_case(word) {
-            Ok(())
-        } else {
-            Err(format!("expected {word}, found {token}"))
-        }
-    }
-
-    fn accept(&mut self, word: &str) -> bool {
-        let found = self.peek().is_some_and(|token| token == word.to_ascii_uppercase());
-        if found {
-            self.at += 1;
-        }
-        found
-    }
-
-    fn name(&mut self, what: &str) -> Result<String, String> {
-        let token = self.next(what)?;
-        if let Some(quoted) = token.strip_prefix('"').and_then(|rest| rest.strip_suffix('"')) {
-            return Ok(quoted.to_string());
-        }
-        if token.starts_with('\'') || !token.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_') {
-            return Err(format!("expected {what}, found {token}"));
-        }
-        Ok(token.to_lowercase())
-    }
-
-    fn names(&mut self, what: &str) -> Result<Vec<String>, String> {
-        self.expect("(")?;
-        let mut names = vec![self.name(what)?];
-        while self.accept(",") {
-            names.push(self.name(what)?);
-        }
-        self.expect(")")?;
-        Ok(names)
-    }
-
-    fn target(&mut self) -> Result<Target, String> {
-        let connector = self.name("a connector (postgres, http or files)")?;
-        self.expect("(")?;
-        let mut arguments = Vec::new();
-        loop {
-            let token = self.next("a quoted argument")?;
-            let Some(text) = token.strip_prefix('\'') else {
-                return Err(format!("{connector}(...) arguments are quoted strings, found {token}"));
-            };
-            arguments.push(text.to_string());
-            if !self.accept(",") {
-                break;
-            }
-        }
-        self.expect(")")?;
-        let target = Target { connector, arguments };
+/// The effect statement a parsed weft statement is, if it is one.
+pub fn effect_statement(statement: WeftStatement) -> Option<Result<EffectStatement, String>> {
+    let target = |spec: weft_sql::statement::TargetSpec| -> Result<Target, String> {
+        let target = Target { connector: spec.connector, arguments: spec.arguments };
         target.resource().map_err(|error| error.to_string())?;
         Ok(target)
-    }
-
-    fn end(&mut self) -> Result<(), String> {
-        self.accept(";");
-        match self.tokens.get(self.at) {
-            None => Ok(()),
-            Some(token) => Err(format!("unexpected {token}")),
-        }
-    }
-}
-
-/// Parses a sink, source or effect statement; `None` when `sql` is something else.
-pub fn parse_effect_statement(sql: &str) -> Option<Result<EffectStatement, String>> {
-    let tokens = tokens(sql).ok()?;
-    let upper: Vec<String> = tokens.iter().take(3).map(|token| token.to_ascii_uppercase()).collect();
-    let words: Vec<&str> = upper.iter().map(String::as_str).collect();
-    let kind = match words.as_slice() {
-        ["CREATE", "SINK", ..] | ["CREATE", "SOURCE", ..] | ["DROP", "SINK", ..] | ["DROP", "SOURCE", ..] => words[1],
-        ["RETRY", "EFFECT", ..] => "RETRY",
+    };
+    Some(match statement {
+        WeftStatement::CreateSink { name, view, target: spec, key } => target(spec).and_then(|target| {
+            if !["postgres", "http", "files", "effects"].contains(&target.connector.as_str()) {
+                return Err(format!("unknown sink connector {}", target.connector));
+            }
+            Ok(EffectStatement::CreateSink(SinkDefinition { name, view, target, key, epoch: 0 }))
+        }),
+        WeftStatement::CreateSource { name, columns, target: spec, poll_ms } => target(spec).map(|target| {
+            let poll_ms = poll_ms.unwrap_or(DEFAULT_POLL_MS).max(10);
+            EffectStatement::CreateSource(SourceDefinition { name, columns, target, poll_ms })
+        }),
+        WeftStatement::DropEffect { source, name, if_exists } => Ok(EffectStatement::Drop { source, name, if_exists }),
+        WeftStatement::RetryEffect { cid } => Ok(EffectStatement::Retry { cid }),
         _ => return None,
-    }
-    .to_string();
-    let create = words[0] == "CREATE";
-    let mut cursor = Cursor { tokens, at: 2 };
-    let statement = (|| {
-        let statement = match (create, kind.as_str()) {
-            (_, "RETRY") => {
-                let token = cursor.next("the effect's CID")?;
-                let cid = token.strip_prefix('\'').ok_or("RETRY EFFECT takes the CID as a quoted string")?;
-                EffectStatement::Retry { cid: cid.to_string() }
-            }
-            (false, kind) => {
-                let if_exists = cursor.accept("IF") && {
-                    cursor.expect("EXISTS")?;
-                    true
-                };
-                EffectStatement::Drop { source: kind == "SOURCE", name: cursor.name("a name")?, if_exists }
-            }
-            (true, "SINK") => {
-                let name = cursor.name("the sink's name")?;
-                cursor.expect("FROM")?;
-                let view = cursor.name("a view")?;
-                cursor.expect("INTO")?;
-                let target = cursor.target()?;
-                if !["postgres", "http", "files", "effects"].contains(&target.connector.as_str()) {
-                    return Err(format!("unknown sink connector {}", target.connector));
-                }
-                let key = if cursor.accept("KEY") { cursor.names("a key column")? } else { Vec::new() };
-                EffectStatement::CreateSink(SinkDefinition { name, view, target, key, epoch: 0 })
-            }
-            (true, _) => {
-                let name = cursor.name("the source's name")?;
-                let mut columns = Vec::new();
-                if cursor.peek().as_deref() == Some("(") {
-                    cursor.expect("(")?;
-                    loop {
-                        let column = cursor.name("a column name")?;
-                        let type_name = cursor.next("a column type")?;
-                        columns.push((column, column_type_named(&type_name)?));
-                        if !cursor.accept(",") {
-                            break;
-                        }
-                    }
-                    cursor.expect(")")?;
-                }
-                cursor.expect("FROM")?;
-                let target = cursor.target()?;
-                let mut poll_ms = DEFAULT_POLL_MS;
-                if cursor.accept("WITH") {
-                    cursor.expect("(")?;
-                    let option = cursor.name("an option")?;
-                    if option != "poll_ms" {
-                        return Err(format!("unknown source option {option} (known: poll_ms)"));
-                    }
-                    cursor.expect("=")?;
-                    let value = cursor.next("a number of milliseconds")?;
-                    poll_ms = value.parse().map_err(|_| format!("poll_ms must be a number, found {value}"))?;
-                    cursor.expect(")")?;
-                }
-                EffectStatement::CreateSource(SourceDefinition { name, columns, target, poll_ms: poll_ms.max(10) })
-            }
-        };
-        cursor.end()?;
-        Ok(statement)
-    })();
-    Some(statement)
+    })
 }
 
 /// The connectors' name for a column type.
@@ -284,31 +148,34 @@ pub fn value(datum: &Datum) -> Value {
 mod tests {
     use super::*;
 
+    fn parsed(sql: &str) -> Result<EffectStatement, String> {
+        let statement = weft_sql::statement::parse_weft_statement(sql).unwrap().map_err(|error| error.to_string())?;
+        effect_statement(statement).unwrap()
+    }
+
     #[test]
-    fn statements_parse_and_bad_ones_say_why() {
-        let sink = parse_effect_statement(
+    fn statements_become_effect_statements_and_bad_targets_say_why() {
+        let Ok(EffectStatement::CreateSink(definition)) = parsed(
             "CREATE SINK s FROM user_stats INTO postgres('host=127.0.0.1 dbname=app', 'user_stats') KEY (user_id, \"Mixed\");",
-        );
-        let Some(Ok(EffectStatement::CreateSink(definition))) = sink else { panic!("{sink:?}") };
+        ) else {
+            panic!()
+        };
         assert_eq!(definition.view, "user_stats");
         assert_eq!(definition.key, vec!["user_id", "Mixed"]);
         assert_eq!(definition.target.arguments[1], "user_stats");
-        let source = parse_effect_statement(
-            "create source clicks (u TEXT, n BIGINT) from files('d/*.jsonl') with (poll_ms = 50)",
-        );
-        let Some(Ok(EffectStatement::CreateSource(definition))) = source else { panic!("{source:?}") };
+        let Ok(EffectStatement::CreateSource(definition)) =
+            parsed("create source clicks (u TEXT, n BIGINT) from files('d/*.jsonl') with (poll_ms = 5)")
+        else {
+            panic!()
+        };
         assert_eq!(definition.columns, vec![("u".into(), ColumnType::Text), ("n".into(), ColumnType::BigInt)]);
-        assert_eq!(definition.poll_ms, 50);
+        assert_eq!(definition.poll_ms, 10, "polling is at most every 10 ms");
         assert_eq!(
-            parse_effect_statement("DROP SINK IF EXISTS s"),
-            Some(Ok(EffectStatement::Drop { source: false, name: "s".into(), if_exists: true }))
+            parsed("DROP SOURCE s"),
+            Ok(EffectStatement::Drop { source: true, name: "s".into(), if_exists: false })
         );
-        assert!(parse_effect_statement("SELECT 1").is_none());
-        let error = |sql: &str| parse_effect_statement(sql).unwrap().unwrap_err();
-        assert!(error("CREATE SINK s FROM v INTO ftp('x')").contains("unknown connector ftp"));
-        assert!(error("CREATE SINK s FROM v INTO http('ftp://x')").contains("http://"));
-        assert!(error("CREATE SINK s FROM v INTO postgres('host=x')").contains("2 argument"));
-        assert!(error("CREATE SOURCE s FROM files('x') WITH (speed = 1)").contains("unknown source option"));
-        assert!(error("CREATE SINK s FROM v INTO files('a.csv') garbage").contains("unexpected garbage"));
+        assert!(parsed("CREATE SINK s FROM v INTO ftp('x')").unwrap_err().contains("unknown connector ftp"));
+        assert!(parsed("CREATE SINK s FROM v INTO http('ftp://x')").unwrap_err().contains("http://"));
+        assert!(parsed("CREATE SINK s FROM v INTO postgres('host=x')").unwrap_err().contains("2 argument"));
     }
 }

@@ -18,13 +18,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use weft_connectors::access::Access;
 use weft_connectors::Target;
 use weft_effects::{
     Backoff, Column, ConnectorError, Datum, Effect, Outbox, OutboxRecord, SignedReceipt, Sink, Source, SourceRead,
     Status, Stream,
 };
-use weft_engine::content::{Outcome, Receipt};
 use weft_engine::Value;
+use weft_ipvm::content::{Outcome, Receipt};
 
 /// Rows per run of effects handed to a sink at once.
 const RUN_ROWS: u64 = 50_000;
@@ -72,6 +73,8 @@ struct Shared {
     read_fetches: AtomicU64,
     identity: Arc<crate::identity::Identity>,
     appended: AtomicU64,
+    /// What sinks, sources and reads may reach.
+    access: Access,
 }
 
 struct Task {
@@ -122,7 +125,7 @@ impl Shared {
     /// The receipt of an effect's delivery or failure: its CID and its signed encoding.
     fn receipt(
         &self,
-        ran: weft_engine::content::Cid,
+        ran: weft_ipvm::content::Cid,
         out: Outcome,
         duration: Duration,
     ) -> Option<(String, SignedReceipt)> {
@@ -134,7 +137,7 @@ impl Shared {
             issuer: self.identity.did().to_string(),
         };
         let encoded = receipt.encode().ok()?;
-        let cid = weft_engine::content::dag_cbor_cid(&encoded);
+        let cid = weft_ipvm::content::dag_cbor_cid(&encoded);
         let signature = self.identity.sign(&cid.to_bytes());
         Some((cid.to_string(), SignedReceipt { encoded, signature }))
     }
@@ -158,7 +161,12 @@ impl Shared {
 
 impl Executor {
     /// Opens the outbox at `path`, replaying (and compacting) its log, and starts the runtime.
-    pub fn open(path: &Path, sync: bool, identity: Arc<crate::identity::Identity>) -> Result<Executor, ExecutorError> {
+    pub fn open(
+        path: &Path,
+        sync: bool,
+        identity: Arc<crate::identity::Identity>,
+        access: Access,
+    ) -> Result<Executor, ExecutorError> {
         let (mut log, records) = Log::<OutboxRecord>::open(path, sync)?;
         let mut outbox = Outbox::default();
         let replayed = records.len();
@@ -183,6 +191,7 @@ impl Executor {
             read_fetches: AtomicU64::new(0),
             identity,
             appended: AtomicU64::new(0),
+            access,
         });
         Ok(Executor { runtime, shared, sinks: HashMap::new(), sources: HashMap::new(), readers: HashMap::new() })
     }
@@ -239,7 +248,7 @@ impl Executor {
         target: &Target,
         declared: Option<Vec<Column>>,
     ) -> Result<(Vec<Column>, Box<dyn Source>), ExecutorError> {
-        Ok(self.runtime.block_on(weft_connectors::open_source(target, declared))?)
+        Ok(self.runtime.block_on(weft_connectors::open_source(target, declared, &self.shared.access))?)
     }
 
     /// Starts reading a source every `poll_ms` (opening it first, retrying with backoff, when
@@ -561,7 +570,7 @@ async fn deliver(
         let started = Instant::now();
         let result = match &mut sink {
             Some(sink) => sink.apply(&run).await,
-            None => match weft_connectors::open_sink(&target, &name, &columns, &key).await {
+            None => match weft_connectors::open_sink(&target, &name, &columns, &key, &shared.access).await {
                 Ok(opened) => {
                     sink = Some(opened);
                     continue;
@@ -629,7 +638,9 @@ async fn follow(
     loop {
         let result = match &mut opening.opened {
             Some(source) => source.read().await,
-            None => match weft_connectors::open_source(&opening.target, Some(opening.columns.clone())).await {
+            None => match weft_connectors::open_source(&opening.target, Some(opening.columns.clone()), &shared.access)
+                .await
+            {
                 Ok((_, source)) => {
                     opening.opened = Some(source);
                     continue;
@@ -703,6 +714,7 @@ async fn read_resources(
     let lookup = weft_connectors::http::HttpLookup::new(
         weft_connectors::http::REQUEST_TIMEOUT,
         std::env::var("WEFT_IPFS_GATEWAY").ok().filter(|gateway| !gateway.is_empty()),
+        shared.access.clone(),
     );
     let mut backoff = Backoff::new(100, 60_000, jitter_seed(&view));
     let mut wanted: HashMap<String, i64> = HashMap::new();

@@ -12,11 +12,11 @@ use cid::Cid;
 use ipld_core::ipld::Ipld;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use weft_engine::content::{self, ContentError, Digest, Invocation, Outcome, Receipt};
 use weft_engine::hashed_row::HashedRow;
 use weft_engine::value::SmolStr;
 use weft_engine::Value;
 use weft_engine::{ColumnType, Row};
+use weft_ipvm::content::{self, ContentError, Digest, Invocation, Outcome, Receipt};
 use weft_sql::{RelationProvider, RowSource};
 
 /// A receipt as a caller sees it: its CID, its decoded form, its DAG-CBOR bytes, its invocation
@@ -1154,6 +1154,11 @@ impl WasmFunction {
         let (out, fuel, duration_us, started_ns) =
             match self.runtime.call(&self.module, &definition.export, &signature, args, limits) {
                 Ok(output) => (Outcome::Ok(output.value), output.fuel, output.duration_us, output.started_ns),
+                // Time is not a property of the invocation: nothing is recorded, and the call
+                // may succeed on another try.
+                Err(error @ weft_wasm::CallError::Interrupted(_)) => {
+                    return Err(weft_engine::EvalError(format!("function {}: {error}", definition.name)));
+                }
                 Err(error) => (Outcome::Error(error.to_string()), 0, 0, now_ns()),
             };
         // A receipt must be encodable: DAG-CBOR has no NaN or infinity, and every argument is
@@ -1257,182 +1262,33 @@ pub fn split_statements(sql: &str) -> Vec<String> {
     statements
 }
 
-/// The text up to the closing `quote` (a doubled quote is one quote character), consumed.
-fn quoted(chars: &mut std::iter::Peekable<std::str::Chars<'_>>, quote: char) -> Option<String> {
-    let mut text = String::new();
-    loop {
-        match chars.next()? {
-            c if c == quote && chars.peek() == Some(&quote) => {
-                chars.next();
-                text.push(quote);
-            }
-            c if c == quote => return Some(text),
-            c => text.push(c),
-        }
-    }
-}
-
-/// Words, quoted strings and punctuation of a function statement.
-pub(crate) fn tokens(sql: &str) -> Result<Vec<String>, String> {
-    let mut tokens = Vec::new();
-    let mut chars = sql.chars().peekable();
-    while let Some(&c) = chars.peek() {
-        if c.is_whitespace() {
-            chars.next();
-        } else if c == '\'' {
-            // A string: `'` and its text (quotes doubled inside are one quote).
-            chars.next();
-            tokens.push(format!("'{}", quoted(&mut chars, '\'').ok_or("unterminated string")?));
-        } else if c == '"' {
-            // A quoted identifier stays one token, quotes included, its case kept.
-            chars.next();
-            tokens.push(format!("\"{}\"", quoted(&mut chars, '"').ok_or("unterminated quoted identifier")?));
-        } else if c.is_alphanumeric() || c == '_' || c == '.' {
-            let mut word = String::new();
-            while let Some(&c) = chars.peek() {
-                if c.is_alphanumeric() || c == '_' || c == '.' {
-                    word.push(c);
-                    chars.next();
-                } else {
-                    break;
-                }
-            }
-            tokens.push(word);
-        } else {
-            tokens.push(c.to_string());
-            chars.next();
-        }
-    }
-    Ok(tokens)
-}
-
 /// A parsed function statement.
 pub enum FunctionStatement {
     Create { definition: FunctionDefinition, path: String, or_replace: bool },
     Drop { name: String, if_exists: bool },
 }
 
-pub(crate) fn column_type_named(word: &str) -> Result<ColumnType, String> {
-    Ok(match word.to_ascii_uppercase().as_str() {
-        "BIGINT" | "INT" | "INTEGER" | "INT8" => ColumnType::BigInt,
-        "DOUBLE" | "FLOAT" | "FLOAT8" | "REAL" => ColumnType::Double,
-        "TEXT" | "VARCHAR" => ColumnType::Text,
-        "BYTEA" => ColumnType::Bytea,
-        "BOOLEAN" | "BOOL" => ColumnType::Boolean,
-        "TIMESTAMP" => ColumnType::Timestamp,
-        other => return Err(format!("unknown type {other}")),
-    })
-}
-
-/// Parses `CREATE [OR REPLACE] FUNCTION ...` or `DROP FUNCTION [IF EXISTS] name`; `None` when
-/// the statement is something else.
-pub fn parse_function_statement(sql: &str) -> Option<Result<FunctionStatement, String>> {
-    let tokens = tokens(sql).ok()?;
-    let upper: Vec<String> = tokens.iter().map(|token| token.to_ascii_uppercase()).collect();
-    let word = |index: usize| upper.get(index).map(String::as_str).unwrap_or("");
-    match (word(0), word(1), word(2), word(3)) {
-        ("DROP", "FUNCTION", "IF", "EXISTS") => {
-            Some(Ok(FunctionStatement::Drop { name: tokens.get(4)?.to_lowercase(), if_exists: true }))
-        }
-        ("DROP", "FUNCTION", ..) => {
-            Some(Ok(FunctionStatement::Drop { name: tokens.get(2)?.to_lowercase(), if_exists: false }))
-        }
-        ("CREATE", "FUNCTION", ..) => Some(parse_create(&tokens, &upper, 2, false)),
-        ("CREATE", "OR", "REPLACE", "FUNCTION") => Some(parse_create(&tokens, &upper, 4, true)),
-        _ => None,
-    }
-}
-
-fn parse_create(
-    tokens: &[String],
-    upper: &[String],
-    start: usize,
-    or_replace: bool,
-) -> Result<FunctionStatement, String> {
-    let mut at = start;
-    let next = |at: &mut usize| -> Result<(String, String), String> {
-        let token = tokens.get(*at).cloned().ok_or("unexpected end of CREATE FUNCTION")?;
-        let upper = upper[*at].clone();
-        *at += 1;
-        Ok((token, upper))
+/// The definition a parsed `CREATE FUNCTION` declares (its module not yet read).
+pub fn function_statement(spec: weft_sql::statement::FunctionSpec) -> Result<FunctionStatement, String> {
+    let defaults = weft_wasm::Limits::default();
+    let memory_bytes = match spec.memory_mb {
+        None => defaults.memory_bytes,
+        Some(megabytes) => usize::try_from(megabytes)
+            .ok()
+            .and_then(|megabytes| megabytes.checked_mul(1 << 20))
+            .ok_or_else(|| format!("memory_mb = {megabytes} is too large"))?,
     };
-    let expect = |at: &mut usize, word: &str| -> Result<(), String> {
-        let (_, found) = next(at)?;
-        if found == word {
-            Ok(())
-        } else {
-            Err(format!("expected {word}, found {found}"))
-        }
-    };
-    let string = |at: &mut usize, what: &str| -> Result<String, String> {
-        let (token, _) = next(at)?;
-        token.strip_prefix('\'').map(str::to_string).ok_or(format!("expected a quoted {what}"))
-    };
-    let (name, _) = next(&mut at)?;
-    let name = name.to_lowercase();
-    expect(&mut at, "(")?;
-    let mut params = Vec::new();
-    loop {
-        let (token, upper_token) = next(&mut at)?;
-        match upper_token.as_str() {
-            ")" => break,
-            "," => continue,
-            _ => params.push(column_type_named(&token)?),
-        }
-    }
-    expect(&mut at, "RETURNS")?;
-    let result = column_type_named(&next(&mut at)?.0)?;
-    expect(&mut at, "LANGUAGE")?;
-    let (_, language) = next(&mut at)?;
-    if language != "WASM" {
-        return Err(format!("LANGUAGE {language} is not supported (use LANGUAGE wasm)"));
-    }
-    expect(&mut at, "AS")?;
-    let path = string(&mut at, "module path")?;
-    let mut definition = FunctionDefinition {
-        export: name.clone(),
-        name,
+    let definition = FunctionDefinition {
+        export: spec.export.unwrap_or_else(|| spec.name.clone()),
+        name: spec.name,
         source: Vec::new(),
-        params,
-        result,
-        fuel: weft_wasm::Limits::default().fuel,
-        memory_bytes: weft_wasm::Limits::default().memory_bytes,
-        on_error_null: false,
+        params: spec.params,
+        result: spec.returns,
+        fuel: spec.fuel.unwrap_or(defaults.fuel),
+        memory_bytes,
+        on_error_null: spec.on_error_null,
     };
-    while at < tokens.len() {
-        let (_, clause) = next(&mut at)?;
-        match clause.as_str() {
-            "EXPORT" => definition.export = string(&mut at, "export name")?,
-            "WITH" => {
-                expect(&mut at, "(")?;
-                loop {
-                    let (key, upper_key) = next(&mut at)?;
-                    match upper_key.as_str() {
-                        ")" => break,
-                        "," => continue,
-                        _ => {
-                            expect(&mut at, "=")?;
-                            let (value, _) = next(&mut at)?;
-                            let number: u64 =
-                                value.parse().map_err(|_| format!("{key} needs a number, got {value}"))?;
-                            match upper_key.as_str() {
-                                "FUEL" => definition.fuel = number,
-                                "MEMORY_MB" => definition.memory_bytes = (number as usize) << 20,
-                                _ => return Err(format!("unknown option {key} (use fuel or memory_mb)")),
-                            }
-                        }
-                    }
-                }
-            }
-            "ON" => {
-                expect(&mut at, "ERROR")?;
-                expect(&mut at, "NULL")?;
-                definition.on_error_null = true;
-            }
-            other => return Err(format!("unexpected {other} in CREATE FUNCTION")),
-        }
-    }
-    Ok(FunctionStatement::Create { definition, path, or_replace })
+    Ok(FunctionStatement::Create { definition, path: spec.path, or_replace: spec.or_replace })
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use cid::multibase::{self, Base};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 
 /// Multicodec prefix of an ed25519 public key (0xed, as an unsigned varint).
@@ -30,7 +30,18 @@ impl Identity {
     /// Loads `path`, or creates it with a fresh key from the operating system's randomness.
     pub fn load_or_create(path: &Path) -> Result<Identity, IdentityError> {
         let error = |message: String| IdentityError::Key { path: path.display().to_string(), message };
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let secret: [u8; 32] = if path.exists() {
+            // A key others can read is no longer the node's alone: refuse it rather than sign
+            // with it.
+            let mode = std::fs::metadata(path).map_err(|e| error(e.to_string()))?.permissions().mode();
+            if mode & 0o077 != 0 {
+                return Err(error(format!(
+                    "the node key is readable by others (mode {:o}); `chmod 600 {}` if it is still secret",
+                    mode & 0o777,
+                    path.display()
+                )));
+            }
             std::fs::read(path)
                 .map_err(|e| error(e.to_string()))?
                 .try_into()
@@ -40,7 +51,13 @@ impl Identity {
             std::fs::File::open("/dev/urandom")
                 .and_then(|mut random| random.read_exact(&mut secret))
                 .map_err(|e| error(format!("reading /dev/urandom: {e}")))?;
-            std::fs::write(path, secret).map_err(|e| error(e.to_string()))?;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .and_then(|mut file| file.write_all(&secret).and_then(|()| file.sync_all()))
+                .map_err(|e| error(e.to_string()))?;
             secret
         };
         let key = SigningKey::from_bytes(&secret);
@@ -202,6 +219,13 @@ mod tests {
         let first = Identity::load_or_create(&path).unwrap();
         let again = Identity::load_or_create(&path).unwrap();
         assert_eq!(first.did(), again.did());
+        // The key is the owner's alone: created 0600, refused once others can read it.
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let refused = Identity::load_or_create(&path).err().expect("a world-readable key is refused").to_string();
+        assert!(refused.contains("readable by others"), "{refused}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(first.did().starts_with("did:key:z6Mk"), "{}", first.did());
         let signature = first.sign(b"receipt");
         verify(first.did(), b"receipt", &signature).unwrap();

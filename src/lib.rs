@@ -12,6 +12,8 @@ pub mod effects;
 pub mod executor;
 pub mod fastpath;
 pub mod functions;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod memory;
 pub mod output;
@@ -20,5 +22,5 @@ pub mod server;
 pub mod signer;
 pub mod wal;
 
-pub use database::{Database, Error, Options, Output, Reader};
+pub use database::{Database, Error, Options, Output, Policy, Reader};
 pub use weft_engine::{ColumnType, Row, Value};

@@ -24,6 +24,15 @@ struct Cli {
     /// Do not fdatasync the log on commit: commits survive a process crash but not an OS crash.
     #[arg(long, global = true)]
     no_sync: bool,
+    /// The most fuel a function may ask for (`CREATE FUNCTION ... WITH (fuel = n)`, `invoke --fuel`).
+    #[arg(long, global = true, default_value_t = weft::Policy::DEFAULT_MAX_FUEL)]
+    max_fuel: u64,
+    /// The most memory a function may ask for, in MiB.
+    #[arg(long, global = true, default_value_t = weft::Policy::DEFAULT_MAX_MEMORY_MB)]
+    max_memory_mb: usize,
+    /// Wall-clock milliseconds after which a call is interrupted (its error is not memoised).
+    #[arg(long, global = true, default_value_t = weft::Policy::DEFAULT_MAX_CALL_MS)]
+    max_call_ms: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -77,12 +86,51 @@ enum Command {
         /// Password clients must give (needed to listen beyond loopback).
         #[arg(long, env = "WEFT_PASSWORD", hide_env_values = true)]
         password: Option<String>,
+        /// The directory clients' statements may read and write files in (COPY, module paths,
+        /// file sinks and sources, `files/append` effects); without it, no files at all.
+        #[arg(long)]
+        files_root: Option<PathBuf>,
+        /// Hosts clients' statements may connect to (`http()`, `http_get`, `postgres()`,
+        /// `http/post` effects), as `host[:port]`, comma-separated or repeated; without it, none.
+        /// Link-local, multicast and unspecified addresses are never reached.
+        #[arg(long, value_delimiter = ',')]
+        allow_hosts: Vec<String>,
+        /// The most changes a subscriber may fall behind; one further behind is disconnected
+        /// with an error saying so, and everyone else goes on.
+        #[arg(long, default_value_t = weft::server::ServeOptions::DEFAULT_SUBSCRIBE_BUFFER)]
+        subscribe_buffer: usize,
+        /// The most rows a query may return (SQLSTATE 54000 beyond).
+        #[arg(long, default_value_t = weft::server::ServeOptions::DEFAULT_MAX_RESULT_ROWS)]
+        max_result_rows: usize,
+        /// How long a statement waits for the writer another session's transaction holds
+        /// (SQLSTATE 55P03 after).
+        #[arg(long, default_value_t = weft::server::ServeOptions::DEFAULT_LOCK_TIMEOUT_MS)]
+        lock_timeout_ms: u64,
+        /// Seconds a session may sit idle inside a transaction before it is rolled back and
+        /// disconnected (0: never).
+        #[arg(long, default_value_t = weft::server::ServeOptions::DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_S)]
+        idle_in_transaction_timeout_s: u64,
+        /// The most pgwire connections and HTTP requests at once (SQLSTATE 53300 beyond).
+        #[arg(long, default_value_t = weft::server::ServeOptions::DEFAULT_MAX_CONNECTIONS)]
+        max_connections: usize,
+        /// PEM certificate chain for TLS on the PostgreSQL protocol (with --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for TLS (with --tls-cert).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Listen beyond loopback without a password and TLS.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Inspect or retry managed effects (the outbox of the sinks).
     Effects {
         #[command(subcommand)]
         action: EffectsAction,
     },
+    /// Rewrite a damaged log (`wal`, `outbox`) of the data directory up to its first damage,
+    /// printing what is lost; the damaged file is kept beside it as `<name>.damaged`.
+    Recover,
     /// Run a SQL script, echoing each statement before its result (the demo).
     Run {
         /// The script.
@@ -115,6 +163,29 @@ enum EffectsAction {
 /// delivered at the next start: it is in the outbox).
 const EFFECTS_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// `weft recover`: each log of the data directory cut at its first damage, saying what is lost.
+fn recover(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    anyhow::ensure!(data_dir.is_dir(), "no data directory at {}", data_dir.display());
+    for name in ["wal", "outbox"] {
+        let path = data_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let recovery = weft::wal::recover(&path)?;
+        match (&recovery.damage, &recovery.copy) {
+            (Some((offset, what)), Some(copy)) => println!(
+                "{name}: damaged at byte {offset} ({what}): kept {} frames ({} bytes), lost {} bytes; the damaged file is kept as {}",
+                recovery.frames,
+                recovery.kept_bytes,
+                recovery.lost_bytes,
+                copy.display()
+            ),
+            _ => println!("{name}: not damaged ({} frames, {} bytes); left as it is", recovery.frames, recovery.kept_bytes),
+        }
+    }
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     weft::memory::use_small_pages();
     weft::memory::start_prefaulting();
@@ -138,12 +209,25 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Recover = cli.command {
+        return recover(&cli.data_dir);
+    }
+    // The local user reaches what they can; `weft serve`'s clients only what it is told.
+    let access = match &cli.command {
+        Command::Serve { files_root, allow_hosts, .. } => {
+            weft_connectors::access::Access::confined(files_root.as_deref(), allow_hosts).map_err(anyhow::Error::msg)?
+        }
+        _ => weft_connectors::access::Access::unrestricted(),
+    };
     let options = Options { data_dir: cli.data_dir.clone(), workers: cli.workers, sync: !cli.no_sync };
-    let mut database =
-        Database::open(options).with_context(|| format!("opening data directory {}", cli.data_dir.display()))?;
+    let max_memory_bytes = cli.max_memory_mb.checked_mul(1 << 20).context("--max-memory-mb is too large")?;
+    let policy = weft::Policy { access, max_fuel: cli.max_fuel, max_memory_bytes, max_call_ms: cli.max_call_ms };
+    let mut database = Database::open_with_policy(options, policy)
+        .with_context(|| format!("opening data directory {}", cli.data_dir.display()))?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let result = match cli.command {
+        Command::Recover => unreachable!("recover runs without opening the database"),
         Command::Sql { command: Some(sql), format, .. } => run_script(&mut database, &sql, format, false, &mut out),
         Command::Sql { file: Some(file), format, .. } => {
             let sql = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
@@ -173,7 +257,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Invoke { module, function, args, returns, fuel, memory_mb } => {
             let source = std::fs::read(&module).with_context(|| format!("reading {}", module.display()))?;
             let args = args.iter().map(|arg| parse_argument(arg)).collect();
-            let limits = weft_wasm::Limits { fuel, memory_bytes: memory_mb << 20 };
+            let memory_bytes = memory_mb.checked_mul(1 << 20).context("--memory-mb is too large")?;
+            let limits = weft_wasm::Limits { fuel, memory_bytes };
             let invoked = database.invoke(&source, &function, args, returns, limits)?;
             let (result, error) = weft::functions::outcome_json(&invoked.stored.receipt.out);
             // Keys in the documented order: out, invocation, receipt, memo (then error).
@@ -194,19 +279,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Receipt { cid, verify } => {
-            let cid = weft_engine::content::parse_cid(&cid)?;
+            let cid = weft_ipvm::content::parse_cid(&cid)?;
             if let Some(signed) = database.effect_receipt(&cid.to_string()) {
-                let ipld = weft_engine::content::decode(&signed.encoded)?;
+                let ipld = weft_ipvm::content::decode(&signed.encoded)?;
                 writeln!(out, "{}", weft::functions::dag_json(&ipld))?;
                 if verify {
-                    let issuer = weft_engine::content::Receipt::from_ipld(&ipld)?.issuer;
+                    let issuer = weft_ipvm::content::Receipt::from_ipld(&ipld)?.issuer;
                     weft::identity::verify(&issuer, &cid.to_bytes(), &signed.signature)?;
                     eprintln!("verified: signed by {issuer}");
                 }
                 return Ok(());
             }
             let stored = database.receipt(&cid).with_context(|| format!("no receipt {cid} in this data directory"))?;
-            let json = weft::functions::dag_json(&weft_engine::content::decode(&stored.encoded)?);
+            let json = weft::functions::dag_json(&weft_ipvm::content::decode(&stored.encoded)?);
             writeln!(out, "{json}")?;
             if verify {
                 let proof = stored.signed_proof()?;
@@ -219,8 +304,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let sql = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             run_script(&mut database, &sql, format, true, &mut out)
         }
-        Command::Serve { pg, http, password } => {
-            let options = weft::server::ServeOptions { pg, http, password };
+        Command::Serve {
+            pg,
+            http,
+            password,
+            subscribe_buffer,
+            max_result_rows,
+            lock_timeout_ms,
+            idle_in_transaction_timeout_s,
+            max_connections,
+            tls_cert,
+            tls_key,
+            insecure,
+            ..
+        } => {
+            let options = weft::server::ServeOptions {
+                pg,
+                http,
+                password,
+                subscribe_buffer,
+                max_result_rows,
+                lock_timeout_ms,
+                idle_in_transaction_timeout_s,
+                max_connections,
+                tls: tls_cert.zip(tls_key),
+                insecure,
+            };
             return Ok(weft::server::serve(database, options)?);
         }
     };

@@ -220,28 +220,6 @@ fn parse_query(sql: &str) -> Result<ast::Query, String> {
     }
 }
 
-/// Moves view options written after the query (`CREATE MATERIALIZED VIEW v AS SELECT ... WITH
-/// (ttl = '10 minutes')`) to where SQL puts them (`CREATE MATERIALIZED VIEW v WITH (...) AS
-/// SELECT ...`); other text is returned as it is.
-pub fn hoist_view_options(sql: &str) -> std::borrow::Cow<'_, str> {
-    static TRAILING: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
-    let pattern = TRAILING.get_or_init(|| {
-        regex::Regex::new(
-            r"(?is)^(\s*create\s+(?:or\s+replace\s+)?(?:materialized\s+)?view\s+\S+)\s+as\s+(.*?)\s+with\s*\(([^()]*)\)\s*;?\s*$",
-        )
-        .expect("a valid pattern")
-    });
-    match pattern.captures(sql) {
-        Some(parts)
-            if parts[3].to_ascii_lowercase().contains("ttl")
-                || parts[3].to_ascii_lowercase().contains("concurrency") =>
-        {
-            std::borrow::Cow::Owned(format!("{} WITH ({}) AS {}", &parts[1], &parts[3], &parts[2]))
-        }
-        _ => std::borrow::Cow::Borrowed(sql),
-    }
-}
-
 /// A reading view as logged: which view reads, through which wanted view, how fresh.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ReadsDefinition {
@@ -288,11 +266,12 @@ mod tests {
             error("CREATE VIEW v WITH (colour = 1) AS SELECT http_get(url) FROM urls").contains("unknown view option")
         );
         assert_eq!(
-            hoist_view_options("CREATE MATERIALIZED VIEW pages AS SELECT url, http_get(url) AS body FROM urls WITH (ttl = '10 minutes');"),
-            "CREATE MATERIALIZED VIEW pages WITH (ttl = '10 minutes') AS SELECT url, http_get(url) AS body FROM urls"
+            split("CREATE MATERIALIZED VIEW pages AS SELECT url, http_get(url) AS body FROM urls WITH (ttl = '10 minutes');")
+                .unwrap()
+                .unwrap()
+                .ttl,
+            Some(Duration::from_secs(600))
         );
-        let plain = "CREATE VIEW v AS WITH x AS (SELECT 1) SELECT * FROM x";
-        assert_eq!(hoist_view_options(plain), plain);
         assert_eq!(parse_ttl("forever"), Ok(None));
         assert_eq!(parse_ttl("500 ms"), Ok(Some(Duration::from_millis(500))));
     }

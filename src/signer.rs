@@ -15,8 +15,8 @@ use crate::identity::{Identity, SignedBatch};
 use crate::wal::Record;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use weft_engine::content::{self, ContentError, Digest};
-use weft_engine::sha3_lanes::sha3_256_many;
+use weft_ipvm::content::{self, ContentError, Digest};
+use weft_ipvm::sha3_lanes::sha3_256_many;
 
 /// What signing one receipt needs, copied out of the memo so the signer never takes its lock.
 #[derive(Clone, Debug)]

@@ -1,16 +1,29 @@
 //! The write-ahead log: weft's embedded persistence.
 //!
-//! Every catalog change and every committed transaction is appended as one frame
-//! (`length: u32 LE | checksum: u64 LE | bincode payload`; the checksum is a CRC-32 tagged in
-//! its high half, or FNV-1a in logs from before) before the commit is acknowledged.
+//! Every catalog change and every committed transaction is appended as one frame before the
+//! commit is acknowledged. A log starts with the 8 bytes `WEFTLOG2`; a frame is
+//! `length: u32 LE | payload CRC-32: u32 LE | header CRC-32: u32 LE | bincode payload`, the
+//! header's own checksum covering its first 8 bytes, so a damaged length is never trusted.
 //! With `sync` on, the append is followed by `fdatasync`, so a power loss loses nothing; with it
 //! off, the frame still reaches the operating system before the commit returns, so killing the
-//! process (kill -9) loses nothing. Opening the log replays every whole frame; a torn final frame
-//! (a crash mid-append) is cut off. [`Wal::rewrite`] replaces the log by a compact snapshot.
+//! process (kill -9) loses nothing.
+//!
+//! The log tells the truth about itself:
+//! - An append or sync that fails cuts the file back to the last good frame and leaves the log
+//!   refusing every later append until it is opened again: a rolled-back commit can never be
+//!   written out by the next one, nor reappear after a restart.
+//! - Opening cuts a *torn tail* (at most one partial frame at the end: a crash mid-append,
+//!   never acknowledged) with a warning saying how many bytes, and refuses a *damaged* log
+//!   (anything else) naming the offset, keeping the file as it is; [`recover`] rewrites it up to
+//!   the damage after saying what is lost (`weft recover`).
+//!
+//! Logs written before this format (12-byte headers without their own checksum) are read with
+//! their old rules and rewritten in this one when opened. [`Log::rewrite`] replaces the log by
+//! a compact snapshot.
 
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use weft_engine::{Change, ColumnType, RelationId, Row};
 
@@ -59,57 +72,201 @@ pub enum WalError {
     /// Reading or writing the log file failed.
     #[error("write-ahead log {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    /// A frame could not be encoded or decoded.
+    /// A record could not be encoded, or a whole, checksummed frame did not decode.
     #[error("write-ahead log {path}: corrupt frame at byte {offset}: {message}")]
     Corrupt { path: PathBuf, offset: u64, message: String },
+    /// The log is damaged before its end: opening it would silently drop what follows.
+    #[error("write-ahead log {path} is damaged at byte {offset} ({message}); `weft recover --data-dir DIR` keeps the {frames} frames before it and says what is lost")]
+    Damaged { path: PathBuf, offset: u64, frames: u64, message: String },
+    /// An earlier append or sync failed; the log takes no more appends until it is reopened.
+    #[error("write-ahead log {path}: an earlier write failed, so the log takes no more commits until the database is opened again")]
+    Failed { path: PathBuf },
 }
 
 /// An open, append-only log file of records of type `R` (the outbox uses it too).
 pub struct Log<R> {
     path: PathBuf,
-    file: BufWriter<File>,
+    file: File,
     sync: bool,
     frames: u64,
     bytes: u64,
+    /// An append or sync failed: no more appends until reopened.
+    failed: bool,
+    #[cfg(test)]
+    faults: faults::Faults,
     records: std::marker::PhantomData<fn(R)>,
 }
 
 /// The database's write-ahead log.
 pub type Wal = Log<Record>;
 
+/// The first bytes of a log in this format.
+const MAGIC: &[u8; 8] = b"WEFTLOG2";
+
+/// A frame's header: length, payload checksum, header checksum.
 const HEADER_BYTES: usize = 12;
 
-/// The high half of a frame's checksum field when the low half is a CRC-32.
-const CRC_MARKER: u64 = 0x5745_4654 << 32;
+/// Mixed into the header checksum, so that a header of zeros is not a valid one.
+const HEADER_SALT: u32 = 0x5745_4654;
 
-/// A frame's checksum: CRC-32 (hardware-accelerated) tagged with [`CRC_MARKER`]. It detects torn
-/// or garbled frames; it is not an integrity MAC.
-fn checksum(bytes: &[u8]) -> u64 {
-    CRC_MARKER | u64::from(crc32fast::hash(bytes))
+fn header_checksum(first_eight: &[u8]) -> u32 {
+    crc32fast::hash(first_eight) ^ HEADER_SALT
 }
 
-/// One record as a log frame: the payload's length and checksum, then the bincode payload.
+/// One record as a log frame: its header, then the bincode payload.
 pub fn encode_frame<T: Serialize>(record: &T) -> Result<Vec<u8>, bincode::Error> {
-    let length = bincode::serialized_size(record)? as usize;
+    let length = bincode::serialized_size(record)?;
+    let length = u32::try_from(length).map_err(|_| {
+        Box::new(bincode::ErrorKind::Custom(format!("a record of {length} bytes is larger than a log frame (4 GiB)")))
+    })?;
     let mut frame = vec![0u8; HEADER_BYTES];
-    frame.reserve_exact(length);
+    frame.reserve_exact(length as usize);
     bincode::serialize_into(&mut frame, record)?;
-    let payload = &frame[HEADER_BYTES..];
-    let header = ((payload.len() as u32).to_le_bytes(), checksum(payload).to_le_bytes());
-    frame[..4].copy_from_slice(&header.0);
-    frame[4..HEADER_BYTES].copy_from_slice(&header.1);
+    let payload_checksum = crc32fast::hash(&frame[HEADER_BYTES..]);
+    frame[..4].copy_from_slice(&length.to_le_bytes());
+    frame[4..8].copy_from_slice(&payload_checksum.to_le_bytes());
+    let header = header_checksum(&frame[..8]);
+    frame[8..HEADER_BYTES].copy_from_slice(&header.to_le_bytes());
     Ok(frame)
 }
 
-/// The checksum of logs written before CRC-32: FNV-1a, 64 bits.
-fn legacy_checksum(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x100_0000_01b3))
+/// Where reading a log stopped.
+enum Ending {
+    /// At the end of the file, after a whole frame (or at its start).
+    Clean,
+    /// At a torn final frame, which starts at the offset reached.
+    Torn,
+    /// At damage: the offset reached and what is wrong there.
+    Damaged(String),
 }
 
-/// Whether `expected` is the checksum of `bytes`: a tagged CRC-32, or the FNV-1a of logs
-/// written before, which stay readable.
-fn checksum_matches(bytes: &[u8], expected: u64) -> bool {
-    (expected >> 32 == CRC_MARKER >> 32 && checksum(bytes) == expected) || legacy_checksum(bytes) == expected
+/// The frames of a log read from its bytes.
+struct Scan {
+    /// Each whole frame's payload.
+    payloads: Vec<(u64, Vec<u8>)>,
+    /// Where the last whole frame ends.
+    offset: u64,
+    ending: Ending,
+    /// Written before [`MAGIC`]: to be rewritten in this format.
+    legacy: bool,
+}
+
+/// Reads the frames of a log of `file_length` bytes.
+fn scan(reader: &mut impl Read, file_length: u64) -> std::io::Result<Scan> {
+    let mut magic = [0u8; MAGIC.len()];
+    let read = read_full(reader, &mut magic)?;
+    if read < MAGIC.len() && magic[..read] == MAGIC[..read] {
+        // Empty, or a creation cut short.
+        let ending = if read == 0 { Ending::Clean } else { Ending::Torn };
+        return Ok(Scan { payloads: Vec::new(), offset: 0, ending, legacy: false });
+    }
+    if &magic != MAGIC {
+        return legacy::scan(&magic[..read], reader, file_length);
+    }
+    let mut scan = Scan { payloads: Vec::new(), offset: MAGIC.len() as u64, ending: Ending::Clean, legacy: false };
+    loop {
+        let remaining = file_length - scan.offset;
+        if remaining == 0 {
+            return Ok(scan);
+        }
+        let mut header = [0u8; HEADER_BYTES];
+        let read = read_full(reader, &mut header)?;
+        if read < HEADER_BYTES {
+            scan.ending = Ending::Torn;
+            return Ok(scan);
+        }
+        let length = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as u64;
+        let payload_checksum = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+        let expected = u32::from_le_bytes(header[8..].try_into().expect("4 bytes"));
+        if header_checksum(&header[..8]) != expected {
+            // A tail of zeros is a crash after the file grew and before its bytes were written.
+            let zeros = header.iter().all(|byte| *byte == 0) && rest_is_zero(reader)?;
+            scan.ending = if zeros { Ending::Torn } else { Ending::Damaged("frame header checksum mismatch".into()) };
+            return Ok(scan);
+        }
+        if HEADER_BYTES as u64 + length > remaining {
+            scan.ending = Ending::Torn;
+            return Ok(scan);
+        }
+        let mut payload = vec![0u8; length as usize];
+        read_full(reader, &mut payload)?;
+        if crc32fast::hash(&payload) != payload_checksum {
+            let last = HEADER_BYTES as u64 + length == remaining;
+            scan.ending = if last { Ending::Torn } else { Ending::Damaged("frame payload checksum mismatch".into()) };
+            return Ok(scan);
+        }
+        scan.payloads.push((scan.offset, payload));
+        scan.offset += HEADER_BYTES as u64 + length;
+    }
+}
+
+/// Whether every byte left in `reader` is zero.
+fn rest_is_zero(reader: &mut impl Read) -> std::io::Result<bool> {
+    let mut buffer = [0u8; 8192];
+    loop {
+        match reader.read(&mut buffer)? {
+            0 => return Ok(true),
+            read if buffer[..read].iter().all(|byte| *byte == 0) => {}
+            _ => return Ok(false),
+        }
+    }
+}
+
+/// The payloads of the whole frames in a log's `bytes`, and how the log ends (`"clean"`,
+/// `"torn"` or `"damaged"`): the reading [`Log::open`] does, for tools and the fuzz harness.
+pub fn read_frames(bytes: &[u8]) -> (Vec<Vec<u8>>, &'static str) {
+    match scan(&mut std::io::Cursor::new(bytes), bytes.len() as u64) {
+        Ok(scan) => {
+            let ending = match scan.ending {
+                Ending::Clean => "clean",
+                Ending::Torn => "torn",
+                Ending::Damaged(_) => "damaged",
+            };
+            (scan.payloads.into_iter().map(|(_, payload)| payload).collect(), ending)
+        }
+        Err(_) => (Vec::new(), "damaged"),
+    }
+}
+
+/// What [`recover`] kept and cut.
+#[derive(Debug, PartialEq)]
+pub struct Recovery {
+    /// Whole frames kept.
+    pub frames: u64,
+    /// Bytes kept.
+    pub kept_bytes: u64,
+    /// Bytes cut from the damage on (0: the log was not damaged).
+    pub lost_bytes: u64,
+    /// Where the damage starts, and what it is.
+    pub damage: Option<(u64, String)>,
+    /// The copy of the damaged file, kept beside it.
+    pub copy: Option<PathBuf>,
+}
+
+/// Rewrites the log at `path` up to its first damage, keeping a copy of the damaged file as
+/// `<path>.damaged`. A log without damage is left as it is (a torn tail is cut on open).
+pub fn recover(path: &Path) -> Result<Recovery, WalError> {
+    let io = |source| WalError::Io { path: path.to_path_buf(), source };
+    let file = File::open(path).map_err(io)?;
+    let file_length = file.metadata().map_err(io)?.len();
+    let scan = scan(&mut BufReader::new(&file), file_length).map_err(io)?;
+    drop(file);
+    let frames = scan.payloads.len() as u64;
+    let Ending::Damaged(message) = scan.ending else {
+        return Ok(Recovery { frames, kept_bytes: file_length, lost_bytes: 0, damage: None, copy: None });
+    };
+    let copy = path.with_extension("damaged");
+    std::fs::copy(path, &copy).map_err(io)?;
+    let file = OpenOptions::new().write(true).open(path).map_err(io)?;
+    file.set_len(scan.offset).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    Ok(Recovery {
+        frames,
+        kept_bytes: scan.offset,
+        lost_bytes: file_length - scan.offset,
+        damage: Some((scan.offset, message)),
+        copy: Some(copy),
+    })
 }
 
 impl<R: Serialize + serde::de::DeserializeOwned> Log<R> {
@@ -118,51 +275,48 @@ impl<R: Serialize + serde::de::DeserializeOwned> Log<R> {
         let io = |source| WalError::Io { path: path.to_path_buf(), source };
         let file = OpenOptions::new().read(true).append(true).create(true).open(path).map_err(io)?;
         let file_length = file.metadata().map_err(io)?.len();
-        let mut reader = BufReader::new(&file);
-        let mut records = Vec::new();
-        let mut offset: u64 = 0;
-        loop {
-            let mut header = [0u8; HEADER_BYTES];
-            match read_full(&mut reader, &mut header).map_err(io)? {
-                0 => break,
-                n if n < HEADER_BYTES => break,
-                _ => {}
-            }
-            let length = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-            let expected = u64::from_le_bytes(header[4..].try_into().expect("8 bytes"));
-            let mut payload = vec![0u8; length];
-            if read_full(&mut reader, &mut payload).map_err(io)? < length {
-                break;
-            }
-            if !checksum_matches(&payload, expected) {
-                if offset + (HEADER_BYTES + length) as u64 == file_length {
-                    break;
-                }
-                // A bad frame with frames after it is damage, not a torn append: refuse to
-                // guess, and keep the file as it is.
-                return Err(WalError::Corrupt {
-                    path: path.to_path_buf(),
-                    offset,
-                    message: "checksum mismatch before the end of the log".into(),
-                });
-            }
-            let record = bincode::deserialize(&payload).map_err(|error| WalError::Corrupt {
+        let scan = scan(&mut BufReader::new(&file), file_length).map_err(io)?;
+        let frames = scan.payloads.len() as u64;
+        if let Ending::Damaged(message) = scan.ending {
+            return Err(WalError::Damaged { path: path.to_path_buf(), offset: scan.offset, frames, message });
+        }
+        let mut records = Vec::with_capacity(scan.payloads.len());
+        for (offset, payload) in &scan.payloads {
+            let record = bincode::deserialize(payload).map_err(|error| WalError::Corrupt {
                 path: path.to_path_buf(),
-                offset,
+                offset: *offset,
                 message: error.to_string(),
             })?;
             records.push(record);
-            offset += (HEADER_BYTES + length) as u64;
         }
-        drop(reader);
-        if file_length > offset {
+        if file_length > scan.offset {
             // A torn final frame from a crash mid-append: it was never acknowledged.
-            file.set_len(offset).map_err(io)?;
+            eprintln!(
+                "weft: write-ahead log {}: cut a torn final frame of {} bytes at byte {} (a crash mid-append; it was never acknowledged)",
+                path.display(),
+                file_length - scan.offset,
+                scan.offset
+            );
+            file.set_len(scan.offset).map_err(io)?;
         }
-        let frames = records.len() as u64;
-        let file = BufWriter::new(file);
-        let log =
-            Log { path: path.to_path_buf(), file, sync, frames, bytes: offset, records: std::marker::PhantomData };
+        let mut log = Log {
+            path: path.to_path_buf(),
+            file,
+            sync,
+            frames,
+            bytes: scan.offset,
+            failed: false,
+            #[cfg(test)]
+            faults: faults::Faults::default(),
+            records: std::marker::PhantomData,
+        };
+        if scan.legacy {
+            log.rewrite_payloads(scan.payloads.iter().map(|(_, payload)| payload.as_slice()))?;
+        } else if scan.offset == 0 {
+            log.write_bytes(MAGIC)?;
+            log.sync_written()?;
+            log.bytes = MAGIC.len() as u64;
+        }
         Ok((log, records))
     }
 
@@ -176,39 +330,88 @@ impl<R: Serialize + serde::de::DeserializeOwned> Log<R> {
     }
 
     fn append_serialized<T: Serialize>(&mut self, records: &[T]) -> Result<(), WalError> {
+        let mut frames = Vec::with_capacity(records.len());
         for record in records {
-            let frame = encode_frame(record).map_err(|error| WalError::Corrupt {
+            frames.push(encode_frame(record).map_err(|error| WalError::Corrupt {
                 path: self.path.clone(),
                 offset: self.bytes,
                 message: error.to_string(),
-            })?;
-            self.write_frame(&frame)?;
+            })?);
         }
-        self.sync_written()
+        self.append_frames(&frames)
     }
 
-    /// Appends frames made by [`encode_frame`] (on another thread, say) as they are.
+    /// Appends frames made by [`encode_frame`] (on another thread, say) as they are. If any write
+    /// or the sync fails, the file is cut back to where it was and the log takes no more appends.
     pub fn append_frames(&mut self, frames: &[Vec<u8>]) -> Result<(), WalError> {
-        for frame in frames {
-            self.write_frame(frame)?;
+        if self.failed {
+            return Err(WalError::Failed { path: self.path.clone() });
         }
-        self.sync_written()
-    }
-
-    fn write_frame(&mut self, frame: &[u8]) -> Result<(), WalError> {
-        self.file.write_all(frame).map_err(|error| self.io(error))?;
-        self.bytes += frame.len() as u64;
-        self.frames += 1;
+        let start = (self.bytes, self.frames);
+        let written = (|| {
+            // Small frames go out in one write; large ones as they are.
+            let mut pending = Vec::new();
+            for frame in frames {
+                if frame.len() >= 1 << 16 {
+                    self.write_bytes(&pending)?;
+                    pending.clear();
+                    self.write_bytes(frame)?;
+                } else {
+                    pending.extend_from_slice(frame);
+                }
+                self.bytes += frame.len() as u64;
+                self.frames += 1;
+            }
+            self.write_bytes(&pending)?;
+            self.sync_written()
+        })();
+        if let Err(error) = written {
+            self.failed = true;
+            (self.bytes, self.frames) = start;
+            // Whatever reached the file of this append is cut off: the next open must not see
+            // it. If even that fails, the log still refuses appends, and a restart reads what
+            // the file says.
+            let _ = self.file.set_len(self.bytes).and_then(|()| self.file.sync_data());
+            return Err(error);
+        }
         Ok(())
     }
 
-    /// Hands what was written to the operating system (and the disk, with `sync`).
+    fn write_bytes(&mut self, bytes: &[u8]) -> Result<(), WalError> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        #[cfg(test)]
+        if let Some(torn) = self.faults.write() {
+            let kept = torn.min(bytes.len());
+            let _ = self.file.write_all(&bytes[..kept]);
+            return Err(self.io(std::io::Error::other("injected write failure")));
+        }
+        self.file.write_all(bytes).map_err(|error| self.io(error))
+    }
+
+    /// Makes what was written durable (with `sync`; it reached the operating system already).
     fn sync_written(&mut self) -> Result<(), WalError> {
-        self.file.flush().map_err(|error| self.io(error))?;
         if self.sync {
-            self.file.get_ref().sync_data().map_err(|error| self.io(error))?;
+            #[cfg(test)]
+            if self.faults.sync() {
+                return Err(self.io(std::io::Error::other("injected sync failure")));
+            }
+            self.file.sync_data().map_err(|error| self.io(error))?;
         }
         Ok(())
+    }
+
+    /// Makes the next write fail after `torn` of its bytes reached the file (tests).
+    #[cfg(test)]
+    pub(crate) fn fail_next_write(&mut self, torn: usize) {
+        self.faults.write_after = Some((0, torn));
+    }
+
+    /// Makes the next sync fail (tests; only a log opened with `sync` syncs).
+    #[cfg(test)]
+    pub(crate) fn fail_next_sync(&mut self) {
+        self.faults.sync_after = Some(0);
     }
 
     /// Number of frames in the log.
@@ -223,13 +426,43 @@ impl<R: Serialize + serde::de::DeserializeOwned> Log<R> {
 
     /// Atomically replaces the whole log by `records` (write a new file, sync, rename).
     pub fn rewrite(&mut self, records: &[R]) -> Result<(), WalError> {
+        let mut frames = Vec::with_capacity(records.len());
+        for record in records {
+            frames.push(encode_frame(record).map_err(|error| WalError::Corrupt {
+                path: self.path.clone(),
+                offset: 0,
+                message: error.to_string(),
+            })?);
+        }
+        self.replace_with(&frames)
+    }
+
+    /// Rewrites a legacy log's payloads in this format.
+    fn rewrite_payloads<'a>(&mut self, payloads: impl Iterator<Item = &'a [u8]>) -> Result<(), WalError> {
+        let frames: Vec<Vec<u8>> = payloads
+            .map(|payload| {
+                let mut frame = Vec::with_capacity(HEADER_BYTES + payload.len());
+                frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+                frame.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+                frame.extend_from_slice(&header_checksum(&frame[..8]).to_le_bytes());
+                frame.extend_from_slice(payload);
+                frame
+            })
+            .collect();
+        self.replace_with(&frames)
+    }
+
+    /// Writes `frames` to a new file, syncs it and renames it over the log, then reopens.
+    fn replace_with(&mut self, frames: &[Vec<u8>]) -> Result<(), WalError> {
         let temporary = self.path.with_extension("rewrite");
         {
-            let (mut fresh, _) = Log::<R>::open(&temporary, true)?;
-            fresh.file.get_ref().set_len(0).map_err(|error| fresh.io(error))?;
-            fresh.bytes = 0;
-            fresh.frames = 0;
-            fresh.append(records)?;
+            let io = |source| WalError::Io { path: temporary.clone(), source };
+            let mut fresh = File::create(&temporary).map_err(io)?;
+            fresh.write_all(MAGIC).map_err(io)?;
+            for frame in frames {
+                fresh.write_all(frame).map_err(io)?;
+            }
+            fresh.sync_all().map_err(io)?;
         }
         std::fs::rename(&temporary, &self.path).map_err(|error| self.io(error))?;
         if let Some(directory) = self.path.parent() {
@@ -240,6 +473,113 @@ impl<R: Serialize + serde::de::DeserializeOwned> Log<R> {
         let (reopened, _) = Log::<R>::open(&self.path, self.sync)?;
         *self = reopened;
         Ok(())
+    }
+}
+
+/// Logs written before [`MAGIC`]: `length: u32 LE | checksum: u64 LE | payload`, the checksum a
+/// CRC-32 tagged in its high half, or FNV-1a in older logs still. Their headers have no
+/// checksum of their own, so a bad frame before the end is damage and a bad last one torn.
+mod legacy {
+    use super::{read_full, Ending, Scan};
+    use std::io::Read;
+
+    const HEADER_BYTES: usize = 12;
+    const CRC_MARKER: u64 = 0x5745_4654 << 32;
+
+    fn fnv(bytes: &[u8]) -> u64 {
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x100_0000_01b3))
+    }
+
+    pub(super) fn checksum_matches(bytes: &[u8], expected: u64) -> bool {
+        (expected >> 32 == CRC_MARKER >> 32 && (CRC_MARKER | u64::from(crc32fast::hash(bytes))) == expected)
+            || fnv(bytes) == expected
+    }
+
+    fn not_a_log() -> Ending {
+        Ending::Damaged("the file starts with neither a weft log header nor a whole frame".into())
+    }
+
+    /// Reads a legacy log whose first bytes (`first`, up to 8) were read already.
+    pub(super) fn scan(first: &[u8], reader: &mut impl Read, file_length: u64) -> std::io::Result<Scan> {
+        let mut reader = first.chain(reader);
+        let mut scan = Scan { payloads: Vec::new(), offset: 0, ending: Ending::Clean, legacy: true };
+        loop {
+            let mut header = [0u8; HEADER_BYTES];
+            match read_full(&mut reader, &mut header)? {
+                0 => return Ok(scan),
+                read if read < HEADER_BYTES => {
+                    scan.ending = Ending::Torn;
+                    return Ok(scan);
+                }
+                _ => {}
+            }
+            let length = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as u64;
+            let expected = u64::from_le_bytes(header[4..].try_into().expect("8 bytes"));
+            // A file that is not in this format is read as a legacy log only if its first frame
+            // is whole and checks out: a damaged header of a current log is damage.
+            let first = scan.payloads.is_empty();
+            if scan.offset + HEADER_BYTES as u64 + length > file_length {
+                scan.ending = if first { not_a_log() } else { Ending::Torn };
+                return Ok(scan);
+            }
+            let mut payload = vec![0u8; length as usize];
+            read_full(&mut reader, &mut payload)?;
+            if !checksum_matches(&payload, expected) {
+                let last = scan.offset + HEADER_BYTES as u64 + length == file_length;
+                scan.ending = if first {
+                    not_a_log()
+                } else if last {
+                    Ending::Torn
+                } else {
+                    Ending::Damaged("checksum mismatch before the end of the log".into())
+                };
+                return Ok(scan);
+            }
+            scan.payloads.push((scan.offset, payload));
+            scan.offset += HEADER_BYTES as u64 + length;
+        }
+    }
+}
+
+/// Failures injected into a log's writes and syncs, for the tests of what a failed append leaves.
+#[cfg(test)]
+mod faults {
+    /// Which write or sync fails next.
+    #[derive(Default)]
+    pub(super) struct Faults {
+        /// Fail the write after this many more succeed, writing only this many of its bytes.
+        pub(super) write_after: Option<(u32, usize)>,
+        /// Fail the sync after this many more succeed.
+        pub(super) sync_after: Option<u32>,
+    }
+
+    impl Faults {
+        /// Whether this write fails, and how many of its bytes reach the file if so.
+        pub(super) fn write(&mut self) -> Option<usize> {
+            let (after, torn) = self.write_after.as_mut()?;
+            if *after == 0 {
+                let torn = *torn;
+                self.write_after = None;
+                return Some(torn);
+            }
+            *after -= 1;
+            None
+        }
+
+        /// Whether this sync fails.
+        pub(super) fn sync(&mut self) -> bool {
+            match self.sync_after.as_mut() {
+                Some(0) => {
+                    self.sync_after = None;
+                    true
+                }
+                Some(after) => {
+                    *after -= 1;
+                    false
+                }
+                None => false,
+            }
+        }
     }
 }
 
@@ -307,13 +647,22 @@ mod tests {
         assert_eq!(commit_frame(&changes).unwrap(), encode_frame(&record).unwrap());
     }
 
+    fn directory(name: &str) -> PathBuf {
+        let directory = std::env::temp_dir().join(format!("weft-wal-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&directory);
+        std::fs::create_dir_all(&directory).unwrap();
+        directory
+    }
+
+    fn commit(number: i64) -> Record {
+        Record::Commit { changes: vec![(1, vec![Value::Int(number), Value::Text("x".into())], 1)] }
+    }
+
     #[test]
     fn torn_tail_is_dropped_and_log_stays_appendable() {
-        let directory = std::env::temp_dir().join(format!("weft-wal-{}", std::process::id()));
-        std::fs::create_dir_all(&directory).unwrap();
+        let directory = directory("torn");
         let path = directory.join("wal");
-        let _ = std::fs::remove_file(&path);
-        let commit = Record::Commit { changes: vec![(1, vec![Value::Int(1), Value::Text("x".into())], 1)] };
+        let commit = commit(1);
         {
             let (mut wal, records) = Wal::open(&path, false).unwrap();
             assert!(records.is_empty());
@@ -338,22 +687,118 @@ mod tests {
         wal.rewrite(std::slice::from_ref(&commit)).unwrap();
         assert_eq!(wal.frames(), 1);
         assert_eq!(Wal::open(&path, false).unwrap().1, vec![commit.clone()]);
-        // A frame checksummed with FNV-1a (logs written before CRC-32) still reads; a frame whose
-        // payload no longer matches either checksum is a torn tail.
+        // A tail of zeros (the file grew, its bytes never written) is torn too.
+        let length = std::fs::metadata(&path).unwrap().len();
+        OpenOptions::new().write(true).open(&path).unwrap().set_len(length + 100).unwrap();
+        assert_eq!(Wal::open(&path, false).unwrap().1, vec![commit.clone()]);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), length);
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+
+    #[test]
+    fn legacy_logs_are_read_and_rewritten_in_the_current_format() {
+        let directory = directory("legacy");
+        let path = directory.join("wal");
+        let commit = commit(1);
+        // A frame checksummed with FNV-1a, then one with a tagged CRC-32 (logs from before).
         let payload = bincode::serialize(&commit).unwrap();
         let fnv = payload
             .iter()
             .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x100_0000_01b3));
-        let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
-        frame.extend_from_slice(&fnv.to_le_bytes());
-        frame.extend_from_slice(&payload);
-        std::fs::write(&path, &frame).unwrap();
+        let crc = (0x5745_4654u64 << 32) | u64::from(crc32fast::hash(&payload));
+        let mut bytes = Vec::new();
+        for checksum in [fnv, crc] {
+            bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&checksum.to_le_bytes());
+            bytes.extend_from_slice(&payload);
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(Wal::open(&path, false).unwrap().1, vec![commit.clone(), commit.clone()]);
+        assert!(std::fs::read(&path).unwrap().starts_with(MAGIC), "rewritten in the current format");
+        assert_eq!(Wal::open(&path, false).unwrap().1, vec![commit.clone(), commit.clone()]);
+        // A legacy log whose last frame no longer checks out had a torn tail.
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
         assert_eq!(Wal::open(&path, false).unwrap().1, vec![commit.clone()]);
-        let last = frame.len() - 1;
-        frame[last] ^= 0xff;
-        std::fs::write(&path, &frame).unwrap();
-        assert!(Wal::open(&path, false).unwrap().1.is_empty());
-        assert!(checksum_matches(b"frame", checksum(b"frame")) && !checksum_matches(b"frame", checksum(b"other")));
+        // A file that is neither is refused, not read as empty.
+        std::fs::write(&path, b"not a log at all, but more than a header").unwrap();
+        assert!(matches!(Wal::open(&path, false), Err(WalError::Damaged { offset: 0, .. })));
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+
+    #[test]
+    fn a_failed_append_is_cut_off_and_the_log_refuses_more_until_reopened() {
+        for (case, sync) in [("write", false), ("torn-write", false), ("sync", true)] {
+            let directory = directory(&format!("failed-{case}"));
+            let path = directory.join("wal");
+            let (mut wal, _) = Wal::open(&path, sync).unwrap();
+            wal.append(&[commit(1)]).unwrap();
+            let before = std::fs::metadata(&path).unwrap().len();
+            match case {
+                "write" => wal.faults.write_after = Some((0, 0)),
+                "torn-write" => wal.faults.write_after = Some((0, 7)),
+                _ => wal.faults.sync_after = Some(0),
+            }
+            // The rolled-back commit's frames are not left behind for the next one to carry.
+            assert!(matches!(wal.append(&[commit(2), commit(3)]), Err(WalError::Io { .. })), "{case}");
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), before, "{case}: cut back");
+            assert!(matches!(wal.append(&[commit(4)]), Err(WalError::Failed { .. })), "{case}");
+            drop(wal);
+            let (mut wal, records) = Wal::open(&path, sync).unwrap();
+            assert_eq!(records, vec![commit(1)], "{case}: the failed commit never comes back");
+            wal.append(&[commit(5)]).unwrap();
+            drop(wal);
+            assert_eq!(Wal::open(&path, sync).unwrap().1, vec![commit(1), commit(5)], "{case}");
+            std::fs::remove_dir_all(&directory).unwrap();
+        }
+    }
+
+    #[test]
+    fn damage_before_the_end_is_refused_and_recovered_up_to_the_damage() {
+        let seed = std::env::var("WEFT_TEST_SEED").ok().and_then(|seed| seed.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+        });
+        println!("damage test seed {seed} (WEFT_TEST_SEED to repeat)");
+        let mut state = seed | 1;
+        let mut random = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let directory = directory("damage");
+        let path = directory.join("wal");
+        let commits: Vec<Record> = (0..300).map(commit).collect();
+        {
+            let (mut wal, _) = Wal::open(&path, false).unwrap();
+            for record in &commits {
+                wal.append(std::slice::from_ref(record)).unwrap();
+            }
+        }
+        let pristine = std::fs::read(&path).unwrap();
+        let limit = pristine.len() * 85 / 100;
+        for round in 0..40 {
+            let offset = (random() % limit as u64) as usize;
+            let mut damaged = pristine.clone();
+            damaged[offset] ^= 1 << (random() % 8);
+            std::fs::write(&path, &damaged).unwrap();
+            match Wal::open(&path, false) {
+                Err(WalError::Damaged { offset: at, frames, .. }) => {
+                    assert!(at as usize <= offset, "seed {seed} round {round}: damage at {offset} found at {at}");
+                    let recovery = recover(&path).unwrap();
+                    assert_eq!(recovery.frames, frames);
+                    assert_eq!(recovery.kept_bytes + recovery.lost_bytes, pristine.len() as u64);
+                    assert_eq!(std::fs::read(recovery.copy.unwrap()).unwrap(), damaged, "the damaged file is kept");
+                    let (_, records) = Wal::open(&path, false).unwrap();
+                    assert_eq!(records, commits[..frames as usize], "seed {seed} round {round}");
+                }
+                Ok((_, records)) => {
+                    panic!("seed {seed} round {round}: a flip at byte {offset} opened with {} records", records.len())
+                }
+                Err(error) => panic!("seed {seed} round {round}: {error}"),
+            }
+        }
         std::fs::remove_dir_all(&directory).unwrap();
     }
 }

@@ -189,7 +189,7 @@ fn postgres_sink_holds_the_view_exactly_after_random_changes() {
 fn a_crash_during_delivery_applies_nothing_twice() {
     let postgres = Postgres::start("crash");
     postgres.psql("CREATE TABLE mirror (id BIGINT, k BIGINT, v BIGINT)");
-    let mut server = common::Server::start("effects-crash", &[]);
+    let mut server = common::Server::start("effects-crash", &["--allow-hosts", "127.0.0.1"]);
     let query = |server: &common::Server, sql: &str| {
         let (status, body) = server.http("POST", "/query", sql, "");
         assert_eq!(status, 200, "{sql}: {body}");

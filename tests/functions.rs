@@ -2,7 +2,7 @@
 //! outcome (also a failure) a signed receipt in the log.
 
 use weft::{Database, Options, Value};
-use weft_engine::content::Outcome;
+use weft_ipvm::content::Outcome;
 use weft_wasm::Limits;
 
 const MATH: &[u8] = include_bytes!("../examples/wasm/math.wat");
@@ -118,9 +118,9 @@ fn fresh_directory(label: &str) -> std::path::PathBuf {
 /// The receipt a `weft.receipts` cid cell names, checked to be addressed by its own bytes.
 fn receipt_named(database: &Database, cell: &Value) -> weft::functions::StoredReceipt {
     let Value::Text(cid) = cell else { panic!("receipt CIDs are text") };
-    let stored = database.receipt(&weft_engine::content::parse_cid(cid).unwrap()).expect("receipt by CID");
+    let stored = database.receipt(&weft_ipvm::content::parse_cid(cid).unwrap()).expect("receipt by CID");
     assert_eq!(stored.cid.to_string(), cid.as_str());
-    assert_eq!(weft_engine::content::dag_cbor_cid(&stored.encoded), stored.cid, "bytes match the CID");
+    assert_eq!(weft_ipvm::content::dag_cbor_cid(&stored.encoded), stored.cid, "bytes match the CID");
     stored
 }
 
@@ -343,7 +343,7 @@ fn receipts_of_many_calls_are_signed_in_batches_while_the_view_builds() {
 #[test]
 fn receipts_logged_one_by_one_by_earlier_versions_still_replay() {
     use weft::wal::{Record, Wal};
-    use weft_engine::content::{Invocation, Receipt};
+    use weft_ipvm::content::{Invocation, Receipt};
     let directory = fresh_directory("weft-functions-legacy");
     std::fs::create_dir_all(&directory).unwrap();
     // A log as versions before receipt batches wrote it: the function's definition is not needed
@@ -391,7 +391,7 @@ fn receipts_logged_one_by_one_by_earlier_versions_still_replay() {
 /// A batch logged as runs ([`Record::ReceiptRuns`]) in the form versions before it logged:
 /// with each receipt's two digests.
 fn with_digests(bytes: &[u8]) -> weft::functions::LoggedBatch {
-    use weft_engine::content::{dag_cbor_cid, digest_of, Invocation};
+    use weft_ipvm::content::{dag_cbor_cid, digest_of, Invocation};
     let runs = weft::functions::LoggedRuns::decode(bytes).unwrap();
     let receipts = runs
         .runs
@@ -477,4 +477,44 @@ fn receipts_signed_after_a_lookup_by_cid_are_found_by_theirs() {
     assert!(database.receipt(&unknown.invocation.cid().unwrap()).is_none(), "an invocation CID is no receipt CID");
     drop(database);
     std::fs::remove_dir_all(&directory).unwrap();
+}
+
+#[test]
+fn functions_stay_under_the_ceilings_and_time_is_never_memoised() {
+    let directory = fresh_directory("weft-ceilings");
+    std::fs::create_dir_all(&directory).unwrap();
+    let policy = weft::Policy { max_call_ms: 100, max_fuel: u64::MAX / 2, ..weft::Policy::local() };
+    let options = Options { data_dir: directory.join("data"), workers: 1, sync: false };
+    let mut database = Database::open_with_policy(options, policy).unwrap();
+    let spin = directory.join("spin.wat");
+    std::fs::write(&spin, SPIN).unwrap();
+    let create = |fuel: &str| {
+        format!("CREATE FUNCTION spin(BIGINT) RETURNS BIGINT LANGUAGE wasm AS '{}' WITH ({fuel})", spin.display())
+    };
+    // Above the ceilings (memory_mb that would wrap when shifted included): refused.
+    for options in ["memory_mb = 257", "memory_mb = 18446744073709551615", "memory_mb = 17592186044416"] {
+        let error = database.execute(&create(options)).unwrap_err().to_string();
+        assert!(
+            error.contains("memory") && (error.contains("max-memory-mb") || error.contains("too large")),
+            "{error}"
+        );
+    }
+    let limits = Limits { fuel: 10_000, memory_bytes: 512 << 20 };
+    let error = database.invoke(SPIN, "spin", vec![Value::Int(1)], None, limits).err().expect("refused");
+    assert!(error.to_string().contains("max-memory-mb"), "{error}");
+    // Under them: a call spinning on fuel enough for minutes is interrupted at 100 ms, each time
+    // (no memo entry, no receipt), and the database goes on.
+    database.execute(&create("fuel = 1000000000000")).unwrap();
+    database.execute("CREATE TABLE t (x BIGINT); INSERT INTO t VALUES (1)").unwrap();
+    for _ in 0..2 {
+        let error = database.query("SELECT spin(x) FROM t").unwrap_err().to_string();
+        assert!(error.contains("interrupted after"), "{error}");
+    }
+    let limits = Limits { fuel: u64::MAX / 2, memory_bytes: 1 << 20 };
+    let error = database.invoke(SPIN, "spin", vec![Value::Int(1)], None, limits).err().expect("interrupted");
+    assert!(error.to_string().contains("interrupted after"), "{error}");
+    assert_eq!(database.query("SELECT count(*) FROM weft.receipts").unwrap(), vec![vec![Value::Int(0)]]);
+    assert_eq!(database.query("SELECT count(*) FROM t").unwrap(), vec![vec![Value::Int(1)]]);
+    drop(database);
+    let _ = std::fs::remove_dir_all(&directory);
 }

@@ -1,6 +1,6 @@
-//! Python clients against `weft serve`: psycopg 3 (tests/clients/psycopg_client.py) and the
-//! provenance notebook (notebooks/provenance.ipynb), executed headless with nbclient. Both need
-//! the packages of notebooks/requirements.txt (`.ci/run` installs them).
+//! Python clients against `weft serve`: psycopg 3 (tests/clients/psycopg_client.py, writers.py,
+//! injection.py) and the provenance notebook (notebooks/provenance.ipynb), executed headless
+//! with nbclient. They need the packages of notebooks/requirements.txt (`.ci/run` installs them).
 
 mod common;
 
@@ -35,8 +35,25 @@ fn psycopg_client_works_against_the_server() {
 }
 
 #[test]
+fn psycopg_writers_in_transactions_never_block_or_lose_a_commit() {
+    let server = Server::start("writers", &[]);
+    let (ok, output) = python("tests/clients/writers.py", &[], &server);
+    assert!(ok, "{output}");
+    assert!(output.contains("writers checks passed"), "{output}");
+}
+
+#[test]
+fn psycopg_binds_hostile_parameters_as_values() {
+    let server = Server::start("injection-psycopg", &[]);
+    let (ok, output) = python("tests/clients/injection.py", &[], &server);
+    assert!(ok, "{output}");
+    assert!(output.contains("injection checks passed"), "{output}");
+}
+
+#[test]
 fn provenance_notebook_executes_without_errors() {
-    let server = Server::start("notebook", &[]);
+    // The notebook creates functions from the repository's example modules.
+    let server = Server::start("notebook", &["--files-root", env!("CARGO_MANIFEST_DIR")]);
     let (ok, output) = python("notebooks/run_notebook.py", &["notebooks/provenance.ipynb"], &server);
     assert!(ok, "{output}");
     assert!(server.directory.join("provenance.png").exists(), "the notebook drew its chart");

@@ -443,9 +443,16 @@ struct FileState {
 /// Follows the files matching a glob.
 pub struct FileSource {
     pattern: String,
+    /// Files matched through a link that leads out of reach are passed over.
+    access: crate::access::Access,
     columns: Vec<Column>,
     files: BTreeMap<PathBuf, FileState>,
     first: bool,
+}
+
+/// The paths the access policy lets statements read.
+fn reachable(paths: Vec<PathBuf>, access: &crate::access::Access) -> Vec<PathBuf> {
+    paths.into_iter().filter(|path| path.to_str().is_some_and(|path| access.file(path).is_ok())).collect()
 }
 
 fn matching(pattern: &str) -> Result<Vec<PathBuf>, ConnectorError> {
@@ -499,8 +506,12 @@ fn infer_columns(path: &Path) -> Result<Option<Vec<Column>>, ConnectorError> {
 impl FileSource {
     /// A source over the files matching `pattern`, with `declared` columns or columns inferred
     /// from the first matching file.
-    pub fn open(pattern: &str, declared: Option<Vec<Column>>) -> Result<FileSource, ConnectorError> {
-        let files = matching(pattern)?;
+    pub fn open(
+        pattern: &str,
+        declared: Option<Vec<Column>>,
+        access: crate::access::Access,
+    ) -> Result<FileSource, ConnectorError> {
+        let files = reachable(matching(pattern)?, &access);
         let columns = match declared {
             Some(columns) => columns,
             None => {
@@ -519,7 +530,7 @@ impl FileSource {
                 })?
             }
         };
-        Ok(FileSource { pattern: pattern.to_string(), columns, files: BTreeMap::new(), first: true })
+        Ok(FileSource { pattern: pattern.to_string(), access, columns, files: BTreeMap::new(), first: true })
     }
 
     /// The rows' columns.
@@ -599,7 +610,7 @@ impl FileSource {
 
 impl FileSource {
     fn read_now(&mut self) -> Result<SourceRead, ConnectorError> {
-        let paths = matching(&self.pattern)?;
+        let paths = reachable(matching(&self.pattern)?, &self.access);
         let mut resnapshot = self.first;
         let mut appended = Vec::new();
         let mut problems = Vec::new();

@@ -31,7 +31,14 @@ pub fn timeout(option: Option<&str>) -> Result<Duration, ConnectorError> {
 /// An HTTP client whose requests give up after `timeout` and whose error statuses come back as
 /// answers (the connectors classify them).
 pub fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false).build().new_agent()
+    // Redirects are not followed: the access policy checked the URL asked for, not where a
+    // server might send the request next.
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .new_agent()
 }
 
 /// Checks that `url` is an `http://` URL (TLS is not built in).
@@ -126,12 +133,13 @@ impl Sink for HttpSink {
 pub struct HttpLookup {
     agent: ureq::Agent,
     ipfs_gateway: Option<String>,
+    access: crate::access::Access,
 }
 
 impl HttpLookup {
     /// A reader with a per-request `timeout`.
-    pub fn new(timeout: Duration, ipfs_gateway: Option<String>) -> HttpLookup {
-        HttpLookup { agent: agent(timeout), ipfs_gateway }
+    pub fn new(timeout: Duration, ipfs_gateway: Option<String>, access: crate::access::Access) -> HttpLookup {
+        HttpLookup { agent: agent(timeout), ipfs_gateway, access }
     }
 
     /// The body at `resource`, as text. 408, 429, 5xx and transport failures are transient.
@@ -150,6 +158,7 @@ impl HttpLookup {
                 resource.to_string()
             }
         };
+        self.access.url(&url)?;
         let agent = self.agent.clone();
         tokio::task::spawn_blocking(move || {
             let response =

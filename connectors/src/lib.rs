@@ -14,6 +14,7 @@
 //! - [`requested`]: a sink executing the effects a view's rows describe (as a Wasm function
 //!   returns them).
 
+pub mod access;
 pub mod files;
 pub mod http;
 pub mod json;
@@ -92,23 +93,24 @@ pub async fn open_sink(
     sink_name: &str,
     columns: &[Column],
     key: &[usize],
+    access: &access::Access,
 ) -> Result<Box<dyn Sink>, ConnectorError> {
     target.resource()?;
     Ok(match target.connector.as_str() {
         "postgres" => Box::new(postgres::PostgresSink::new(
-            &target.arguments[0],
+            &postgres::check_hosts(&target.arguments[0], access)?,
             &target.arguments[1],
             sink_name,
             columns.to_vec(),
             key.to_vec(),
         )),
         "http" => Box::new(http::HttpSink::new(
-            &target.arguments[0],
+            &checked_url(&target.arguments[0], access)?,
             http::timeout(target.arguments.get(1).map(String::as_str))?,
             columns.to_vec(),
         )?),
-        "effects" => Box::new(requested::RequestedSink::new(&target.arguments[0], columns)?),
-        _ => Box::new(files::FileSink::new(&target.arguments[0], columns.to_vec())?),
+        "effects" => Box::new(requested::RequestedSink::new(&target.arguments[0], columns, access.clone())?),
+        _ => Box::new(files::FileSink::new(&checked_path(&target.arguments[0], access)?, columns.to_vec())?),
     })
 }
 
@@ -118,18 +120,50 @@ pub async fn open_sink(
 pub async fn open_source(
     target: &Target,
     declared: Option<Vec<Column>>,
+    access: &access::Access,
 ) -> Result<(Vec<Column>, Box<dyn Source>), ConnectorError> {
     target.resource()?;
     match target.connector.as_str() {
         "postgres" => {
-            let source = postgres::PostgresSource::open(&target.arguments[0], &target.arguments[1], declared).await?;
+            let conninfo = postgres::check_hosts(&target.arguments[0], access)?;
+            let source = postgres::PostgresSource::open(&conninfo, &target.arguments[1], declared).await?;
             Ok((source.columns().to_vec(), Box::new(source)))
         }
         "files" => {
-            let source = files::FileSource::open(&target.arguments[0], declared)?;
+            let pattern = checked_path(&target.arguments[0], access)?;
+            let source = files::FileSource::open(&pattern, declared, access.clone())?;
             Ok((source.columns().to_vec(), Box::new(source)))
         }
         other => Err(ConnectorError::Permanent(format!("{other}(...) cannot be a source: use postgres or files"))),
+    }
+}
+
+/// Checks that `access` lets statements reach what `target` names (a sink's or source's URL,
+/// file or PostgreSQL hosts), so that a statement naming what it may not reach fails at once.
+pub fn check_target(target: &Target, access: &access::Access) -> Result<(), ConnectorError> {
+    match target.connector.as_str() {
+        "postgres" => postgres::check_hosts(argument(target, 0, "a connection string")?, access).map(|_| ()),
+        "http" => checked_url(argument(target, 0, "a URL")?, access).map(|_| ()),
+        "files" => checked_path(argument(target, 0, "a path")?, access).map(|_| ()),
+        _ => Ok(()),
+    }
+}
+
+/// `url`, if the access policy lets statements reach it.
+fn checked_url(url: &str, access: &access::Access) -> Result<String, ConnectorError> {
+    access.url(url)?;
+    Ok(url.to_string())
+}
+
+/// The path to open for `path`, if the access policy lets statements reach it.
+fn checked_path(path: &str, access: &access::Access) -> Result<String, ConnectorError> {
+    let resolved = access.file(path)?;
+    resolved.to_str().map(str::to_string).ok_or_else(|| ConnectorError::Permanent(format!("{path:?}: not UTF-8")))
+}
+
+impl From<access::AccessError> for ConnectorError {
+    fn from(error: access::AccessError) -> ConnectorError {
+        ConnectorError::Permanent(error.to_string())
     }
 }
 

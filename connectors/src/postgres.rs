@@ -52,6 +52,26 @@ fn parse_config(conninfo: &str) -> Result<Config, ConnectorError> {
     Ok(config)
 }
 
+/// `conninfo`, if the access policy lets statements reach every host (and socket directory) it
+/// names.
+pub fn check_hosts(conninfo: &str, access: &crate::access::Access) -> Result<String, ConnectorError> {
+    let config = parse_config(conninfo)?;
+    let ports = config.get_ports();
+    let port = |index: usize| ports.get(index).or(ports.first()).copied().unwrap_or(5432);
+    for (index, host) in config.get_hosts().iter().enumerate() {
+        match host {
+            tokio_postgres::config::Host::Tcp(host) => access.host(host, port(index))?,
+            tokio_postgres::config::Host::Unix(path) => {
+                access.file(&path.to_string_lossy())?;
+            }
+        }
+    }
+    for (index, address) in config.get_hostaddrs().iter().enumerate() {
+        access.host(&address.to_string(), port(index))?;
+    }
+    Ok(conninfo.to_string())
+}
+
 /// `postgres://host:port/dbname/table`, without user or password.
 pub fn resource(conninfo: &str, table: &str) -> Result<String, ConnectorError> {
     let config = parse_config(conninfo)?;

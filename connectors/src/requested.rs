@@ -18,6 +18,8 @@ pub struct RequestedSink {
     column: usize,
     column_name: String,
     agent: ureq::Agent,
+    /// What the described effects may reach: each is checked as it runs.
+    access: crate::access::Access,
 }
 
 /// One requested effect, parsed.
@@ -47,25 +49,33 @@ fn parse(text: &str) -> Result<Request, String> {
 
 impl RequestedSink {
     /// A sink executing the descriptions in column `column_name` of `columns`.
-    pub fn new(column_name: &str, columns: &[Column]) -> Result<RequestedSink, ConnectorError> {
+    pub fn new(
+        column_name: &str,
+        columns: &[Column],
+        access: crate::access::Access,
+    ) -> Result<RequestedSink, ConnectorError> {
         let column = columns.iter().position(|column| column.name == column_name).ok_or_else(|| {
             ConnectorError::Permanent(format!("effects('{column_name}'): the view has no column {column_name}"))
         })?;
         let agent = crate::http::agent(crate::http::REQUEST_TIMEOUT);
-        Ok(RequestedSink { column, column_name: column_name.to_string(), agent })
+        Ok(RequestedSink { column, column_name: column_name.to_string(), agent, access })
     }
 
     async fn run(&self, key: String, request: Request) -> Result<(), ConnectorError> {
         match (request.connector.as_str(), request.ability.as_str()) {
             ("http", "http/post") => {
                 crate::http::check_url(&request.resource)?;
+                self.access.url(&request.resource)?;
                 let agent = self.agent.clone();
                 let body = request.payload.to_string();
                 tokio::task::spawn_blocking(move || crate::http::post(&agent, &request.resource, &key, &body))
                     .await
                     .map_err(|error| ConnectorError::Transient(format!("requested effect task: {error}")))?
             }
-            ("files", "files/append") => append_once(&request.resource, &key, &request.payload),
+            ("files", "files/append") => {
+                let path = self.access.file(&request.resource)?;
+                append_once(&path.to_string_lossy(), &key, &request.payload)
+            }
             (connector, ability) => Err(ConnectorError::Permanent(format!(
                 "requested effect {connector} {ability} is not supported (http http/post, files files/append)"
             ))),

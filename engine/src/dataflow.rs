@@ -113,7 +113,7 @@ pub struct ViewState {
     errors: Mutex<BTreeMap<String, isize>>,
     /// The changes of the timestamp being applied; kept only while someone subscribes.
     pending: Mutex<Vec<(Row, isize)>>,
-    subscribers: Mutex<Vec<Sender<ViewChanges>>>,
+    subscribers: Mutex<Vec<Subscriber>>,
     subscribed: AtomicBool,
     /// The latest timestamp the rows are complete for.
     time: AtomicU64,
@@ -134,8 +134,95 @@ pub struct Subscription {
     pub time: Time,
     /// The view's rows and multiplicities at `time`.
     pub snapshot: Vec<(Row, isize)>,
-    /// Every later timestamp at which the view changed, in order. Ends when the view is dropped.
-    pub changes: Receiver<ViewChanges>,
+    /// Every later timestamp at which the view changed, in order. Ends when the view is dropped
+    /// (or, for a bounded subscription, when its reader falls too far behind).
+    pub changes: ChangeStream,
+}
+
+/// Called after a subscriber's stream got changes or ended, to wake its reader.
+pub type Wake = Arc<dyn Fn() + Send + Sync>;
+
+/// The subscriber's end of a view's changes.
+pub struct ChangeStream {
+    receiver: Receiver<ViewChanges>,
+    /// Changes (rows) sent and not yet received.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    fell_behind: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl std::fmt::Debug for ChangeStream {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("ChangeStream").field("queued", &self.queued).finish()
+    }
+}
+
+impl ChangeStream {
+    fn received(&self, changes: ViewChanges) -> ViewChanges {
+        self.queued.fetch_sub(changes.updates.len(), AtomicOrdering::SeqCst);
+        changes
+    }
+
+    /// The next changes, if some are waiting.
+    pub fn try_recv(&self) -> Result<ViewChanges, std::sync::mpsc::TryRecvError> {
+        self.receiver.try_recv().map(|changes| self.received(changes))
+    }
+
+    /// The next changes, waiting at most `timeout`.
+    pub fn recv_timeout(&self, timeout: std::time::Duration) -> Result<ViewChanges, std::sync::mpsc::RecvTimeoutError> {
+        self.receiver.recv_timeout(timeout).map(|changes| self.received(changes))
+    }
+
+    /// Whether the stream ended because its reader fell further behind than its bound.
+    pub fn fell_behind(&self) -> bool {
+        self.fell_behind.load(AtomicOrdering::SeqCst)
+    }
+}
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Subscriber").field("queued", &self.queued).field("bound", &self.bound).finish()
+    }
+}
+
+/// The view's end of a subscription.
+struct Subscriber {
+    sender: Sender<ViewChanges>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    fell_behind: Arc<std::sync::atomic::AtomicBool>,
+    /// The most changes (rows) that may wait unreceived.
+    bound: usize,
+    wake: Option<Wake>,
+}
+
+impl Subscriber {
+    /// Sends `changes`, unless the reader is gone or would be more than its bound behind (then
+    /// the subscription ends, marked as fallen behind). A reader that has taken everything
+    /// sent gets the next commit whatever its size. Whether it goes on.
+    fn send(&self, changes: &ViewChanges) -> bool {
+        let queued = self.queued.load(AtomicOrdering::SeqCst);
+        let delivered = if queued > 0 && queued.saturating_add(changes.updates.len()) > self.bound {
+            self.fell_behind.store(true, AtomicOrdering::SeqCst);
+            false
+        } else {
+            self.queued.fetch_add(changes.updates.len(), AtomicOrdering::SeqCst);
+            self.sender.send(changes.clone()).is_ok()
+        };
+        if let Some(wake) = &self.wake {
+            wake();
+        }
+        delivered
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        // The reader finds the stream ended once this sender is gone: wake it to look.
+        if let Some(wake) = self.wake.take() {
+            let (sender, _) = channel();
+            drop(std::mem::replace(&mut self.sender, sender));
+            wake();
+        }
+    }
 }
 
 impl ViewState {
@@ -161,11 +248,21 @@ impl ViewState {
     /// The view's current contents and a stream of all its later changes. The caller must hold
     /// the commit [`Gate`](crate::gate::Gate) as a reader, so no commit is half applied.
     pub fn subscribe(&self) -> Result<Subscription, EngineError> {
+        self.subscribe_bounded(usize::MAX, None)
+    }
+
+    /// As [`ViewState::subscribe`], but the subscription ends (its stream [`fell
+    /// behind`](ChangeStream::fell_behind)) when more than `bound` changes would wait unreceived,
+    /// and `wake` is called whenever changes arrive or the stream ends.
+    pub fn subscribe_bounded(&self, bound: usize, wake: Option<Wake>) -> Result<Subscription, EngineError> {
         let snapshot = self.snapshot()?;
-        let (sender, changes) = channel();
-        self.subscribers.lock().expect("subscribers lock").push(sender);
+        let (sender, receiver) = channel();
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let fell_behind = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let subscriber = Subscriber { sender, queued: queued.clone(), fell_behind: fell_behind.clone(), bound, wake };
+        self.subscribers.lock().expect("subscribers lock").push(subscriber);
         self.subscribed.store(true, AtomicOrdering::SeqCst);
-        Ok(Subscription { time: self.time(), snapshot, changes })
+        Ok(Subscription { time: self.time(), snapshot, changes: ChangeStream { receiver, queued, fell_behind } })
     }
 
     /// The number of open subscriptions.
@@ -218,7 +315,7 @@ impl ViewState {
         let mut subscribers = self.subscribers.lock().expect("subscribers lock");
         if !consolidated.is_empty() {
             let changes = ViewChanges { time, updates: consolidated };
-            subscribers.retain(|subscriber| subscriber.send(changes.clone()).is_ok());
+            subscribers.retain(|subscriber| subscriber.send(&changes));
         }
         if subscribers.is_empty() {
             self.subscribed.store(false, AtomicOrdering::SeqCst);

@@ -1,22 +1,18 @@
-//! weft's engine: SQL values, scalar expressions, the dataflow plan, and the differential-dataflow
-//! executor that keeps every view up to date as tables change.
+//! weft's engine: the differential-dataflow executor that keeps every view up to date as
+//! tables change, rendering `weft-ir` [`Plan`]s onto timely dataflow, with the commit gate that
+//! makes every read see one complete timestamp.
 //!
-//! The engine knows nothing of SQL text or DataFusion: `weft-sql` hands it [`plan::Plan`]s.
+//! The engine knows nothing of SQL text or DataFusion: `weft-sql` hands it [`Plan`]s. The IR
+//! modules are re-exported here for the crates that have not moved to `weft-ir` yet.
 
 pub mod batcher;
-pub mod content;
 pub mod dataflow;
-pub mod expr;
-pub mod functions;
 pub mod gate;
 pub mod hashed_row;
-pub mod plan;
 pub mod row_counts;
-pub mod sha3_lanes;
-pub mod value;
 
-pub use dataflow::{Change, Engine, EngineError, Subscription, Time, ViewChanges, ViewState};
-pub use expr::{EvalError, Expr, RowChunk};
+pub use weft_ir::{expr, functions, plan, value};
+
+pub use dataflow::{Change, ChangeStream, Engine, EngineError, Subscription, Time, ViewChanges, ViewState, Wake};
 pub use gate::Gate;
-pub use plan::{Plan, RelationId};
-pub use value::{ColumnType, Row, Value};
+pub use weft_ir::{ColumnType, EvalError, Expr, Plan, RelationId, Row, RowChunk, Value};

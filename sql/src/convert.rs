@@ -12,7 +12,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::ScalarValue;
 use std::sync::Arc;
-use weft_engine::{ColumnType, Row, Value};
+use weft_ir::{ColumnType, Row, Value};
 
 /// A failure converting between Arrow and weft values.
 #[derive(Debug, thiserror::Error)]

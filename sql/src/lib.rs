@@ -1,6 +1,6 @@
 //! weft's SQL front end: statements are parsed with DataFusion's `sqlparser`, queries are planned
 //! and optimized by DataFusion, and the optimized `LogicalPlan` is lowered to weft's dataflow
-//! [`Plan`](weft_engine::Plan). The same DataFusion session also executes ad-hoc queries (and
+//! [`Plan`](weft_ir::Plan). The same DataFusion session also executes ad-hoc queries (and
 //! `COPY`) over weft's tables and views through [`RelationProvider`].
 //!
 //! This crate never depends on the Wasm runtime; the engine never depends on this crate.
@@ -8,6 +8,7 @@
 pub mod convert;
 pub mod lower;
 pub mod provider;
+pub mod statement;
 pub mod udf;
 
 pub use convert::ConvertError;
@@ -25,7 +26,6 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use std::future::Future;
 use std::sync::Arc;
-use weft_engine::Gate;
 
 /// Errors from parsing, planning, lowering or executing SQL.
 #[derive(Debug, thiserror::Error)]
@@ -67,13 +67,94 @@ fn guarded<T>(work: impl FnOnce() -> Result<T, SqlError>) -> Result<T, SqlError>
 /// before they are parsed.
 pub const MAX_OPERATOR_CHAIN: usize = 1_000;
 
-/// Parses SQL text into statements.
+/// Parses SQL text into statements. A view's options may also follow its query, as weft's
+/// documentation writes them (`CREATE MATERIALIZED VIEW v AS SELECT ... WITH (ttl = '1 hour')`).
 pub fn parse(sql: &str) -> Result<Vec<Statement>, SqlError> {
     let chain = longest_operator_chain(sql);
     if chain > MAX_OPERATOR_CHAIN {
         return Err(SqlError::TooComplex(chain));
     }
+    if let Some(view) = view_with_trailing_options(sql) {
+        return view.map(|view| vec![view]);
+    }
     Parser::parse_sql(&GenericDialect {}, sql).map_err(|error| SqlError::Parse(error.to_string()))
+}
+
+/// `CREATE [OR REPLACE] [MATERIALIZED] VIEW name AS query WITH (options)` (one statement): the
+/// view with those options, read from the tokens (a string literal never counts); `None` for any
+/// other text.
+fn view_with_trailing_options(sql: &str) -> Option<Result<Statement, SqlError>> {
+    use datafusion::sql::sqlparser::keywords::Keyword;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    let dialect = GenericDialect {};
+    let tokens = Tokenizer::new(&dialect, sql).tokenize().ok()?;
+    let significant: Vec<(usize, &Token)> =
+        tokens.iter().enumerate().filter(|(_, token)| !matches!(token, Token::Whitespace(_))).collect();
+    let keyword = |token: &Token, wanted: Keyword| matches!(token, Token::Word(word) if word.keyword == wanted);
+    let mut words = significant.iter().map(|(_, token)| *token).peekable();
+    if !words.next().is_some_and(|token| keyword(token, Keyword::CREATE)) {
+        return None;
+    }
+    if words.peek().is_some_and(|token| keyword(token, Keyword::OR)) {
+        words.next();
+        words.next();
+    }
+    if words.peek().is_some_and(|token| keyword(token, Keyword::MATERIALIZED)) {
+        words.next();
+    }
+    if !words.next().is_some_and(|token| keyword(token, Keyword::VIEW)) {
+        return None;
+    }
+    // The statement ends `WITH ( ... )` (then perhaps `;`) at parenthesis depth zero.
+    let mut end = significant.len();
+    while end > 0 && matches!(significant[end - 1].1, Token::SemiColon) {
+        end -= 1;
+    }
+    if end < 3 || !matches!(significant[end - 1].1, Token::RParen) {
+        return None;
+    }
+    let mut depth = 0usize;
+    let mut open = None;
+    for position in (0..end).rev() {
+        match significant[position].1 {
+            Token::RParen => depth += 1,
+            Token::LParen => {
+                depth -= 1;
+                if depth == 0 {
+                    open = Some(position);
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let open = open?;
+    if open == 0 || !keyword(significant[open - 1].1, Keyword::WITH) {
+        return None;
+    }
+    // Options before `AS` are where SQL puts them: the parser reads those itself.
+    if !significant[..open - 1].iter().any(|(_, token)| keyword(token, Keyword::AS)) {
+        return None;
+    }
+    let split = significant[open - 1].0;
+    let parse_error = |error: datafusion::sql::sqlparser::parser::ParserError| SqlError::Parse(error.to_string());
+    let head = tokens[..split].to_vec();
+    let tail = tokens[split..significant[end - 1].0 + 1].to_vec();
+    let result = (|| {
+        let mut statement = Parser::new(&dialect).with_tokens(head).parse_statement().map_err(parse_error)?;
+        let options = Parser::new(&dialect).with_tokens(tail).parse_options(Keyword::WITH).map_err(parse_error)?;
+        match &mut statement {
+            Statement::CreateView(view)
+                if matches!(view.options, datafusion::sql::sqlparser::ast::CreateTableOptions::None) =>
+            {
+                view.options = datafusion::sql::sqlparser::ast::CreateTableOptions::With(options);
+                Ok(statement)
+            }
+            Statement::CreateView(_) => Err(SqlError::Parse("view options given twice".into())),
+            _ => Err(SqlError::Parse("expected CREATE VIEW".into())),
+        }
+    })();
+    Some(result)
 }
 
 /// The longest run of binary operators in one expression of `sql`: operators counted within a
@@ -204,14 +285,14 @@ impl Planner {
     }
 
     /// Executes a logical plan, collecting the result. The relations' rows are copied while
-    /// holding `gate` as a reader (when given), so all of them are of one timestamp; execution
-    /// then runs on the copies without it.
-    pub fn execute(&self, plan: LogicalPlan, gate: Option<&Gate>) -> Result<Vec<RecordBatch>, SqlError> {
+    /// holding what `hold` returns (the engine's commit gate as a reader, so that all of them
+    /// are of one timestamp); execution then runs on the copies without it.
+    pub fn execute<Held>(&self, plan: LogicalPlan, hold: impl FnOnce() -> Held) -> Result<Vec<RecordBatch>, SqlError> {
         let state = self.context.state();
         let task = self.context.task_ctx();
         guarded(|| {
             let physical = {
-                let _reading = gate.map(Gate::read);
+                let _reading = hold();
                 self.block_on(state.create_physical_plan(&plan))?
             };
             Ok(self.block_on(datafusion::physical_plan::collect(physical, task))?)
@@ -222,6 +303,22 @@ impl Planner {
 #[cfg(test)]
 mod tests {
     use super::{longest_operator_chain, parse, SqlError, MAX_OPERATOR_CHAIN};
+
+    #[test]
+    fn view_options_may_follow_the_query_and_literals_never_count() {
+        let options = |sql: &str| match parse(sql).unwrap().pop() {
+            Some(datafusion::sql::sqlparser::ast::Statement::CreateView(view)) => view.options.to_string(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            options("CREATE MATERIALIZED VIEW pages AS SELECT url, http_get(url) AS body FROM urls WHERE x > 1 WITH (ttl = '10 minutes');"),
+            "WITH (ttl = '10 minutes')"
+        );
+        assert_eq!(options("CREATE VIEW v WITH (ttl = '1 hour') AS SELECT 1"), "WITH (ttl = '1 hour')");
+        assert_eq!(options("CREATE VIEW v AS SELECT 'WITH (ttl = 1)' AS x"), "");
+        assert_eq!(options("CREATE VIEW v AS WITH x AS (SELECT 1) SELECT * FROM x"), "");
+        assert!(parse("CREATE VIEW v WITH (a = 1) AS SELECT 1 FROM t WITH (b = 2)").is_err());
+    }
 
     #[test]
     fn operator_chains_are_measured_per_expression() {

@@ -13,9 +13,9 @@ use datafusion::logical_expr::expr::{AggregateFunction as DfAggregate, Alias, In
 use datafusion::logical_expr::logical_plan::{Distinct, FetchType, SkipType};
 use datafusion::logical_expr::{Between, BinaryExpr, Case, Cast, ExprSchemable, LogicalPlan, Operator, TryCast};
 use datafusion::prelude::Expr as DfExpr;
-use weft_engine::expr::{BinaryOp, Function, UnaryOp};
-use weft_engine::plan::{Aggregate, AggregateFunction, JoinKind, SortKey};
-use weft_engine::{ColumnType, Expr, Plan, Value};
+use weft_ir::expr::{BinaryOp, Function, UnaryOp};
+use weft_ir::plan::{Aggregate, AggregateFunction, JoinKind, SortKey};
+use weft_ir::{ColumnType, Expr, Plan, Value};
 
 /// Why a plan or expression cannot be lowered.
 #[derive(Debug, thiserror::Error)]

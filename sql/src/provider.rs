@@ -15,7 +15,7 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 use std::fmt::Debug;
 use std::sync::Arc;
-use weft_engine::{RelationId, Row};
+use weft_ir::{RelationId, Row};
 
 /// Where a relation's current rows come from.
 pub trait RowSource: Send + Sync + Debug {

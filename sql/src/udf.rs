@@ -2,7 +2,7 @@
 //!
 //! DataFusion needs the function's name and types to plan queries that call it, and runs it a
 //! batch at a time ([`Callable::call_batch`]) when an ad-hoc query calls it. Lowering recognises
-//! this type and turns the call into [`weft_engine::Expr::Udf`], so views call the same
+//! this type and turns the call into [`weft_ir::Expr::Udf`], so views call the same
 //! registered [`Callable`].
 
 use crate::convert::{array_values, arrow_type, column_array};
@@ -11,8 +11,8 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use weft_engine::functions::{Callable, FunctionId};
-use weft_engine::{ColumnType, Value};
+use weft_ir::functions::{Callable, FunctionId};
+use weft_ir::{ColumnType, Value};
 
 /// A registered weft function.
 #[derive(Debug)]

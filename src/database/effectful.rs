@@ -14,7 +14,6 @@ use super::*;
 use crate::effects::{column_type, columns_of, datum, value, EffectStatement, SinkDefinition, SourceDefinition};
 use std::sync::mpsc::Receiver;
 use weft_effects::{Batch, Effect, SourceRead, Stream};
-use weft_engine::ViewChanges;
 
 /// A running sink.
 pub(super) struct SinkState {
@@ -22,7 +21,7 @@ pub(super) struct SinkState {
     /// The target's resource name (parsed once, not per effect).
     resource: String,
     key: Vec<usize>,
-    changes: Receiver<ViewChanges>,
+    changes: weft_engine::ChangeStream,
     /// Set when an effect could not be written to the outbox: the next commit reconciles.
     stale: bool,
 }
@@ -61,6 +60,8 @@ impl Database {
                 if self.sinks.contains_key(&definition.name) || self.sources.contains_key(&definition.name) {
                     return catalog_error(format!("sink or source {} already exists", definition.name));
                 }
+                weft_connectors::check_target(&definition.target, self.access())
+                    .map_err(crate::executor::ExecutorError::from)?;
                 self.install_sink(definition.clone())?;
                 if let Err(error) = self.wal.append(&[Record::CreateSink { definition: definition.clone() }]) {
                     self.sinks.remove(&definition.name);

@@ -5,12 +5,11 @@
 use super::*;
 use crate::reads::{split_reading_view, ReadingView, ReadsDefinition, READS_TABLE};
 use std::sync::mpsc::Receiver;
-use weft_engine::ViewChanges;
 
 /// A running reading view.
 pub(super) struct ReadsState {
     pub(super) definition: ReadsDefinition,
-    changes: Receiver<ViewChanges>,
+    changes: weft_engine::ChangeStream,
     wants: tokio::sync::mpsc::UnboundedSender<Vec<(String, i64)>>,
     observations: Receiver<crate::executor::Observation>,
 }

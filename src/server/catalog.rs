@@ -3,14 +3,17 @@
 //! and drivers' start-up), the PostgreSQL-only syntax in their catalog queries, and `$n`
 //! parameters (counting, typing and binding them).
 
+use super::statement::Prepared;
 use super::Shared;
 use crate::database::{Error, Output, Reader};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility};
-use datafusion::sql::sqlparser::ast::{self, SetExpr, Statement};
+use datafusion::sql::sqlparser::ast::{self, SetExpr, Statement, Visit, VisitMut, Visitor, VisitorMut};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
 use pgwire::api::Type;
-use regex::Regex;
-use std::sync::{Arc, LazyLock, RwLock};
+use std::ops::ControlFlow;
+use std::sync::{Arc, RwLock};
 use weft_engine::{ColumnType, Row, Value};
 use weft_sql::{Planner, RelationProvider, RowSource};
 
@@ -299,6 +302,12 @@ pub fn answer_session_statement(text: &str) -> Option<Output> {
         "set" => return Some(Output::Status("SET".into())),
         "reset" => return Some(Output::Status("RESET".into())),
         "discard" => return Some(Output::Status("DISCARD ALL".into())),
+        // Prepared statements live in the protocol layer; drivers (psycopg) deallocate them
+        // with SQL when they reset their caches.
+        "deallocate" => {
+            let all = lower.split_whitespace().any(|word| word == "all");
+            return Some(Output::Status(if all { "DEALLOCATE ALL" } else { "DEALLOCATE" }.into()));
+        }
         "show" => {}
         _ => return None,
     }
@@ -321,150 +330,244 @@ pub fn answer_session_statement(text: &str) -> Option<Output> {
     Some(super::text_rows(variable, &[value]))
 }
 
-static OPERATOR: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"OPERATOR\(pg_catalog\.([^)]+)\)").expect("regex"));
-static COLLATE: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r#"(?i)\s+COLLATE\s+pg_catalog\."?default"?"#).expect("regex"));
-static REG_CAST: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"::(pg_catalog\.)?(regclass|regtype|regproc|regnamespace|oid)\b").expect("regex"));
-static TOAST_OPTIONS: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?:pg_catalog\.)?array_to_string\(c\.reloptions \|\| array\(select 'toast\.' \|\| x from (?:pg_catalog\.)?unnest\(tc\.reloptions\) x\), ', '\)").expect("regex")
-});
-/// psql's correlated subqueries for column defaults and collations: weft has neither.
-static COLUMN_EXTRAS: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?s)\(SELECT (?:pg_catalog\.)?pg_get_expr\(d\.adbin.*?a\.atthasdef\)|\(SELECT c\.collname FROM .*?a\.attcollation <> t\.typcollation\)").expect("regex")
-});
-static QUALIFIED: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(::)?\bpg_catalog\.(\w+)(\s*\()?").expect("regex"));
-static FUNCTIONS_WITHOUT_EXPRESSIONS: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?:pg_catalog\.)?pg_get_expr\([^()]*\)").expect("regex"));
-static VIEW_DEFINITION: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?:pg_catalog\.)?pg_get_viewdef\(([^,()]+)(?:,\s*\w+)?\)").expect("regex"));
-
-/// Rewrites the PostgreSQL-only syntax of client catalog queries into SQL DataFusion plans:
-/// `OPERATOR(pg_catalog.~)`, `COLLATE pg_catalog.default`, `::regclass` and `pg_catalog.`
-/// function prefixes. Other statements are returned unchanged.
-pub fn rewrite_client_query(text: &str) -> String {
-    if !text.contains("pg_catalog") && !text.contains("::reg") {
-        return text.to_string();
-    }
-    let text = TOAST_OPTIONS.replace_all(text, "''");
-    let text = COLUMN_EXTRAS.replace_all(&text, "CAST(NULL AS TEXT)");
-    let text = OPERATOR.replace_all(&text, " $1 ");
-    let text = COLLATE.replace_all(&text, "");
-    let text = REG_CAST.replace_all(&text, "");
-    let text = FUNCTIONS_WITHOUT_EXPRESSIONS.replace_all(&text, "CAST(NULL AS TEXT)");
-    let text = VIEW_DEFINITION.replace_all(&text, "pg_get_viewdef(CAST($1 AS BIGINT))");
-    // Functions and types lose the schema (DataFusion has no schema-qualified ones); tables
-    // keep it.
-    QUALIFIED
-        .replace_all(&text, |captures: &regex::Captures| {
-            let name = &captures[2];
-            match (captures.get(1), captures.get(3)) {
-                (Some(_), _) => format!("::{name}"),
-                (None, Some(call)) => format!("{name}{}", call.as_str()),
-                (None, None) => format!("pg_catalog.{name}"),
-            }
-        })
-        .into_owned()
-}
-
-static CATALOG_TABLE: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?i)\b(?:FROM|JOIN)\s+pg_catalog\.(\w+)\s*(\(?)").expect("regex"));
-
-/// Whether a client's catalog query reads a `pg_catalog` table weft does not have (row-level
-/// policies, triggers, publications, ...): weft has none of those objects, so the answer is no
-/// rows.
-pub fn reads_absent_catalog_table(text: &str) -> bool {
-    CATALOG_TABLE.captures_iter(text).any(|captures| {
-        let is_function = !captures[2].is_empty();
-        !is_function && !PG_TABLES.contains(&captures[1].to_lowercase().as_str())
-    })
-}
-
-/// Calls `found(start, end, number)` for each `$n` outside quotes and comments.
-fn scan_placeholders(text: &str, mut found: impl FnMut(usize, usize, usize)) {
-    let bytes = text.as_bytes();
-    let mut index = 0;
-    while index < bytes.len() {
-        match bytes[index] {
-            quote @ (b'\'' | b'"') => {
-                index += 1;
-                while index < bytes.len() && bytes[index] != quote {
-                    index += 1;
-                }
-                index += 1;
-            }
-            b'-' if bytes.get(index + 1) == Some(&b'-') => {
-                while index < bytes.len() && bytes[index] != b'\n' {
-                    index += 1;
-                }
-            }
-            b'$' if bytes.get(index + 1).is_some_and(u8::is_ascii_digit) => {
-                let start = index;
-                index += 1;
-                while index < bytes.len() && bytes[index].is_ascii_digit() {
-                    index += 1;
-                }
-                if let Ok(number) = text[start + 1..index].parse::<usize>() {
-                    found(start, index, number);
-                }
-            }
-            _ => index += 1,
+/// A `pg_catalog` relation weft does not have (policies, triggers, publications, column
+/// defaults, collations, ...): weft has none of those objects, so it is empty.
+fn is_absent_catalog_table(name: &ast::ObjectName) -> bool {
+    match name.0.as_slice() {
+        [schema, table] => {
+            let (Some(schema), Some(table)) = (schema.as_ident(), table.as_ident()) else {
+                return false;
+            };
+            schema.value.eq_ignore_ascii_case("pg_catalog") && !PG_TABLES.contains(&table.value.to_lowercase().as_str())
         }
+        _ => false,
     }
 }
 
-/// The number of parameters: the highest `$n`.
-pub fn placeholder_count(text: &str) -> usize {
-    let mut count = 0;
-    scan_placeholders(text, |_, _, number| count = count.max(number));
-    count
+/// Whether `node` reads (in a `FROM` or `JOIN`, not as a table function) a `pg_catalog` table
+/// weft does not have.
+fn reads_absent_table<N: Visit>(node: &N) -> bool {
+    struct Finder;
+    impl Visitor for Finder {
+        type Break = ();
+        fn pre_visit_table_factor(&mut self, factor: &ast::TableFactor) -> ControlFlow<()> {
+            match factor {
+                ast::TableFactor::Table { name, args: None, .. } if is_absent_catalog_table(name) => {
+                    ControlFlow::Break(())
+                }
+                _ => ControlFlow::Continue(()),
+            }
+        }
+    }
+    node.visit(&mut Finder).is_break()
 }
 
-/// `text` with each `$n` replaced by `literals[n - 1]` (placeholders without a literal stay).
-pub fn substitute_placeholders(text: &str, literals: &[String]) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut copied = 0;
-    scan_placeholders(text, |start, end, number| {
-        if let Some(literal) = number.checked_sub(1).and_then(|index| literals.get(index)) {
-            out.push_str(&text[copied..start]);
-            out.push_str(literal);
-            copied = end;
+/// Whether a client's catalog query reads a `pg_catalog` table weft does not have: weft has
+/// none of those objects, so the answer is no rows. Read from the parsed statement: a string
+/// literal that mentions such a table is only a string.
+pub fn reads_absent_catalog_table(statement: &Statement) -> bool {
+    reads_absent_table(statement)
+}
+
+/// The last part of a (possibly schema-qualified) name, lower-cased, if the name is
+/// unqualified or qualified by `pg_catalog`.
+fn catalog_name(name: &ast::ObjectName) -> Option<String> {
+    let parts: Vec<&ast::Ident> = name.0.iter().map(|part| part.as_ident()).collect::<Option<_>>()?;
+    match parts.as_slice() {
+        [name] => Some(name.value.to_lowercase()),
+        [schema, name] if schema.value.eq_ignore_ascii_case("pg_catalog") => Some(name.value.to_lowercase()),
+        _ => None,
+    }
+}
+
+/// `CAST(NULL AS TEXT)`.
+fn null_text() -> ast::Expr {
+    ast::Expr::Cast {
+        kind: ast::CastKind::Cast,
+        expr: Box::new(ast::Expr::value(ast::Value::Null)),
+        data_type: ast::DataType::Text,
+        array: false,
+        format: None,
+    }
+}
+
+/// Whether `expr` mentions a column named `column`.
+fn mentions_column(expr: &ast::Expr, column: &str) -> bool {
+    let mut found = false;
+    let _ = ast::visit_expressions(expr, |expr| {
+        let name = match expr {
+            ast::Expr::Identifier(ident) => Some(ident),
+            ast::Expr::CompoundIdentifier(parts) => parts.last(),
+            _ => None,
+        };
+        if name.is_some_and(|ident| ident.value.eq_ignore_ascii_case(column)) {
+            found = true;
+            return ControlFlow::Break(());
         }
+        ControlFlow::Continue(())
     });
-    out.push_str(&text[copied..]);
-    out
+    found
 }
 
-/// The columns `sql` returns, or `None` for a statement without rows.
-pub fn result_schema(shared: &Shared, sql: &str) -> Result<Option<SchemaRef>, Error> {
-    if let Some(output) = answer_session_statement(sql) {
-        return Ok(match output {
-            Output::Rows { schema, .. } => Some(schema),
-            Output::Status(_) => None,
-        });
+/// The PostgreSQL-only syntax of client catalog queries, turned into what DataFusion plans.
+struct ClientSyntax;
+
+impl VisitorMut for ClientSyntax {
+    type Break = ();
+
+    fn post_visit_expr(&mut self, expr: &mut ast::Expr) -> ControlFlow<()> {
+        use ast::{BinaryOperator, Expr};
+        let replacement = match expr {
+            // `a OPERATOR(pg_catalog.~) b` is `a ~ b`.
+            Expr::BinaryOp { op: BinaryOperator::PGCustomBinaryOperator(parts), .. } => {
+                let operator = match parts.as_slice() {
+                    [schema, operator] if schema.eq_ignore_ascii_case("pg_catalog") => operator.as_str(),
+                    [operator] => operator.as_str(),
+                    _ => return ControlFlow::Continue(()),
+                };
+                let operator = match operator {
+                    "~" => BinaryOperator::PGRegexMatch,
+                    "~*" => BinaryOperator::PGRegexIMatch,
+                    "!~" => BinaryOperator::PGRegexNotMatch,
+                    "!~*" => BinaryOperator::PGRegexNotIMatch,
+                    "=" => BinaryOperator::Eq,
+                    "<>" | "!=" => BinaryOperator::NotEq,
+                    "<" => BinaryOperator::Lt,
+                    "<=" => BinaryOperator::LtEq,
+                    ">" => BinaryOperator::Gt,
+                    ">=" => BinaryOperator::GtEq,
+                    _ => return ControlFlow::Continue(()),
+                };
+                if let Expr::BinaryOp { op, .. } = expr {
+                    *op = operator;
+                }
+                return ControlFlow::Continue(());
+            }
+            // weft compares text one way: `COLLATE pg_catalog.default` changes nothing.
+            Expr::Collate { expr: inner, collation } if catalog_name(collation).as_deref() == Some("default") => {
+                std::mem::replace(inner.as_mut(), Expr::value(ast::Value::Null))
+            }
+            Expr::Cast { expr: inner, data_type, .. } => match data_type {
+                ast::DataType::Regclass => std::mem::replace(inner.as_mut(), Expr::value(ast::Value::Null)),
+                ast::DataType::Custom(name, modifiers) => match catalog_name(name) {
+                    // An object identifier is its number in weft's catalog.
+                    Some(name)
+                        if matches!(name.as_str(), "regclass" | "regtype" | "regproc" | "regnamespace" | "oid") =>
+                    {
+                        std::mem::replace(inner.as_mut(), Expr::value(ast::Value::Null))
+                    }
+                    // `::pg_catalog.text` is `::text`.
+                    Some(name)
+                        if name.len() < 64
+                            && modifiers.is_empty()
+                            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+                    {
+                        if let Ok(bare) = Parser::new(&GenericDialect {})
+                            .try_with_sql(&name)
+                            .and_then(|mut parser| parser.parse_data_type())
+                        {
+                            *data_type = bare;
+                        }
+                        return ControlFlow::Continue(());
+                    }
+                    _ => return ControlFlow::Continue(()),
+                },
+                _ => return ControlFlow::Continue(()),
+            },
+            Expr::Function(function) => {
+                let Some(name) = catalog_name(&function.name) else {
+                    return ControlFlow::Continue(());
+                };
+                match name.as_str() {
+                    // weft's columns have no default expressions.
+                    "pg_get_expr" => null_text(),
+                    // weft's relations have no storage options.
+                    "array_to_string"
+                        if first_argument(function).is_some_and(|first| mentions_column(first, "reloptions")) =>
+                    {
+                        Expr::value(ast::Value::SingleQuotedString(String::new()))
+                    }
+                    _ => {
+                        // DataFusion's functions have no schema: `pg_catalog.f(...)` is `f(...)`.
+                        if function.name.0.len() == 2 {
+                            function.name.0.remove(0);
+                        }
+                        if name == "pg_get_viewdef" {
+                            // The pretty-printing flag changes nothing; the oid is a number.
+                            if let ast::FunctionArguments::List(list) = &mut function.args {
+                                list.args.truncate(1);
+                                if let Some(ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(oid))) =
+                                    list.args.first_mut()
+                                {
+                                    let inner = std::mem::replace(oid, Expr::value(ast::Value::Null));
+                                    *oid = Expr::Cast {
+                                        kind: ast::CastKind::Cast,
+                                        expr: Box::new(inner),
+                                        data_type: ast::DataType::BigInt(None),
+                                        array: false,
+                                        format: None,
+                                    };
+                                }
+                            }
+                        }
+                        return ControlFlow::Continue(());
+                    }
+                }
+            }
+            // A scalar subquery over a catalog table weft does not have reads an empty relation:
+            // it is NULL (psql's column defaults and collations).
+            Expr::Subquery(query) if reads_absent_table(query.as_ref()) => null_text(),
+            _ => return ControlFlow::Continue(()),
+        };
+        *expr = replacement;
+        ControlFlow::Continue(())
     }
-    let text = rewrite_client_query(sql);
-    let statements = weft_sql::parse(&text)?;
-    Ok(match statements.as_slice() {
-        [statement] if Reader::can_run(statement) => Some(shared.reader.describe(statement.clone())?.0),
-        [Statement::Explain { .. }] => match super::text_rows("plan", &[]) {
-            Output::Rows { schema, .. } => Some(schema),
-            Output::Status(_) => None,
+}
+
+/// The first unnamed argument of a function call.
+fn first_argument(function: &ast::Function) -> Option<&ast::Expr> {
+    match &function.args {
+        ast::FunctionArguments::List(list) => match list.args.first()? {
+            ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(expr)) => Some(expr),
+            _ => None,
         },
         _ => None,
+    }
+}
+
+/// Adapts the PostgreSQL-only syntax of client catalog queries, on the parsed statement, into
+/// SQL DataFusion plans: `OPERATOR(pg_catalog.~)`, `COLLATE pg_catalog.default`, `::regclass`,
+/// `pg_catalog.` function prefixes and types, and what weft's catalog has no objects for
+/// (column defaults, collations, storage options). String literals are never touched.
+pub fn adapt_client_syntax(statement: &mut Statement) {
+    let _ = VisitMut::visit(statement, &mut ClientSyntax);
+}
+
+/// The columns `prepared` returns, or `None` for a statement without rows.
+pub fn result_schema(shared: &Shared, prepared: &Prepared) -> Result<Option<SchemaRef>, Error> {
+    let rows_schema = |output: Output| match output {
+        Output::Rows { schema, .. } => Some(schema),
+        Output::Status(_) => None,
+    };
+    Ok(match prepared {
+        Prepared::Answer(output) => rows_schema(output.clone()),
+        Prepared::Sql(statement) if Reader::can_run(statement) => {
+            Some(shared.reader.describe(statement.as_ref().clone())?.0)
+        }
+        Prepared::Sql(statement) if matches!(statement.as_ref(), Statement::Explain { .. }) => {
+            rows_schema(super::text_rows("plan", &[]))
+        }
+        Prepared::Sql(_) | Prepared::Weft(_) | Prepared::Subscribe(_) => None,
     })
 }
 
-/// The types of the `count` parameters of `sql`, where weft can tell them.
-pub fn parameter_types(shared: &Shared, sql: &str, count: usize) -> Vec<Option<Type>> {
+/// The types of the `count` parameters of `prepared`, where weft can tell them.
+pub fn parameter_types(shared: &Shared, prepared: &Prepared, count: usize) -> Vec<Option<Type>> {
     let mut types = vec![None; count];
-    let text = rewrite_client_query(sql);
-    let Ok(mut statements) = weft_sql::parse(&substitute_placeholders(&text, &[])) else {
+    let Prepared::Sql(statement) = prepared else {
         return types;
     };
-    let Some(statement) = statements.pop() else {
-        return types;
-    };
+    let statement = statement.as_ref().clone();
     let from_query = |statement: Statement, types: &mut Vec<Option<Type>>| {
         if let Ok((_, found)) = shared.reader.describe(statement) {
             for (index, data_type) in found.into_iter().enumerate() {
@@ -498,7 +601,7 @@ pub fn parameter_types(shared: &Shared, sql: &str, count: usize) -> Vec<Option<T
             if let SetExpr::Values(values) = source.body.as_ref() {
                 for row in &values.rows {
                     for (expr, position) in row.iter().zip(&positions) {
-                        if let Some(index) = placeholder_index(expr) {
+                        if let Some(index) = parameter_in(expr) {
                             if let (Some(slot), Some((_, ty))) = (types.get_mut(index), columns.get(*position)) {
                                 slot.get_or_insert(super::pg::column_pg_type(*ty));
                             }
@@ -518,7 +621,7 @@ pub fn parameter_types(shared: &Shared, sql: &str, count: usize) -> Vec<Option<T
                 shared.with_database(|database| database.relation(&name).map(|relation| relation.columns.clone()));
             for assignment in &update.assignments {
                 let target = assignment.target.to_string().trim_matches('"').to_lowercase();
-                if let (Some(index), Some(columns)) = (placeholder_index(&assignment.value), &columns) {
+                if let (Some(index), Some(columns)) = (parameter_in(&assignment.value), &columns) {
                     if let (Some(slot), Some((_, ty))) =
                         (types.get_mut(index), columns.iter().find(|(column, _)| *column == target))
                     {
@@ -551,36 +654,10 @@ pub fn parameter_types(shared: &Shared, sql: &str, count: usize) -> Vec<Option<T
     types
 }
 
-/// The index of a `$n` placeholder expression.
-fn placeholder_index(expr: &ast::Expr) -> Option<usize> {
+/// The index of the `$n` placeholder an expression is (perhaps cast or parenthesized).
+fn parameter_in(expr: &ast::Expr) -> Option<usize> {
     match expr {
-        ast::Expr::Value(value) => match &value.value {
-            ast::Value::Placeholder(text) => text.strip_prefix('$')?.parse::<usize>().ok()?.checked_sub(1),
-            _ => None,
-        },
-        ast::Expr::Cast { expr, .. } | ast::Expr::Nested(expr) => placeholder_index(expr),
-        _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{placeholder_count, rewrite_client_query, substitute_placeholders};
-
-    #[test]
-    fn placeholders_outside_quotes_are_found_and_replaced() {
-        let sql = "SELECT '$1', \"$2\", $1 + $12 -- $3\nFROM t";
-        assert_eq!(placeholder_count(sql), 12);
-        let literals: Vec<String> = (1..=12).map(|n| format!("<{n}>")).collect();
-        assert_eq!(substitute_placeholders(sql, &literals), "SELECT '$1', \"$2\", <1> + <12> -- $3\nFROM t");
-    }
-
-    #[test]
-    fn psql_catalog_syntax_is_rewritten() {
-        let sql = "SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relname OPERATOR(pg_catalog.~) '^(t)$' COLLATE pg_catalog.default AND pg_catalog.pg_table_is_visible(c.oid) AND x::pg_catalog.regclass = 1";
-        assert_eq!(
-            rewrite_client_query(sql),
-            "SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relname  ~  '^(t)$' AND pg_table_is_visible(c.oid) AND x = 1"
-        );
+        ast::Expr::Cast { expr, .. } | ast::Expr::Nested(expr) => parameter_in(expr),
+        expr => super::statement::placeholder_index(expr),
     }
 }

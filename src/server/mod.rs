@@ -8,10 +8,13 @@
 //! `ROLLBACK` (or its disconnect, which rolls back). `SUBSCRIBE` hands out a view's snapshot and
 //! a stream of its changes.
 
+pub mod auth;
 pub mod catalog;
 pub mod http;
 pub mod metrics;
 pub mod pg;
+pub mod sessions;
+pub mod statement;
 
 use crate::database::{Database, Error, Output, Reader};
 use datafusion::arrow::array::{ArrayRef, StringArray};
@@ -19,9 +22,10 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::sql::sqlparser::ast::Statement;
 use metrics::Metrics;
+use statement::Prepared;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use weft_engine::{ColumnType, Row, Subscription, Time};
 
@@ -34,6 +38,53 @@ pub struct ServeOptions {
     pub http: Option<SocketAddr>,
     /// The password clients must give; `None` accepts everyone (allowed on loopback only).
     pub password: Option<String>,
+    /// The most changes a subscriber may fall behind before it is disconnected.
+    pub subscribe_buffer: usize,
+    /// The most rows a query may return.
+    pub max_result_rows: usize,
+    /// How long a statement waits for the writer.
+    pub lock_timeout_ms: u64,
+    /// How long a session may sit idle inside a transaction before it is rolled back and
+    /// disconnected.
+    pub idle_in_transaction_timeout_s: u64,
+    /// The most connections (pgwire sessions and HTTP requests in progress).
+    pub max_connections: usize,
+    /// The certificate chain and private key (PEM files) connections are encrypted with: pgwire
+    /// clients may ask for TLS, HTTP is HTTPS only.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Listen beyond loopback without a password and TLS (a trusted network's own choice).
+    pub insecure: bool,
+}
+
+impl Default for ServeOptions {
+    /// No listener, no password, the default bounds.
+    fn default() -> ServeOptions {
+        ServeOptions {
+            pg: None,
+            http: None,
+            password: None,
+            subscribe_buffer: ServeOptions::DEFAULT_SUBSCRIBE_BUFFER,
+            max_result_rows: ServeOptions::DEFAULT_MAX_RESULT_ROWS,
+            lock_timeout_ms: ServeOptions::DEFAULT_LOCK_TIMEOUT_MS,
+            idle_in_transaction_timeout_s: ServeOptions::DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_S,
+            max_connections: ServeOptions::DEFAULT_MAX_CONNECTIONS,
+            tls: None,
+            insecure: false,
+        }
+    }
+}
+
+impl ServeOptions {
+    /// The default of `--subscribe-buffer`.
+    pub const DEFAULT_SUBSCRIBE_BUFFER: usize = 10_000;
+    /// The default of `--max-result-rows`.
+    pub const DEFAULT_MAX_RESULT_ROWS: usize = 1_000_000;
+    /// The default of `--lock-timeout-ms`.
+    pub const DEFAULT_LOCK_TIMEOUT_MS: u64 = 30_000;
+    /// The default of `--idle-in-transaction-timeout-s`.
+    pub const DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_S: u64 = 60;
+    /// The default of `--max-connections`.
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 }
 
 /// Errors starting the server.
@@ -41,8 +92,16 @@ pub struct ServeOptions {
 pub enum ServeError {
     #[error("refusing to listen on {0} without a password: set --password (or WEFT_PASSWORD), or listen on loopback")]
     OpenListener(SocketAddr),
+    #[error(
+        "refusing to listen on {0} without TLS: give --tls-cert and --tls-key, listen on loopback, or say --insecure"
+    )]
+    PlainListener(SocketAddr),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("cannot listen on {address}: {message}")]
     Bind { address: SocketAddr, message: String },
+    #[error("an empty password is no password: give a non-empty --password (or WEFT_PASSWORD), or none on loopback")]
+    EmptyPassword,
     #[error("nothing to serve: give --pg and/or --http")]
     NoListener,
     #[error("could not start the server's runtime: {0}")]
@@ -50,14 +109,24 @@ pub enum ServeError {
 }
 
 impl ServeOptions {
-    /// Checks that no address is reachable from other hosts without a password.
+    /// Checks that no address is reachable from other hosts without a password and TLS (unless
+    /// `insecure`).
     pub fn check(&self) -> Result<(), ServeError> {
         if self.pg.is_none() && self.http.is_none() {
             return Err(ServeError::NoListener);
         }
+        if self.password.as_deref() == Some("") {
+            return Err(ServeError::EmptyPassword);
+        }
         for address in self.pg.iter().chain(self.http.iter()) {
             if self.password.is_none() && !address.ip().is_loopback() {
                 return Err(ServeError::OpenListener(*address));
+            }
+        }
+        if !self.insecure {
+            let beyond_loopback = self.pg.iter().chain(self.http.iter()).find(|address| !address.ip().is_loopback());
+            if let Some(address) = beyond_loopback.filter(|_| self.tls.is_none()) {
+                return Err(ServeError::PlainListener(*address));
             }
         }
         Ok(())
@@ -74,8 +143,8 @@ pub struct ViewSubscription {
     pub subscription: Subscription,
 }
 
-/// One change of a subscribed view: the row was added (`diff` 1) or removed (`diff` -1) at
-/// logical timestamp `time`.
+/// One change of a subscribed view: `diff` copies of the row were added (`diff` > 0) or removed
+/// (`diff` < 0) at logical timestamp `time`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RowChange {
     pub time: Time,
@@ -84,71 +153,77 @@ pub struct RowChange {
 }
 
 impl ViewSubscription {
-    /// The snapshot as changes (when asked for), one per copy of a row.
+    /// The snapshot as changes (when asked for).
     pub fn snapshot_changes(&self, snapshot: bool) -> Vec<RowChange> {
         if !snapshot {
             return Vec::new();
         }
-        expand(self.subscription.time, &self.subscription.snapshot)
+        changes_at(self.subscription.time, &self.subscription.snapshot)
     }
 }
 
-/// Rows with multiplicities as +1/-1 changes.
-pub fn expand(time: Time, updates: &[(Row, isize)]) -> Vec<RowChange> {
-    let mut changes = Vec::new();
-    for (row, count) in updates {
-        let diff = count.signum() as i64;
-        for _ in 0..count.unsigned_abs() {
-            changes.push(RowChange { time, diff, row: row.clone() });
-        }
-    }
-    changes
+/// Rows with multiplicities as changes: one per row, its `diff` the change in multiplicity
+/// (never a copy per unit of multiplicity, which a client could make unbounded).
+pub fn changes_at(time: Time, updates: &[(Row, isize)]) -> Vec<RowChange> {
+    updates.iter().map(|(row, count)| RowChange { time, diff: *count as i64, row: row.clone() }).collect()
 }
 
 /// The database as the server's connections share it.
 pub struct Shared {
     database: Mutex<Database>,
     reader: Reader,
-    /// The session whose open transaction owns the writer.
-    owner: Mutex<Option<SessionId>>,
-    released: Condvar,
-    next_session: AtomicU64,
+    /// Sessions, their transactions and the writer.
+    pub sessions: sessions::Sessions,
     pub metrics: Metrics,
-    pub password: Option<String>,
+    /// The password clients must give, if any.
+    pub passwords: auth::PasswordCheck,
+    /// The most changes a subscriber may fall behind.
+    subscribe_buffer: usize,
+    /// Whether connections from other hosts must use TLS (the server has a certificate and was
+    /// not told `--insecure`).
+    tls_beyond_loopback: bool,
 }
 
 impl Shared {
-    /// Shares `database`.
-    pub fn new(database: Database, password: Option<String>) -> Shared {
-        let reader = database.reader();
+    /// Shares `database` as `options` say.
+    pub fn new(database: Database, options: &ServeOptions) -> Shared {
+        let reader = database.reader().with_row_limit(options.max_result_rows);
         Shared {
             database: Mutex::new(database),
             reader,
-            owner: Mutex::new(None),
-            released: Condvar::new(),
-            next_session: AtomicU64::new(1),
+            sessions: sessions::Sessions::new(
+                std::time::Duration::from_millis(options.lock_timeout_ms),
+                options.max_connections,
+            ),
             metrics: Metrics::default(),
-            password,
+            passwords: auth::PasswordCheck::new(options.password.as_deref()),
+            subscribe_buffer: options.subscribe_buffer,
+            tls_beyond_loopback: options.tls.is_some() && !options.insecure,
         }
     }
 
-    /// A new session id.
-    pub fn open_session(&self) -> SessionId {
+    /// Opens a session (refused beyond `--max-connections`, SQLSTATE 53300); its notifier is
+    /// woken when the server ends the connection.
+    pub fn open_session(&self) -> Result<(SessionId, Arc<tokio::sync::Notify>), Error> {
+        let opened = self.sessions.open().map_err(|sessions::TooManyConnections(max)| {
+            Error::TooManyConnections(format!("sorry, too many clients already ({max}, --max-connections)"))
+        })?;
         self.metrics.connections.fetch_add(1, Ordering::Relaxed);
-        self.next_session.fetch_add(1, Ordering::Relaxed)
+        Ok(opened)
     }
 
     /// Ends a session: an open transaction of it is rolled back.
     pub fn close_session(&self, session: SessionId) {
         self.metrics.connections.fetch_sub(1, Ordering::Relaxed);
-        let mut owner = self.owner.lock().expect("owner lock");
-        if *owner == Some(session) {
+        if self.sessions.close(session) {
             let mut database = self.lock_database();
-            if let Err(error) = database.execute("ROLLBACK") {
-                tracing_error(&format!("rolling back the transaction of a closed session: {error}"));
+            if database.in_transaction() {
+                if let Err(error) = database.execute("ROLLBACK") {
+                    tracing_error(&format!("rolling back the transaction of a closed session: {error}"));
+                }
             }
-            *owner = None;
-            self.released.notify_all();
+            drop(database);
+            self.sessions.release(session);
         }
     }
 
@@ -161,11 +236,13 @@ impl Shared {
     /// Applies what sources have read, unless a client's transaction owns the writer (the next
     /// tick does it then).
     pub fn ingest_sources(&self) {
-        let owner = self.owner.lock().expect("owner lock");
-        if owner.is_some() {
+        if self.sessions.writer_taken() {
             return;
         }
         let mut database = self.lock_database();
+        if database.in_transaction() {
+            return;
+        }
         if database.has_inputs() {
             if let Err(error) = database.ingest_sources() {
                 tracing_error(&format!("ingesting sources: {error}"));
@@ -175,7 +252,24 @@ impl Shared {
 
     /// Whether `session` has an open transaction.
     pub fn in_transaction(&self, session: SessionId) -> bool {
-        *self.owner.lock().expect("owner lock") == Some(session)
+        self.sessions.in_transaction(session)
+    }
+
+    /// Whether running `prepared` for `session` takes the writer (which it does not hold yet):
+    /// async callers claim it before handing the statement to a thread.
+    pub fn needs_writer(&self, session: SessionId, prepared: &Prepared) -> bool {
+        let writes = match prepared {
+            Prepared::Answer(_) | Prepared::Subscribe(_) => false,
+            Prepared::Weft(_) => true,
+            Prepared::Sql(statement) => {
+                !Reader::can_run(statement)
+                    && !matches!(
+                        statement.as_ref(),
+                        Statement::StartTransaction { .. } | Statement::Commit { .. } | Statement::Rollback { .. }
+                    )
+            }
+        };
+        writes && !self.sessions.owns_writer(session)
     }
 
     /// Executes the statements of `sql` in order for `session`, stopping at the first error.
@@ -184,7 +278,7 @@ impl Shared {
         let started = Instant::now();
         let mut outputs = Vec::new();
         for text in crate::functions::split_statements(sql) {
-            match self.execute_one(session, &text) {
+            match statement::prepare(&text).and_then(|prepared| self.run(session, prepared)) {
                 Ok(output) => outputs.push(output),
                 Err(error) => {
                     self.metrics.errors.fetch_add(1, Ordering::Relaxed);
@@ -197,23 +291,56 @@ impl Shared {
         (outputs, None)
     }
 
-    fn execute_one(&self, session: SessionId, text: &str) -> Result<Output, Error> {
-        if let Some(output) = catalog::answer_session_statement(text) {
-            return Ok(output);
-        }
-        let text = catalog::rewrite_client_query(text);
-        if catalog::reads_absent_catalog_table(&text) {
-            return Ok(text_rows("?column?", &[]));
-        }
-        let parsed = weft_sql::parse(&text);
-        if let Ok(statements) = &parsed {
-            if let [statement] = statements.as_slice() {
-                if Reader::can_run(statement) && !self.in_transaction(session) {
-                    return self.read(statement.clone());
-                }
+    /// Executes one prepared statement (its parameters bound) for `session`.
+    pub fn execute_prepared(&self, session: SessionId, prepared: Prepared) -> Result<Output, Error> {
+        let started = Instant::now();
+        self.sessions.running(session, true);
+        let result = self.run(session, prepared);
+        self.sessions.running(session, false);
+        match &result {
+            Ok(_) => {
+                self.metrics.statements.fetch_add(1, Ordering::Relaxed);
+                self.metrics.statement_latency.observe(started.elapsed());
+            }
+            Err(_) => {
+                self.metrics.errors.fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.write(session, &text)
+        result
+    }
+
+    /// Runs one prepared statement (its parameters bound) for `session`.
+    fn run(&self, session: SessionId, prepared: Prepared) -> Result<Output, Error> {
+        match prepared {
+            Prepared::Answer(output) => Ok(output),
+            Prepared::Weft(text) => self.write(session, |database| database.execute(&text)),
+            Prepared::Subscribe(_) => {
+                Err(Error::Unsupported("SUBSCRIBE here: subscribe over pgwire or GET /subscribe/<view>".into()))
+            }
+            Prepared::Sql(statement) => match statement.as_ref() {
+                // A transaction takes the writer at its first write, not here.
+                Statement::StartTransaction { .. } => {
+                    if !self.sessions.begin(session) {
+                        return Err(Error::Constraint("a transaction is already open".into()));
+                    }
+                    Ok(Output::Status("BEGIN".into()))
+                }
+                Statement::Commit { .. } | Statement::Rollback { .. } => {
+                    let result = if self.sessions.owns_writer(session) {
+                        self.write(session, |database| database.execute_parsed(vec![*statement]))
+                    } else {
+                        // Nothing was written: there is nothing to commit or undo.
+                        let tag =
+                            if matches!(statement.as_ref(), Statement::Commit { .. }) { "COMMIT" } else { "ROLLBACK" };
+                        Ok(Output::Status(tag.into()))
+                    };
+                    self.sessions.end(session);
+                    result
+                }
+                _ if Reader::can_run(&statement) && !self.sessions.owns_writer(session) => self.read(*statement),
+                _ => self.write(session, |database| database.execute_parsed(vec![*statement])),
+            },
+        }
     }
 
     fn read(&self, statement: Statement) -> Result<Output, Error> {
@@ -224,35 +351,50 @@ impl Shared {
         Ok(output)
     }
 
-    fn write(&self, session: SessionId, text: &str) -> Result<Output, Error> {
-        {
-            let mut owner = self.owner.lock().expect("owner lock");
-            while owner.is_some_and(|holder| holder != session) {
-                owner = self.released.wait(owner).expect("owner lock");
-            }
-            *owner = Some(session);
-        }
+    /// Runs `work` holding the writer (taken now, waiting at most the lock timeout, unless the
+    /// session holds it); a session inside `BEGIN` begins its transaction in the database first.
+    /// The writer is released when no transaction is open after the work.
+    fn write(
+        &self,
+        session: SessionId,
+        work: impl FnOnce(&mut Database) -> Result<Vec<Output>, Error>,
+    ) -> Result<Output, Error> {
+        self.sessions.claim(session)?;
         let started = Instant::now();
         let (result, in_transaction) = {
             let mut database = self.lock_database();
-            let result = database.execute(text);
+            let result = if self.sessions.in_transaction(session) && !database.in_transaction() {
+                database.execute("BEGIN").and_then(|_| work(&mut database))
+            } else {
+                work(&mut database)
+            };
             (result, database.in_transaction())
         };
         self.metrics.update_latency.observe(started.elapsed());
         if !in_transaction {
-            *self.owner.lock().expect("owner lock") = None;
-            self.released.notify_all();
+            self.sessions.release(session);
         }
         let mut outputs = result?;
         Ok(outputs.pop().unwrap_or(Output::Status("EMPTY".into())))
     }
 
-    /// Subscribes to view `name`.
-    pub fn subscribe(&self, name: &str) -> Result<ViewSubscription, Error> {
+    /// Subscribes to view `name`; `wake` is called as changes arrive (or the stream ends).
+    pub fn subscribe(&self, name: &str, wake: Option<weft_engine::Wake>) -> Result<ViewSubscription, Error> {
         let (columns, state) = self.lock_database().view(name)?;
-        let subscription = self.reader.subscribe(&state)?;
+        let subscription = self.reader.subscribe_bounded(&state, self.subscribe_buffer, wake)?;
         self.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
         Ok(ViewSubscription { view: name.to_string(), columns, subscription })
+    }
+
+    /// Whether a pgwire connection from `peer` is refused for not using TLS: with a certificate
+    /// (and no `--insecure`), only loopback clients may connect in the clear.
+    pub fn refuses_plain_connection(&self, secure: bool, peer: std::net::IpAddr) -> bool {
+        self.tls_beyond_loopback && !secure && !peer.is_loopback()
+    }
+
+    /// The most changes a subscriber may fall behind before it is disconnected.
+    pub fn subscribe_buffer(&self) -> usize {
+        self.subscribe_buffer
     }
 
     /// Runs `work` with the database locked (for metrics and catalog reads).
@@ -262,63 +404,26 @@ impl Shared {
 }
 
 /// A `SUBSCRIBE` statement: `SUBSCRIBE [TO] view [WITH (SNAPSHOT = true|false)]`.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SubscribeStatement {
     pub view: String,
     pub snapshot: bool,
 }
 
-/// Parses `text` as a `SUBSCRIBE` statement: `None` if it is another statement, an error if it
-/// is a malformed `SUBSCRIBE`.
-pub fn parse_subscribe(text: &str) -> Option<Result<SubscribeStatement, Error>> {
-    let text = text.trim().trim_end_matches(';').trim();
-    let mut words = text.split_whitespace();
-    if !words.next()?.eq_ignore_ascii_case("subscribe") {
-        return None;
-    }
-    let rest = text["subscribe".len()..].trim_start();
-    let rest = match rest.get(..3) {
-        Some(word) if word.eq_ignore_ascii_case("to ") => rest[3..].trim_start(),
-        _ => rest,
-    };
-    let (name, options) = match rest.find(|c: char| c.is_whitespace() || c == '(') {
-        Some(end) => (&rest[..end], rest[end..].trim()),
-        None => (rest, ""),
-    };
-    let malformed = |why: &str| Some(Err(Error::Catalog(format!("malformed SUBSCRIBE ({why}): {text}"))));
-    if name.is_empty() {
-        return malformed("no view named");
-    }
-    let view = match name.strip_prefix('"').and_then(|quoted| quoted.strip_suffix('"')) {
-        Some(quoted) => quoted.replace("\"\"", "\""),
-        None => name.to_lowercase(),
-    };
-    let mut snapshot = true;
-    if !options.is_empty() {
-        let Some(body) = options
-            .get(..4)
-            .filter(|word| word.eq_ignore_ascii_case("with"))
-            .map(|_| options[4..].trim())
-            .and_then(|body| body.strip_prefix('('))
-            .and_then(|body| body.strip_suffix(')'))
-        else {
-            return malformed("expected WITH (SNAPSHOT = true|false)");
-        };
-        for option in body.split(',') {
-            let Some((key, value)) = option.split_once('=') else {
-                return malformed("expected option = value");
-            };
-            if !key.trim().eq_ignore_ascii_case("snapshot") {
-                return malformed(&format!("unknown option {}", key.trim()));
-            }
-            snapshot = match value.trim().to_lowercase().as_str() {
-                "true" | "on" | "1" => true,
-                "false" | "off" | "0" => false,
-                other => return malformed(&format!("SNAPSHOT must be true or false, not {other}")),
-            };
+/// Parses `text` as a `SUBSCRIBE` statement (`copy`: inside `COPY (...) TO STDOUT`): `None` if it
+/// is another statement, an error if it is a malformed `SUBSCRIBE`.
+pub fn parse_subscribe(text: &str, copy: bool) -> Option<Result<SubscribeStatement, Error>> {
+    match weft_sql::statement::parse_weft_statement(text)? {
+        Ok(weft_sql::statement::WeftStatement::Subscribe { view, snapshot, copy: copied }) if copied == copy => {
+            Some(Ok(SubscribeStatement { view, snapshot }))
+        }
+        Ok(_) => None,
+        Err(error) => {
+            let first = if copy { "copy" } else { "subscribe" };
+            let word = text.split_whitespace().next().unwrap_or_default();
+            word.eq_ignore_ascii_case(first).then_some(Err(error.into()))
         }
     }
-    Some(Ok(SubscribeStatement { view, snapshot }))
 }
 
 /// A one-column text result (for `SHOW` and catalog answers).
@@ -337,13 +442,39 @@ fn tracing_error(message: &str) {
 /// The stack of the threads that execute statements.
 pub const STATEMENT_STACK_BYTES: usize = 512 << 20;
 
+/// A TLS acceptor for the PEM certificate chain and private key in these files.
+fn tls_acceptor(certificate: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor, ServeError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let tls =
+        |what: &std::path::Path, error: &dyn std::fmt::Display| ServeError::Tls(format!("{}: {error}", what.display()));
+    let chain = CertificateDer::pem_file_iter(certificate)
+        .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
+        .map_err(|error| tls(certificate, &error))?;
+    if chain.is_empty() {
+        return Err(tls(certificate, &"no certificate in the file"));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|error| tls(key, &error))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| ServeError::Tls(error.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|error| tls(key, &error))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The shortest interval at which idle transactions are looked for.
+const MIN_IDLE_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// How often the server applies what sources have read.
 const INGEST_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Runs the server until the process is stopped.
 pub fn serve(database: Database, options: ServeOptions) -> Result<(), ServeError> {
     options.check()?;
-    let shared = Arc::new(Shared::new(database, options.password.clone()));
+    let shared = Arc::new(Shared::new(database, &options));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .thread_name("weft-serve")
         // Parsing, planning and dropping a deeply nested statement recurse once per level: a
@@ -352,13 +483,40 @@ pub fn serve(database: Database, options: ServeOptions) -> Result<(), ServeError
         .enable_all()
         .build()
         .map_err(|error| ServeError::Runtime(error.to_string()))?;
-    let mut pg_listener = None;
-    if let Some(address) = options.pg {
-        let listener = runtime
+    // Sessions idle inside a transaction past the limit are ended (their close rolls back).
+    let idle_limit = std::time::Duration::from_secs(options.idle_in_transaction_timeout_s);
+    let watched = shared.clone();
+    let watching = !idle_limit.is_zero();
+    runtime.spawn(async move {
+        if !watching {
+            return;
+        }
+        let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1).min(idle_limit.max(MIN_IDLE_TICK)));
+        loop {
+            ticks.tick().await;
+            watched.sessions.end_idle_transactions(idle_limit);
+        }
+    });
+    let tls = match &options.tls {
+        Some((certificate, key)) => Some(tls_acceptor(certificate, key)?),
+        None => None,
+    };
+    let bind = |address: SocketAddr| {
+        runtime
             .block_on(tokio::net::TcpListener::bind(address))
-            .map_err(|error| ServeError::Bind { address, message: error.to_string() })?;
+            .map_err(|error| ServeError::Bind { address, message: error.to_string() })
+    };
+    let mut tasks = Vec::new();
+    if let Some(address) = options.pg {
+        let listener = bind(address)?;
         eprintln!("weft serve: PostgreSQL protocol on {}", listener.local_addr().unwrap_or(address));
-        pg_listener = Some(listener);
+        tasks.push(runtime.spawn(pg::run(listener, shared.clone(), tls.clone())));
+    }
+    if let Some(address) = options.http {
+        let listener = bind(address)?;
+        let scheme = if tls.is_some() { "HTTPS" } else { "HTTP" };
+        eprintln!("weft serve: {scheme} on {}", listener.local_addr().unwrap_or(address));
+        tasks.push(runtime.spawn(http::run(listener, shared.clone(), tls.clone())));
     }
     // Sources are read by the effect executor; their reads become table changes here, one
     // transaction per tick, through the same writer as every client.
@@ -370,46 +528,52 @@ pub fn serve(database: Database, options: ServeOptions) -> Result<(), ServeError
             ingest.ingest_sources();
         })
         .map_err(|error| ServeError::Runtime(error.to_string()))?;
-    let mut http_thread = None;
-    if let Some(address) = options.http {
-        let server = tiny_http::Server::http(address)
-            .map_err(|error| ServeError::Bind { address, message: error.to_string() })?;
-        eprintln!("weft serve: HTTP on {address}");
-        let shared = shared.clone();
-        http_thread = Some(std::thread::spawn(move || http::run(server, shared)));
-    }
-    match pg_listener {
-        Some(listener) => runtime.block_on(pg::run(listener, shared)),
-        None => {
-            if let Some(thread) = http_thread {
-                let _ = thread.join();
-            }
+    runtime.block_on(async {
+        for task in tasks {
+            let _ = task.await;
         }
-    }
+    });
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_subscribe, SubscribeStatement};
+    use super::{parse_subscribe, ServeOptions, Shared, SubscribeStatement};
+
+    #[test]
+    fn with_a_certificate_only_loopback_clients_may_connect_in_the_clear() {
+        let directory = std::env::temp_dir().join(format!("weft-plain-{}", std::process::id()));
+        let database = crate::database::Database::open(crate::database::Options::new(&directory)).unwrap();
+        let certificate = Some(("server.crt".into(), "server.key".into()));
+        let (remote, local) = ("192.0.2.7".parse().unwrap(), "127.0.0.1".parse().unwrap());
+        let shared = Shared::new(database, &ServeOptions { tls: certificate.clone(), ..ServeOptions::default() });
+        assert!(shared.refuses_plain_connection(false, remote));
+        assert!(!shared.refuses_plain_connection(true, remote));
+        assert!(!shared.refuses_plain_connection(false, local));
+        drop(shared);
+        let database = crate::database::Database::open(crate::database::Options::new(&directory)).unwrap();
+        let insecure = ServeOptions { tls: certificate, insecure: true, ..ServeOptions::default() };
+        assert!(!Shared::new(database, &insecure).refuses_plain_connection(false, remote));
+        let _ = std::fs::remove_dir_all(&directory);
+    }
 
     #[test]
     fn subscribe_statements_parse() {
-        let parsed = |text: &str| parse_subscribe(text).map(|result| result.map_err(|error| error.to_string()));
+        let parsed = |text: &str| parse_subscribe(text, false).map(|result| result.map_err(|error| error.to_string()));
         assert_eq!(parsed("SELECT 1"), None);
+        assert_eq!(parsed("CREATE SINK s FROM v INTO files('x')"), None);
         assert_eq!(
             parsed("subscribe to revenue;"),
             Some(Ok(SubscribeStatement { view: "revenue".into(), snapshot: true }))
         );
         assert_eq!(
-            parsed("SUBSCRIBE Revenue WITH (SNAPSHOT = false)"),
-            Some(Ok(SubscribeStatement { view: "revenue".into(), snapshot: false }))
-        );
-        assert_eq!(
-            parsed("SUBSCRIBE \"Mixed\""),
-            Some(Ok(SubscribeStatement { view: "Mixed".into(), snapshot: true }))
+            parsed("SUBSCRIBE \"Mixed\" WITH (SNAPSHOT = false)"),
+            Some(Ok(SubscribeStatement { view: "Mixed".into(), snapshot: false }))
         );
         assert!(matches!(parsed("SUBSCRIBE revenue WITH (progress = true)"), Some(Err(_))));
         assert!(matches!(parsed("SUBSCRIBE"), Some(Err(_))));
+        assert_eq!(parsed("COPY (SUBSCRIBE revenue) TO STDOUT"), None);
+        assert!(parse_subscribe("COPY (SUBSCRIBE revenue) TO STDOUT", true).is_some_and(|parsed| parsed.is_ok()));
+        assert!(matches!(parse_subscribe("COPY (SUBSCRIBE) TO STDOUT", true), Some(Err(_))));
     }
 }

@@ -7,7 +7,8 @@
 //! queries) accepts them the same way. `SUBSCRIBE` streams rows until the view is dropped or the
 //! client cancels.
 
-use super::{catalog, expand, parse_subscribe, RowChange, SessionId, Shared, SubscribeStatement, ViewSubscription};
+use super::statement::{self, Prepared};
+use super::{catalog, changes_at, parse_subscribe, RowChange, SessionId, Shared, SubscribeStatement, ViewSubscription};
 use crate::database::{Error, Output};
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
@@ -18,9 +19,11 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::sql::sqlparser::ast;
 use futures::{Sink, SinkExt};
-use pgwire::api::auth::cleartext::CleartextPasswordAuthStartupHandler;
 use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::auth::sasl::scram::ScramAuth;
+use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::{AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler};
 use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::portal::{Format, Portal};
@@ -42,8 +45,9 @@ use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use weft_engine::{ColumnType, Row, Value};
 
-/// Accepts connections until the listener fails.
-pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
+/// Accepts connections until the listener fails; with `tls`, clients may (and with
+/// `sslmode=require` do) encrypt their connection.
+pub async fn run(listener: TcpListener, shared: Arc<Shared>, tls: Option<tokio_rustls::TlsAcceptor>) {
     let manager = Arc::new(ConnectionManager::new());
     loop {
         let socket = match listener.accept().await {
@@ -54,13 +58,78 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
             }
         };
         let _ = socket.set_nodelay(true);
-        let connection = Arc::new(Connection::new(shared.clone(), manager.clone()));
+        let (shared, manager, tls) = (shared.clone(), manager.clone(), tls.clone());
         tokio::spawn(async move {
-            let _ = pgwire::tokio::process_socket(socket, None, connection.clone()).await;
-            let (shared, session) = (connection.shared.clone(), connection.session);
-            let _ = tokio::task::spawn_blocking(move || shared.close_session(session)).await;
+            let (session, end) = match shared.open_session() {
+                Ok(opened) => opened,
+                Err(error) => return refuse(socket, &error).await,
+            };
+            // Closes the session however the connection ends, a panic in its task included.
+            let _guard = SessionGuard { shared: shared.clone(), session };
+            let connection = Arc::new(Connection::new(shared, manager, session));
+            tokio::select! {
+                _ = pgwire::tokio::process_socket(socket, tls, connection) => {}
+                // The server ends the connection (idle too long inside a transaction).
+                _ = end.notified() => {}
+            }
         });
     }
+}
+
+/// Closes its session when dropped: rolls back what its transaction left and releases the
+/// writer, on a blocking thread when a runtime is there to give one.
+struct SessionGuard {
+    shared: Arc<Shared>,
+    session: SessionId,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let (shared, session) = (self.shared.clone(), self.session);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn_blocking(move || shared.close_session(session));
+            }
+            Err(_) => shared.close_session(session),
+        }
+    }
+}
+
+/// Answers a connection the server cannot take with PostgreSQL's error (after reading the
+/// client's start-up message, which it sends first), then closes it.
+async fn refuse(mut socket: tokio::net::TcpStream, error: &Error) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SSL_REQUEST: u32 = 80_877_103;
+    let read_startup = async {
+        for _ in 0..2 {
+            let length = socket.read_u32().await.ok()? as usize;
+            if !(8..=10_000).contains(&length) {
+                return None;
+            }
+            let mut body = vec![0u8; length - 4];
+            socket.read_exact(&mut body).await.ok()?;
+            if u32::from_be_bytes(body[..4].try_into().ok()?) != SSL_REQUEST {
+                return Some(());
+            }
+            socket.write_all(b"N").await.ok()?;
+        }
+        None
+    };
+    if tokio::time::timeout(std::time::Duration::from_secs(5), read_startup).await.ok().flatten().is_none() {
+        return;
+    }
+    let mut fields = Vec::new();
+    for (code, value) in [(b'S', "FATAL"), (b'V', "FATAL"), (b'C', sqlstate(error)), (b'M', &error.to_string())] {
+        fields.push(code);
+        fields.extend_from_slice(value.as_bytes());
+        fields.push(0);
+    }
+    fields.push(0);
+    let mut message = vec![b'E'];
+    message.extend_from_slice(&(fields.len() as u32 + 4).to_be_bytes());
+    message.extend_from_slice(&fields);
+    let _ = socket.write_all(&message).await;
+    let _ = socket.shutdown().await;
 }
 
 /// The handlers of one client connection.
@@ -75,47 +144,66 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn new(shared: Arc<Shared>, manager: Arc<ConnectionManager>) -> Connection {
-        let session = shared.open_session();
-        let startup = Arc::new(match &shared.password {
-            Some(password) => Startup::Password(Box::new(
-                CleartextPasswordAuthStartupHandler::new(
-                    PasswordSource(password.clone()),
-                    DefaultServerParameterProvider::default(),
-                )
-                .with_connection_manager(manager.clone()),
-            )),
-            None => Startup::Open(OpenStartup { manager: manager.clone() }),
+    fn new(shared: Arc<Shared>, manager: Arc<ConnectionManager>, session: SessionId) -> Connection {
+        let startup = Arc::new(if shared.passwords.required() {
+            let mut scram = ScramAuth::new(Arc::new(PasswordSource(shared.clone())));
+            scram.set_iterations(super::auth::SCRAM_ITERATIONS);
+            Startup::Password {
+                handler: Box::new(
+                    SASLAuthStartupHandler::new(Arc::new(DefaultServerParameterProvider::default()))
+                        .with_scram(scram)
+                        .with_connection_manager(manager.clone()),
+                ),
+                shared: shared.clone(),
+            }
+        } else {
+            Startup::Open(OpenStartup { manager: manager.clone() })
         });
         Connection { shared, session, manager, startup, parser: Arc::new(WeftQueryParser), inferred: Arc::default() }
     }
 
+    /// Runs the statements of a simple query in order, stopping at the first error.
     async fn execute(&self, sql: String) -> Vec<Response> {
-        let (shared, session) = (self.shared.clone(), self.session);
-        let (outputs, error) = match blocking(move || shared.execute(session, &sql)).await {
-            Ok(result) => result,
-            Err(panic) => (Vec::new(), Some(Error::Catalog(format!("internal error: {panic}")))),
-        };
         let mut responses = Vec::new();
-        for output in outputs {
-            match output_response(output, &Format::UnifiedText) {
+        for text in crate::functions::split_statements(&sql) {
+            let output = match statement::prepare(&text) {
+                Ok(prepared) => self.run(prepared).await,
+                Err(error) => Err(error),
+            };
+            match output.and_then(|output| output_response(output, &Format::UnifiedText)) {
                 Ok(response) => responses.push(response),
                 Err(error) => {
+                    self.shared.metrics.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     responses.push(Response::Error(Box::new(error_info(&error))));
                     return responses;
                 }
             }
         }
-        if let Some(error) = error {
-            responses.push(Response::Error(Box::new(error_info(&error))));
-        }
         responses
     }
 
-    async fn subscribe(&self, statement: &SubscribeStatement) -> PgWireResult<ViewSubscription> {
+    /// Runs one prepared statement: waits for the writer here if it needs it (holding no
+    /// thread), then executes it on a blocking thread.
+    async fn run(&self, prepared: Prepared) -> Result<Output, Error> {
+        if self.shared.needs_writer(self.session, &prepared) {
+            self.shared.sessions.claim_async(self.session).await?;
+        }
+        let (shared, session) = (self.shared.clone(), self.session);
+        match blocking(move || shared.execute_prepared(session, prepared)).await {
+            Ok(result) => result,
+            Err(panic) => Err(Error::Catalog(format!("internal error: {panic}"))),
+        }
+    }
+
+    /// Subscribes, the engine waking the returned [`Arrivals`] as changes come.
+    async fn subscribe(&self, statement: &SubscribeStatement) -> PgWireResult<(ViewSubscription, Arrivals)> {
         let shared = self.shared.clone();
         let view = statement.view.clone();
-        blocking(move || shared.subscribe(&view)).await?.map_err(|error| user_error(&error))
+        let arrivals = Arrivals::default();
+        let wake = arrivals.wake();
+        let subscribed =
+            blocking(move || shared.subscribe(&view, Some(wake))).await?.map_err(|error| user_error(&error))?;
+        Ok((subscribed, arrivals))
     }
 
     /// Streams a subscription's rows to the client until the view is dropped (the client ends
@@ -132,7 +220,7 @@ impl Connection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let subscribed = self.subscribe(statement).await?;
+        let (subscribed, arrivals) = self.subscribe(statement).await?;
         let schema = subscribe_schema(&subscribed.columns);
         let fields = Arc::new(fields_of(&schema, format));
         if describe {
@@ -141,29 +229,15 @@ impl Connection {
         let mut sent = 0;
         let snapshot = subscribed.snapshot_changes(statement.snapshot);
         sent += send_changes(client, &schema, &fields, &snapshot).await?;
-        let mut receiver = forward_changes(subscribed.subscription.changes);
-        while let Some(batch) = receiver.recv().await {
-            sent += send_changes(client, &schema, &fields, &expand(batch.time, &batch.updates)).await?;
+        let mut changes = subscribed.subscription.changes;
+        while let Some(batch) = arrivals.next(&mut changes).await {
+            sent += send_changes(client, &schema, &fields, &changes_at(batch.time, &batch.updates)).await?;
+        }
+        if changes.fell_behind() {
+            return Err(user_error(&Error::FellBehind(self.shared.subscribe_buffer())));
         }
         Ok(Tag::new("SUBSCRIBE").with_rows(sent))
     }
-}
-
-/// `COPY (SUBSCRIBE ...) TO STDOUT`: the subscription as a COPY stream, which psql prints as it
-/// arrives.
-fn parse_copy_subscribe(query: &str) -> Option<Result<SubscribeStatement, Error>> {
-    let trimmed = query.trim().trim_end_matches(';').trim_end();
-    let head = trimmed.get(..4)?;
-    if !head.eq_ignore_ascii_case("copy") {
-        return None;
-    }
-    let rest = trimmed[4..].trim_start().strip_prefix('(')?;
-    let close = rest.rfind(')')?;
-    let tail = rest[close + 1..].split_whitespace().collect::<Vec<_>>().join(" ");
-    if !tail.eq_ignore_ascii_case("to stdout") {
-        return None;
-    }
-    parse_subscribe(&rest[..close])
 }
 
 /// A value in COPY's text format.
@@ -206,14 +280,21 @@ impl Connection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let subscribed = self.subscribe(statement).await?;
-        let columns = subscribed.columns.len() as i16 + 2;
+        let (subscribed, arrivals) = self.subscribe(statement).await?;
+        // COPY's column count is an i16: a view of 32,766 or more columns cannot be copied out.
+        let columns = i16::try_from(subscribed.columns.len() + 2).map_err(|_| {
+            user_error(&Error::Unsupported(format!("COPY of a view with {} columns", subscribed.columns.len())))
+        })?;
         client
-            .send(PgWireBackendMessage::CopyOutResponse(CopyOutResponse::new(0, columns, vec![0; columns as usize])))
+            .send(PgWireBackendMessage::CopyOutResponse(CopyOutResponse::new(
+                0,
+                columns,
+                vec![0; subscribed.columns.len() + 2],
+            )))
             .await?;
         let mut sent = 0;
         let mut changes = subscribed.snapshot_changes(statement.snapshot);
-        let mut receiver = forward_changes(subscribed.subscription.changes);
+        let mut stream = subscribed.subscription.changes;
         loop {
             for change in &changes {
                 let mut line = format!("{}\t{}", change.time, change.diff);
@@ -226,35 +307,42 @@ impl Connection {
             }
             sent += changes.len();
             client.flush().await?;
-            match receiver.recv().await {
-                Some(batch) => changes = expand(batch.time, &batch.updates),
+            match arrivals.next(&mut stream).await {
+                Some(batch) => changes = changes_at(batch.time, &batch.updates),
                 None => break,
             }
+        }
+        if stream.fell_behind() {
+            return Err(user_error(&Error::FellBehind(self.shared.subscribe_buffer())));
         }
         client.send(PgWireBackendMessage::CopyDone(CopyDone::new())).await?;
         Ok(Tag::new("COPY").with_rows(sent))
     }
 }
 
-/// Moves a subscription's changes from the engine's channel to an async one; stops when the
-/// receiving side is dropped (the client went away or cancelled).
-fn forward_changes(
-    changes: std::sync::mpsc::Receiver<weft_engine::ViewChanges>,
-) -> tokio::sync::mpsc::Receiver<weft_engine::ViewChanges> {
-    let (sender, receiver) = tokio::sync::mpsc::channel(64);
-    tokio::task::spawn_blocking(move || loop {
-        match changes.recv_timeout(std::time::Duration::from_millis(200)) {
-            Ok(batch) => {
-                if sender.blocking_send(batch).is_err() {
-                    return;
-                }
+/// Wakes a subscriber's task when the engine sends it changes (or ends its stream), so that
+/// waiting for them holds no thread.
+#[derive(Default)]
+struct Arrivals(Arc<tokio::sync::Notify>);
+
+impl Arrivals {
+    /// What the engine calls after sending.
+    fn wake(&self) -> weft_engine::Wake {
+        let notify = self.0.clone();
+        Arc::new(move || notify.notify_one())
+    }
+
+    /// The next changes of `stream`, or `None` once it ended. (A wake between the empty look
+    /// and the wait is kept by the notifier as a permit, so none is lost.)
+    async fn next(&self, stream: &mut weft_engine::ChangeStream) -> Option<weft_engine::ViewChanges> {
+        loop {
+            match stream.try_recv() {
+                Ok(changes) => return Some(changes),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return None,
+                Err(std::sync::mpsc::TryRecvError::Empty) => self.0.notified().await,
             }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if sender.is_closed() => return,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
         }
-    });
-    receiver
+    }
 }
 
 /// Encodes and sends (and flushes) changes as rows `(timestamp, diff, columns...)`.
@@ -446,6 +534,9 @@ fn output_response(output: Output, format: &Format) -> Result<Response, Error> {
 /// The SQLSTATE code for an error.
 pub fn sqlstate(error: &Error) -> &'static str {
     let message = error.to_string().to_lowercase();
+    if message.contains("permission denied") {
+        return "42501";
+    }
     match error {
         Error::Sql(weft_sql::SqlError::Parse(_)) => "42601",
         Error::Sql(weft_sql::SqlError::TooComplex(_)) => "54001",
@@ -475,6 +566,12 @@ pub fn sqlstate(error: &Error) -> &'static str {
         Error::Engine(weft_engine::EngineError::ViewError { .. }) => "22000",
         Error::Convert(_) => "22P02",
         Error::File { .. } => "58030",
+        Error::Access(_) => "42501",
+        Error::Interrupted(_) => "57014",
+        Error::Ceiling(_) => "54000",
+        Error::FellBehind(_) => "53400",
+        Error::LockTimeout(_) => "55P03",
+        Error::TooManyConnections(_) => "53300",
         Error::Effects(crate::executor::ExecutorError::UnknownEffect(_)) => "42704",
         Error::Effects(crate::executor::ExecutorError::Connector(_)) => "08000",
         Error::Effects(crate::executor::ExecutorError::Log(_)) => "58030",
@@ -497,13 +594,16 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
     tokio::task::spawn_blocking(work).await.map_err(|panic| PgWireError::ApiError(Box::new(panic)))
 }
 
-/// The statement of the extended protocol: SQL text, its parameters bound at execution.
+/// The statement of the extended protocol: its text and the statement prepared from it, whose
+/// parameters are bound at execution.
 #[derive(Clone, Debug)]
 pub struct ParsedSql {
     text: String,
+    prepared: Prepared,
 }
 
-/// Keeps the text; weft parses and plans when the statement is described or executed.
+/// Prepares the statement once, when the client parses it; weft plans when the statement is
+/// described or executed.
 #[derive(Debug)]
 pub struct WeftQueryParser;
 
@@ -515,11 +615,12 @@ impl QueryParser for WeftQueryParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        Ok(Some(ParsedSql { text: sql.to_string() }))
+        let prepared = statement::prepare(sql).map_err(|error| user_error(&error))?;
+        Ok(Some(ParsedSql { text: sql.to_string(), prepared }))
     }
 
     fn get_parameter_types(&self, statement: &ParsedSql) -> PgWireResult<Vec<Type>> {
-        Ok(vec![Type::TEXT; catalog::placeholder_count(&statement.text)])
+        Ok(vec![Type::TEXT; statement.prepared.parameter_count()])
     }
 
     fn get_result_schema(&self, _statement: &ParsedSql, _format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
@@ -527,43 +628,73 @@ impl QueryParser for WeftQueryParser {
     }
 }
 
-/// The value of parameter `index` as a SQL literal.
-fn parameter_literal(portal: &Portal<ParsedSql>, index: usize, declared: Option<&Type>) -> PgWireResult<String> {
+/// The value of parameter `index` as a literal of the parsed statement: a value, never SQL text.
+fn parameter_value(portal: &Portal<ParsedSql>, index: usize, declared: Option<&Type>) -> PgWireResult<ast::Expr> {
     let declared = declared.filter(|ty| **ty != Type::UNKNOWN).cloned().unwrap_or(Type::UNKNOWN);
-    let literal = |value: Option<String>| value.unwrap_or_else(|| "NULL".to_string());
-    Ok(match declared {
-        Type::BOOL => literal(portal.parameter::<bool>(index, &declared)?.map(|value| value.to_string())),
-        Type::INT2 => literal(portal.parameter::<i16>(index, &declared)?.map(|value| value.to_string())),
-        Type::INT4 => literal(portal.parameter::<i32>(index, &declared)?.map(|value| value.to_string())),
-        Type::INT8 => literal(portal.parameter::<i64>(index, &declared)?.map(|value| value.to_string())),
-        Type::FLOAT4 => literal(portal.parameter::<f32>(index, &declared)?.map(|value| float_literal(value as f64))),
-        Type::FLOAT8 => literal(portal.parameter::<f64>(index, &declared)?.map(float_literal)),
-        Type::BYTEA => literal(portal.parameter::<Vec<u8>>(index, &declared)?.map(|bytes| {
+    let value = |value: ast::Value| ast::Expr::value(value);
+    let number = |digits: String| value(ast::Value::Number(digits, false));
+    // A negative number as the parser reads `-5`: a minus applied to the digits.
+    let signed = |negative: bool, digits: String| {
+        if negative {
+            ast::Expr::UnaryOp { op: ast::UnaryOperator::Minus, expr: Box::new(number(digits)) }
+        } else {
+            number(digits)
+        }
+    };
+    let cast = |text: String, data_type: ast::DataType| ast::Expr::Cast {
+        kind: ast::CastKind::Cast,
+        expr: Box::new(value(ast::Value::SingleQuotedString(text))),
+        data_type,
+        array: false,
+        format: None,
+    };
+    let integer = |number: i64| signed(number < 0, number.unsigned_abs().to_string());
+    let float = |number: f64| {
+        if number.is_finite() {
+            signed(number.is_sign_negative(), format!("{:?}", number.abs()))
+        } else {
+            cast(float_text(number), ast::DataType::Double(ast::ExactNumberInfo::None))
+        }
+    };
+    let or_null = |value: Option<ast::Expr>| value.unwrap_or_else(|| ast::Expr::value(ast::Value::Null));
+    Ok(or_null(match declared {
+        Type::BOOL => portal.parameter::<bool>(index, &declared)?.map(|flag| value(ast::Value::Boolean(flag))),
+        Type::INT2 => portal.parameter::<i16>(index, &declared)?.map(|number| integer(number.into())),
+        Type::INT4 => portal.parameter::<i32>(index, &declared)?.map(|number| integer(number.into())),
+        Type::INT8 => portal.parameter::<i64>(index, &declared)?.map(integer),
+        Type::FLOAT4 => portal.parameter::<f32>(index, &declared)?.map(|number| float(number.into())),
+        Type::FLOAT8 => portal.parameter::<f64>(index, &declared)?.map(float),
+        Type::BYTEA => portal.parameter::<Vec<u8>>(index, &declared)?.map(|bytes| {
             let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
-            format!("X'{hex}'")
-        })),
-        Type::TIMESTAMP => literal(
-            portal
-                .parameter::<NaiveDateTime>(index, &declared)?
-                .map(|value| format!("CAST('{}' AS TIMESTAMP)", value.format("%Y-%m-%d %H:%M:%S%.f"))),
-        ),
-        Type::NUMERIC => {
-            // Numbers sent as text: checked to be a number, then used as written.
-            let text = raw_text(portal, index)?;
-            match text {
-                Some(text) if text.trim().parse::<f64>().is_ok() => text.trim().to_string(),
-                Some(text) => {
+            value(ast::Value::HexStringLiteral(hex))
+        }),
+        Type::TIMESTAMP => portal.parameter::<NaiveDateTime>(index, &declared)?.map(|time| {
+            cast(
+                time.format("%Y-%m-%d %H:%M:%S%.f").to_string(),
+                ast::DataType::Timestamp(None, ast::TimezoneInfo::None),
+            )
+        }),
+        Type::NUMERIC => match raw_text(portal, index)? {
+            // Numbers sent as text: checked to be a finite number, then used as written.
+            Some(text) => {
+                let digits = text.trim();
+                let finite = digits.parse::<f64>().is_ok_and(f64::is_finite);
+                if !finite || !digits.bytes().all(|byte| byte.is_ascii_digit() || b".eE+-".contains(&byte)) {
                     return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
                         "ERROR".into(),
                         "22P02".into(),
                         format!("parameter ${} is not a number: {text}", index + 1),
-                    ))))
+                    ))));
                 }
-                None => "NULL".into(),
+                Some(match digits.strip_prefix('-') {
+                    Some(magnitude) => signed(true, magnitude.to_string()),
+                    None => number(digits.trim_start_matches('+').to_string()),
+                })
             }
-        }
-        _ => literal(raw_text(portal, index)?.map(|text| format!("'{}'", text.replace('\'', "''")))),
-    })
+            None => None,
+        },
+        _ => raw_text(portal, index)?.map(|text| value(ast::Value::SingleQuotedString(text))),
+    }))
 }
 
 /// A parameter's bytes as text (text format, or binary text types).
@@ -592,14 +723,6 @@ fn float_text(value: f64) -> String {
     }
 }
 
-fn float_literal(value: f64) -> String {
-    if value.is_finite() {
-        format!("{value:?}")
-    } else {
-        format!("CAST('{value}' AS DOUBLE)")
-    }
-}
-
 /// The type of parameter `index`: as the client declared it, else as weft inferred it.
 fn parameter_type(declared: &[Option<Type>], inferred: &[Option<Type>], index: usize) -> Option<Type> {
     declared
@@ -610,55 +733,47 @@ fn parameter_type(declared: &[Option<Type>], inferred: &[Option<Type>], index: u
         .or_else(|| inferred.get(index).cloned().flatten())
 }
 
-/// The portal's SQL with its parameters bound: each typed as the client declared it, else as
-/// weft infers it (`inferred`).
-fn bound_sql(portal: &Portal<ParsedSql>, inferred: &[Option<Type>]) -> PgWireResult<String> {
+/// The portal's statement with its parameters bound: each typed as the client declared it,
+/// else as weft infers it (`inferred`).
+fn bound(portal: &Portal<ParsedSql>, inferred: &[Option<Type>]) -> PgWireResult<Prepared> {
     let declared = &portal.statement.parameter_types;
-    let mut literals = Vec::with_capacity(portal.parameter_len());
+    let mut values = Vec::with_capacity(portal.parameter_len());
     for index in 0..portal.parameter_len() {
+        // A parameter weft cannot type was described as TEXT, and is read as text.
         let ty = parameter_type(declared, inferred, index);
-        if ty.is_none() && portal.parameter_format.is_binary(index) {
-            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-                "ERROR".into(),
-                "42P18".into(),
-                format!("could not determine the type of parameter ${} sent in binary", index + 1),
-            ))));
-        }
-        literals.push(parameter_literal(portal, index, ty.as_ref())?);
+        values.push(parameter_value(portal, index, ty.as_ref())?);
     }
-    Ok(catalog::substitute_placeholders(&portal.statement.statement.text, &literals))
+    Ok(portal.statement.statement.prepared.bind(&values))
 }
 
 impl Connection {
     /// The parameter types weft infers for `sql` (remembered per statement text).
-    async fn inferred_types(&self, sql: &str) -> PgWireResult<Vec<Option<Type>>> {
-        if let Some(types) = self.inferred.lock().expect("inferred types").get(sql) {
+    async fn inferred_types(&self, parsed: &ParsedSql) -> PgWireResult<Vec<Option<Type>>> {
+        if let Some(types) = self.inferred.lock().expect("inferred types").get(&parsed.text) {
             return Ok(types.clone());
         }
-        let count = catalog::placeholder_count(sql);
-        let (shared, text) = (self.shared.clone(), sql.to_string());
-        let types = blocking(move || catalog::parameter_types(&shared, &text, count)).await?;
+        let count = parsed.prepared.parameter_count();
+        let (shared, prepared) = (self.shared.clone(), parsed.prepared.clone());
+        let types = blocking(move || catalog::parameter_types(&shared, &prepared, count)).await?;
         let mut cache = self.inferred.lock().expect("inferred types");
         if cache.len() > 1000 {
             cache.clear();
         }
-        cache.insert(sql.to_string(), types.clone());
+        cache.insert(parsed.text.clone(), types.clone());
         Ok(types)
     }
 
-    /// The portal's SQL with its parameters bound.
-    async fn bind(&self, portal: &Portal<ParsedSql>) -> PgWireResult<String> {
+    /// The portal's statement with its parameters bound.
+    async fn bind(&self, portal: &Portal<ParsedSql>) -> PgWireResult<Prepared> {
         let declared = &portal.statement.parameter_types;
         let all_declared = (0..portal.parameter_len()).all(|index| parameter_type(declared, &[], index).is_some());
-        let inferred =
-            if all_declared { Vec::new() } else { self.inferred_types(&portal.statement.statement.text).await? };
-        bound_sql(portal, &inferred)
+        let inferred = if all_declared { Vec::new() } else { self.inferred_types(&portal.statement.statement).await? };
+        bound(portal, &inferred)
     }
 
-    /// The result columns of `sql` (bound or not), or none for a statement without rows.
-    async fn describe(&self, sql: &str, format: &Format) -> PgWireResult<Vec<FieldInfo>> {
-        if let Some(subscribe) = parse_subscribe(sql) {
-            let subscribe = subscribe.map_err(|error| user_error(&error))?;
+    /// The result columns of a statement (bound or not), or none for a statement without rows.
+    async fn describe(&self, prepared: Prepared, format: &Format) -> PgWireResult<Vec<FieldInfo>> {
+        if let Prepared::Subscribe(subscribe) = prepared {
             let shared = self.shared.clone();
             let columns = blocking(move || shared.with_database(|database| database.view(&subscribe.view)))
                 .await?
@@ -666,9 +781,9 @@ impl Connection {
                 .0;
             return Ok(fields_of(&subscribe_schema(&columns), format));
         }
-        let (shared, sql) = (self.shared.clone(), sql.to_string());
+        let shared = self.shared.clone();
         let schema =
-            blocking(move || catalog::result_schema(&shared, &sql)).await?.map_err(|error| user_error(&error))?;
+            blocking(move || catalog::result_schema(&shared, &prepared)).await?.map_err(|error| user_error(&error))?;
         Ok(schema.map(|schema| fields_of(&schema, format)).unwrap_or_default())
     }
 }
@@ -682,7 +797,7 @@ impl SimpleQueryHandler for Connection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        if let Some(subscribe) = parse_subscribe(query) {
+        if let Some(subscribe) = parse_subscribe(query, false) {
             let subscribe = match subscribe {
                 Ok(subscribe) => subscribe,
                 Err(error) => return Ok(vec![Response::Error(Box::new(error_info(&error)))]),
@@ -690,7 +805,7 @@ impl SimpleQueryHandler for Connection {
             let tag = self.stream(client, &subscribe, &Format::UnifiedText, true).await?;
             return Ok(vec![Response::Execution(tag)]);
         }
-        if let Some(subscribe) = parse_copy_subscribe(query) {
+        if let Some(subscribe) = parse_subscribe(query, true) {
             let subscribe = match subscribe {
                 Ok(subscribe) => subscribe,
                 Err(error) => return Ok(vec![Response::Error(Box::new(error_info(&error)))]),
@@ -722,15 +837,14 @@ impl ExtendedQueryHandler for Connection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let text = target.statement.text.clone();
-        let count = catalog::placeholder_count(&text);
-        let inferred = self.inferred_types(&text).await?;
+        let count = target.statement.prepared.parameter_count();
+        let inferred = self.inferred_types(&target.statement).await?;
         let parameters = (0..count.max(target.parameter_types.len()))
             .map(|index| parameter_type(&target.parameter_types, &inferred, index).unwrap_or(Type::TEXT))
             .collect();
         // Without bound parameters the statement is described with NULLs for them.
-        let nulls = vec!["NULL".to_string(); count];
-        let fields = self.describe(&catalog::substitute_placeholders(&text, &nulls), &Format::UnifiedText).await?;
+        let nulls = vec![ast::Expr::value(ast::Value::Null); count];
+        let fields = self.describe(target.statement.prepared.bind(&nulls), &Format::UnifiedText).await?;
         Ok(DescribeStatementResponse::new(parameters, fields))
     }
 
@@ -745,8 +859,8 @@ impl ExtendedQueryHandler for Connection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let sql = self.bind(portal).await?;
-        Ok(DescribePortalResponse::new(self.describe(&sql, &portal.result_column_format).await?))
+        let prepared = self.bind(portal).await?;
+        Ok(DescribePortalResponse::new(self.describe(prepared, &portal.result_column_format).await?))
     }
 
     async fn do_query<C>(&self, client: &mut C, portal: &Portal<ParsedSql>, _max_rows: usize) -> PgWireResult<Response>
@@ -756,36 +870,41 @@ impl ExtendedQueryHandler for Connection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let sql = self.bind(portal).await?;
-        if let Some(subscribe) = parse_subscribe(&sql) {
-            let subscribe = subscribe.map_err(|error| user_error(&error))?;
+        let prepared = self.bind(portal).await?;
+        if let Prepared::Subscribe(subscribe) = prepared {
             let tag = self.stream(client, &subscribe, &portal.result_column_format, false).await?;
             return Ok(Response::Execution(tag));
         }
-        let (shared, session) = (self.shared.clone(), self.session);
-        let (mut outputs, error) = blocking(move || shared.execute(session, &sql)).await?;
-        if let Some(error) = error {
-            return Err(user_error(&error));
-        }
-        let output = outputs.pop().unwrap_or(Output::Status("EMPTY".into()));
+        let output = self.run(prepared).await.map_err(|error| user_error(&error))?;
         output_response(output, &portal.result_column_format).map_err(|error| user_error(&error))
     }
 }
 
-/// Start-up: cleartext password when the server has one, else none.
+/// Start-up: SCRAM-SHA-256 when the server has a password, else none.
 pub enum Startup {
-    Password(Box<CleartextPasswordAuthStartupHandler<PasswordSource, DefaultServerParameterProvider>>),
+    Password { handler: Box<SASLAuthStartupHandler<DefaultServerParameterProvider>>, shared: Arc<Shared> },
     Open(OpenStartup),
 }
 
-/// The one password of the server.
-#[derive(Debug)]
-pub struct PasswordSource(String);
+/// The one password of the server, as the SCRAM secret (salt and salted password) SCRAM-SHA-256
+/// checks the client's proof against: the password itself never crosses the wire.
+pub struct PasswordSource(Arc<Shared>);
+
+impl Debug for PasswordSource {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("PasswordSource")
+    }
+}
 
 #[async_trait]
 impl AuthSource for PasswordSource {
     async fn get_password(&self, _login: &LoginInfo) -> PgWireResult<Password> {
-        Ok(Password::new(None, self.0.as_bytes().to_vec()))
+        let (salt, salted) = self
+            .0
+            .passwords
+            .scram_secret()
+            .ok_or_else(|| PgWireError::ApiError("the server has no password".into()))?;
+        Ok(Password::new(Some(salt.clone()), salted.clone()))
     }
 }
 
@@ -809,7 +928,35 @@ impl StartupHandler for Startup {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         match self {
-            Startup::Password(handler) => handler.on_startup(client, message).await,
+            Startup::Password { handler, shared } => {
+                let address = client.socket_addr().ip();
+                if matches!(message, PgWireFrontendMessage::Startup(_))
+                    && shared.refuses_plain_connection(client.is_secure(), address)
+                {
+                    return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                        "FATAL".into(),
+                        "28000".into(),
+                        "this server takes connections from other hosts only over TLS: connect with sslmode=require"
+                            .into(),
+                    ))));
+                }
+                // An address whose attempts failed waits before its next one is checked.
+                let answer = matches!(message, PgWireFrontendMessage::PasswordMessageFamily(_));
+                if answer {
+                    tokio::time::sleep(shared.passwords.delay(address)).await;
+                }
+                let result = handler.on_startup(client, message).await;
+                match &result {
+                    Err(PgWireError::InvalidPassword(_) | PgWireError::InvalidScramMessage(_)) => {
+                        shared.passwords.record(address, false)
+                    }
+                    Ok(()) if answer && matches!(client.state(), pgwire::api::PgWireConnectionState::ReadyForQuery) => {
+                        shared.passwords.record(address, true)
+                    }
+                    _ => {}
+                }
+                result
+            }
             Startup::Open(handler) => handler.on_startup(client, message).await,
         }
     }

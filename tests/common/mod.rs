@@ -18,6 +18,8 @@ pub struct Server {
     pub pg: SocketAddr,
     pub http: SocketAddr,
     pub directory: PathBuf,
+    /// The arguments it was started with beyond the addresses, for a restart.
+    extra: Vec<String>,
 }
 
 fn free_port() -> SocketAddr {
@@ -44,6 +46,14 @@ fn spawn(directory: &std::path::Path, extra: &[&str]) -> (Child, SocketAddr, Soc
     (child, pg, http)
 }
 
+/// A fresh directory beside the servers' data directories, for `--files-root`.
+pub fn files_root(name: &str) -> PathBuf {
+    let directory = std::env::temp_dir().join(format!("weft-files-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&directory);
+    std::fs::create_dir_all(&directory).unwrap();
+    directory
+}
+
 impl Server {
     pub fn start(name: &str, extra: &[&str]) -> Server {
         let directory = std::env::temp_dir().join(format!("weft-serve-{name}-{}", std::process::id()));
@@ -56,13 +66,19 @@ impl Server {
     pub fn crash_and_restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, pg, http) = spawn(&self.directory, &[]);
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let (child, pg, http) = spawn(&self.directory, &extra);
         (self.child, self.pg, self.http) = (child, pg, http);
+    }
+
+    /// The server process's id (to kill it from another thread).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn start_in(directory: PathBuf, extra: &[&str]) -> Server {
         let (child, pg, http) = spawn(&directory, extra);
-        Server { child, pg, http, directory }
+        Server { child, pg, http, directory, extra: extra.iter().map(|arg| arg.to_string()).collect() }
     }
 
     pub fn config(&self) -> tokio_postgres::Config {
@@ -77,21 +93,35 @@ impl Server {
         client
     }
 
-    /// A raw HTTP/1.1 exchange: the status code and the body.
+    /// A raw HTTP/1.1 exchange: the status code and the body. The `Host` header names the
+    /// server's address, as a client's does.
     pub fn http(&self, method: &str, path: &str, body: &str, headers: &str) -> (u16, String) {
-        let mut stream = TcpStream::connect(self.http).unwrap();
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: weft\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        self.try_http(method, path, body, headers).expect("an HTTP answer")
+    }
+
+    /// As [`Server::http`], but `None` when no whole answer came (the server died).
+    pub fn try_http(&self, method: &str, path: &str, body: &str, headers: &str) -> Option<(u16, String)> {
+        self.try_http_raw(&format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+            self.http,
             body.len()
-        )
-        .unwrap();
+        ))
+    }
+
+    /// Sends `request` as it is: the status code and the body of the answer.
+    pub fn http_raw(&self, request: &str) -> (u16, String) {
+        self.try_http_raw(request).expect("an HTTP answer")
+    }
+
+    fn try_http_raw(&self, request: &str) -> Option<(u16, String)> {
+        let mut stream = TcpStream::connect(self.http).ok()?;
+        stream.write_all(request.as_bytes()).ok()?;
         let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let status = response[9..12].parse().unwrap();
+        stream.read_to_string(&mut response).ok()?;
+        let status = response.get(9..12)?.parse().ok()?;
         let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
         if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-            return (status, body.to_string());
+            return Some((status, body.to_string()));
         }
         // De-chunk: `size in hex CRLF data CRLF`, ending with a zero size.
         let mut rest = body;
@@ -101,10 +131,10 @@ impl Server {
             if size == 0 {
                 break;
             }
-            decoded.push_str(&after[..size]);
-            rest = &after[size + 2..];
+            decoded.push_str(after.get(..size)?);
+            rest = after.get(size + 2..)?;
         }
-        (status, decoded)
+        Some((status, decoded))
     }
 }
 

@@ -26,10 +26,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use wasmtime::{Config, Engine, Instance, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, Trap, Val, ValType};
-use weft_engine::content::{module_cid, Invocation};
-use weft_engine::{ColumnType, Value};
+use weft_ipvm::content::{module_cid, Invocation};
+use weft_ir::{ColumnType, Value};
 
-pub use weft_engine::content::Cid;
+pub use weft_ipvm::content::Cid;
 
 /// Why a module could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +57,10 @@ pub enum CallError {
     Trap(String),
     #[error("bad result: {0}")]
     Result(String),
+    /// Stopped at the wall-clock limit. Not an outcome of the invocation (a faster machine or a
+    /// quieter moment may finish it), so it is never memoised.
+    #[error("interrupted after {0} ms (the wall-clock limit of a call)")]
+    Interrupted(u64),
 }
 
 /// Per-call budgets.
@@ -152,10 +156,45 @@ thread_local! {
     static STORES: std::cell::RefCell<Vec<ReusedStore>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// The wall-clock limit of a call unless the runtime is given another.
+pub const DEFAULT_CALL_LIMIT: std::time::Duration = std::time::Duration::from_millis(5_000);
+
+/// How often the engine's epoch advances: the granularity of the wall-clock limit.
+const EPOCH_TICK: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Compiles and runs pure Wasm functions.
 pub struct Runtime {
     engine: Engine,
     modules: Mutex<HashMap<Cid, Arc<LoadedModule>>>,
+    /// Epoch ticks a call may run for.
+    deadline_ticks: u64,
+    _ticker: EpochTicker,
+}
+
+/// Advances an engine's epoch every [`EPOCH_TICK`] on a thread of its own, until dropped.
+struct EpochTicker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl EpochTicker {
+    fn start(engine: &Engine) -> EpochTicker {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (engine, stopped) = (engine.clone(), stop.clone());
+        // Without the thread no call is ever interrupted by time; fuel still bounds it.
+        let _ = std::thread::Builder::new().name("weft-wasm-epoch".into()).spawn(move || {
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        });
+        EpochTicker { stop }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 fn wasm_types(column_type: ColumnType) -> Vec<ValType> {
@@ -179,21 +218,47 @@ fn type_names(types: &[ValType]) -> String {
     types.iter().map(|value_type| value_type.to_string()).collect::<Vec<_>>().join(", ")
 }
 
+/// What is wrong with `source`, which is neither a binary module nor valid WAT text, without
+/// quoting it: the bytes may be any file a statement named, and an error is shown to clients.
+fn wat_error(source: &[u8], error: &wat::Error) -> String {
+    let text = String::from_utf8_lossy(&source[..source.len().min(64)]);
+    if !text.trim_start().starts_with('(') && !text.trim_start().starts_with(";;") {
+        return "neither a WebAssembly binary (\\0asm) nor WAT text".into();
+    }
+    // The message and its location, without the quoted source line that follows them.
+    let rendered = error.to_string();
+    let mut lines = rendered.lines();
+    let message = lines.next().unwrap_or_default();
+    match lines.next().map(str::trim).and_then(|location| location.strip_prefix("--> ")) {
+        Some(location) => format!("invalid WAT text: {message} (at {location})"),
+        None => format!("invalid WAT text: {message}"),
+    }
+}
+
 impl Runtime {
-    /// A runtime with deterministic settings.
+    /// A runtime with deterministic settings, calls limited to [`DEFAULT_CALL_LIMIT`].
     pub fn new() -> Runtime {
+        Runtime::with_call_limit(DEFAULT_CALL_LIMIT)
+    }
+
+    /// A runtime whose calls are interrupted after `call_limit` of wall-clock time.
+    pub fn with_call_limit(call_limit: std::time::Duration) -> Runtime {
         let mut config = Config::new();
         config.consume_fuel(true);
+        config.epoch_interruption(true);
         config.cranelift_nan_canonicalization(true);
         // Threads are compiled out (wasmtime without its `threads` feature).
         let engine = Engine::new(&config).expect("a valid wasmtime configuration");
-        Runtime { engine, modules: Mutex::new(HashMap::new()) }
+        // One tick more than the limit: the epoch may advance just after the call starts.
+        let deadline_ticks = call_limit.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64 + 1;
+        let ticker = EpochTicker::start(&engine);
+        Runtime { engine, modules: Mutex::new(HashMap::new()), deadline_ticks, _ticker: ticker }
     }
 
     /// Loads a module from WAT text or a Wasm binary; the CID is of the binary. Compiled once
     /// per CID.
     pub fn load(&self, source: &[u8]) -> Result<Arc<LoadedModule>, LoadError> {
-        let binary = wat::parse_bytes(source).map_err(|error| LoadError::Wat(error.to_string()))?;
+        let binary = wat::parse_bytes(source).map_err(|error| LoadError::Wat(wat_error(source, &error)))?;
         let cid = module_cid(&binary);
         if let Some(loaded) = self.modules.lock().expect("module cache").get(&cid) {
             return Ok(loaded.clone());
@@ -331,11 +396,15 @@ impl Runtime {
         (created, found): (&mut Option<Instance>, &mut Option<wasmtime::Func>),
     ) -> Result<CallOutput, CallError> {
         store.set_fuel(limits.fuel).expect("fuel is enabled");
+        store.set_epoch_deadline(self.deadline_ticks);
         let fuel_used = |store: &Store<CallState>| limits.fuel - store.get_fuel().unwrap_or(0);
         let classify = |store: &Store<CallState>, error: wasmtime::Error| {
             if let Some(trap) = error.downcast_ref::<Trap>() {
                 if *trap == Trap::OutOfFuel {
                     return CallError::OutOfFuel(fuel_used(store));
+                }
+                if *trap == Trap::Interrupt {
+                    return CallError::Interrupted(started.elapsed().as_millis() as u64);
                 }
             }
             let message = format!("{error:#}");

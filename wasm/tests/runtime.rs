@@ -2,7 +2,7 @@
 //! and every failure a call can have (fuel, memory, trap, invalid module, missing export,
 //! signature mismatch), each confined to its call.
 
-use weft_engine::{ColumnType, Value};
+use weft_ir::{ColumnType, Value};
 use weft_wasm::{CallError, CallOutput, Limits, Runtime, Signature};
 
 const MATH: &str = include_str!("../../examples/wasm/math.wat");
@@ -121,4 +121,22 @@ fn calls_never_see_each_others_state_and_fuel_is_per_call() {
         assert_eq!(again, timing, "same value and fuel");
     }
     assert_eq!(runtime.call(&spin, "spin_if", &one, &[Value::Int(41)], limits).unwrap().value, Value::Int(42));
+}
+
+#[test]
+fn a_call_is_interrupted_at_its_wall_clock_limit_and_the_runtime_goes_on() {
+    let runtime = Runtime::with_call_limit(std::time::Duration::from_millis(50));
+    let one = signature(&[ColumnType::BigInt], ColumnType::BigInt);
+    let spin = runtime.load(STATELESS_SPIN.as_bytes()).unwrap();
+    // Fuel enough for minutes: only the clock stops it.
+    let limits = Limits { fuel: u64::MAX / 2, ..Limits::default() };
+    for _ in 0..2 {
+        let error = runtime.call(&spin, "spin_if", &one, &[Value::Int(0)], limits).unwrap_err();
+        match error {
+            CallError::Interrupted(after_ms) => assert!(after_ms >= 50, "interrupted after {after_ms} ms"),
+            other => panic!("expected an interruption, got {other:?}"),
+        }
+        assert!(error.to_string().starts_with("interrupted after"));
+        assert_eq!(runtime.call(&spin, "spin_if", &one, &[Value::Int(1)], limits).unwrap().value, Value::Int(2));
+    }
 }

@@ -12,11 +12,11 @@
 //! Arguments map to IPLD kinds: BIGINT to integer, DOUBLE to float, TEXT to string, BYTEA to
 //! bytes, BOOLEAN to boolean, NULL to null, TIMESTAMP to integer nanoseconds.
 
-use crate::value::Value;
 pub use cid::Cid;
 use ipld_core::ipld::Ipld;
 use multihash_codetable::{Code, MultihashDigest};
 use std::collections::BTreeMap;
+use weft_ir::value::Value;
 
 /// The dag-cbor multicodec.
 pub const DAG_CBOR_CODEC: u64 = 0x71;
@@ -206,7 +206,7 @@ pub const SHA3_256_CODE: u64 = 0x16;
 /// both agree.
 pub mod cbor {
     use super::{Cid, ContentError};
-    use crate::value::Value;
+    use weft_ir::value::Value;
 
     pub const UNSIGNED: u8 = 0;
     pub const NEGATIVE: u8 = 1;
