@@ -19,7 +19,7 @@ mod postgres;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
-use weft::{Database, Options};
+use weft_core::{Database, Options};
 
 const BATCH_ROWS: usize = 2000;
 const BATCH_INTERVAL: Duration = Duration::from_millis(20);
@@ -56,7 +56,7 @@ fn serve_pages() -> u16 {
 
 fn count(database: &mut Database, sql: &str) -> i64 {
     match database.query(sql).unwrap().first().and_then(|row| row.first()) {
-        Some(weft::Value::Int(n)) => *n,
+        Some(weft_core::Value::Int(n)) => *n,
         other => panic!("{sql}: {other:?}"),
     }
 }
@@ -88,8 +88,14 @@ fn main() {
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        let rows: Vec<weft::Row> = (next_id..next_id + BATCH_ROWS)
-            .map(|id| vec![weft::Value::Int(id as i64), weft::Value::Int((id % 97) as i64), weft::Value::Int(1)])
+        let rows: Vec<weft_core::Row> = (next_id..next_id + BATCH_ROWS)
+            .map(|id| {
+                vec![
+                    weft_core::Value::Int(id as i64),
+                    weft_core::Value::Int((id % 97) as i64),
+                    weft_core::Value::Int(1),
+                ]
+            })
             .collect();
         database.insert_rows("events", rows).unwrap();
         next_id += BATCH_ROWS;

@@ -18,7 +18,7 @@ use differential_dataflow::input::Input;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
-use weft::{Database, Options, Value};
+use weft_core::{Database, Options, Value};
 
 /// mimalloc: dataflow batches allocate and free many small rows, where glibc's malloc spends
 /// a large share of the time (measured with `cargo bench --bench incremental`).

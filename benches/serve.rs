@@ -119,13 +119,13 @@ fn main() {
     let directory = std::env::temp_dir().join(format!("weft-bench-serve-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&directory);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let options = weft::Options { data_dir: directory.clone(), workers: 1, sync: false };
-    let database = weft::Database::open(options).expect("open");
-    let serve_options = weft::server::ServeOptions {
+    let options = weft_core::Options { data_dir: directory.clone(), workers: 1, sync: false };
+    let database = weft_core::Database::open(options).expect("open");
+    let serve_options = weft_server::ServeOptions {
         pg: Some(format!("127.0.0.1:{port}").parse().unwrap()),
-        ..weft::server::ServeOptions::default()
+        ..weft_server::ServeOptions::default()
     };
-    std::thread::spawn(move || weft::server::serve(database, serve_options));
+    std::thread::spawn(move || weft_server::serve(database, serve_options));
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -11,7 +11,7 @@
 //! - `native_calls_per_s`: the same arithmetic as a DataFusion built-in over the same rows.
 
 use std::time::Instant;
-use weft::{Database, Options, Value};
+use weft_core::{Database, Options, Value};
 
 /// mimalloc, as in the `weft` binary.
 #[global_allocator]
@@ -48,7 +48,8 @@ fn main() -> anyhow::Result<()> {
 
     let runtime = weft_wasm::Runtime::new();
     let loaded = runtime.load(&std::fs::read(module)?)?;
-    let signature = weft_wasm::Signature { params: vec![weft::ColumnType::BigInt], result: weft::ColumnType::BigInt };
+    let signature =
+        weft_wasm::Signature { params: vec![weft_core::ColumnType::BigInt], result: weft_core::ColumnType::BigInt };
     // Five rounds, the median taken (as for the native figure below): one round is a few
     // milliseconds, short enough for a neighbour on the machine to halve it.
     let bare_calls = calls.min(100_000);

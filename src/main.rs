@@ -4,8 +4,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
-use weft::output::{write_output, Format};
-use weft::{ColumnType, Database, Options, Value};
+use weft_core::{ColumnType, Database, Options, Value};
+use weft_server::output::{write_output, Format};
 
 /// mimalloc: dataflow batches allocate and free many small rows, where glibc's malloc spends
 /// a large share of the time (measured with `cargo bench --bench incremental`).
@@ -25,13 +25,13 @@ struct Cli {
     #[arg(long, global = true)]
     no_sync: bool,
     /// The most fuel a function may ask for (`CREATE FUNCTION ... WITH (fuel = n)`, `invoke --fuel`).
-    #[arg(long, global = true, default_value_t = weft::Policy::DEFAULT_MAX_FUEL)]
+    #[arg(long, global = true, default_value_t = weft_core::Policy::DEFAULT_MAX_FUEL)]
     max_fuel: u64,
     /// The most memory a function may ask for, in MiB.
-    #[arg(long, global = true, default_value_t = weft::Policy::DEFAULT_MAX_MEMORY_MB)]
+    #[arg(long, global = true, default_value_t = weft_core::Policy::DEFAULT_MAX_MEMORY_MB)]
     max_memory_mb: usize,
     /// Wall-clock milliseconds after which a call is interrupted (its error is not memoised).
-    #[arg(long, global = true, default_value_t = weft::Policy::DEFAULT_MAX_CALL_MS)]
+    #[arg(long, global = true, default_value_t = weft_core::Policy::DEFAULT_MAX_CALL_MS)]
     max_call_ms: u64,
     #[command(subcommand)]
     command: Command,
@@ -45,7 +45,7 @@ enum Command {
         #[arg(short = 'c', long = "command")]
         command: Option<String>,
         /// Output format.
-        #[arg(long, value_enum, default_value = "table")]
+        #[arg(long, value_parser = format_parser(), default_value = "table")]
         format: Format,
         /// A file of SQL statements to run.
         file: Option<PathBuf>,
@@ -97,21 +97,21 @@ enum Command {
         allow_hosts: Vec<String>,
         /// The most changes a subscriber may fall behind; one further behind is disconnected
         /// with an error saying so, and everyone else goes on.
-        #[arg(long, default_value_t = weft::server::ServeOptions::DEFAULT_SUBSCRIBE_BUFFER)]
+        #[arg(long, default_value_t = weft_server::ServeOptions::DEFAULT_SUBSCRIBE_BUFFER)]
         subscribe_buffer: usize,
         /// The most rows a query may return (SQLSTATE 54000 beyond).
-        #[arg(long, default_value_t = weft::server::ServeOptions::DEFAULT_MAX_RESULT_ROWS)]
+        #[arg(long, default_value_t = weft_server::ServeOptions::DEFAULT_MAX_RESULT_ROWS)]
         max_result_rows: usize,
         /// How long a statement waits for the writer another session's transaction holds
         /// (SQLSTATE 55P03 after).
-        #[arg(long, default_value_t = weft::server::ServeOptions::DEFAULT_LOCK_TIMEOUT_MS)]
+        #[arg(long, default_value_t = weft_server::ServeOptions::DEFAULT_LOCK_TIMEOUT_MS)]
         lock_timeout_ms: u64,
         /// Seconds a session may sit idle inside a transaction before it is rolled back and
         /// disconnected (0: never).
-        #[arg(long, default_value_t = weft::server::ServeOptions::DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_S)]
+        #[arg(long, default_value_t = weft_server::ServeOptions::DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_S)]
         idle_in_transaction_timeout_s: u64,
         /// The most pgwire connections and HTTP requests at once (SQLSTATE 53300 beyond).
-        #[arg(long, default_value_t = weft::server::ServeOptions::DEFAULT_MAX_CONNECTIONS)]
+        #[arg(long, default_value_t = weft_server::ServeOptions::DEFAULT_MAX_CONNECTIONS)]
         max_connections: usize,
         /// PEM certificate chain for TLS on the PostgreSQL protocol (with --tls-key).
         #[arg(long, requires = "tls_key")]
@@ -136,7 +136,7 @@ enum Command {
         /// The script.
         file: PathBuf,
         /// Output format.
-        #[arg(long, value_enum, default_value = "table")]
+        #[arg(long, value_parser = format_parser(), default_value = "table")]
         format: Format,
     },
 }
@@ -154,7 +154,7 @@ enum EffectsAction {
     /// List the effects (as `SELECT * FROM weft.effects`).
     List {
         /// Output format.
-        #[arg(long, value_enum, default_value = "table")]
+        #[arg(long, value_parser = format_parser(), default_value = "table")]
         format: Format,
     },
 }
@@ -171,7 +171,7 @@ fn recover(data_dir: &std::path::Path) -> anyhow::Result<()> {
         if !path.exists() {
             continue;
         }
-        let recovery = weft::wal::recover(&path)?;
+        let recovery = weft_core::wal::recover(&path)?;
         match (&recovery.damage, &recovery.copy) {
             (Some((offset, what)), Some(copy)) => println!(
                 "{name}: damaged at byte {offset} ({what}): kept {} frames ({} bytes), lost {} bytes; the damaged file is kept as {}",
@@ -186,7 +186,55 @@ fn recover(data_dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// COPY's progress as a bar on the terminal (indicatif draws nothing when stderr is not one).
+#[derive(Default)]
+struct LoadBar(std::sync::Mutex<Option<indicatif::ProgressBar>>);
+
+impl LoadBar {
+    fn bar(&self) -> Option<indicatif::ProgressBar> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+}
+
+impl weft_core::copy::LoadProgress for LoadBar {
+    fn started(&self, table: &str, total_rows: u64) {
+        let bar = indicatif::ProgressBar::new(total_rows);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} rows ({per_sec})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(format!("loading {table}"));
+        *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(bar);
+    }
+
+    fn converted(&self, rows: u64) {
+        if let Some(bar) = self.bar() {
+            bar.inc(rows);
+        }
+    }
+
+    fn committing(&self, table: &str) {
+        if let Some(bar) = self.bar() {
+            bar.set_message(format!("committing {table}"));
+        }
+    }
+
+    fn finished(&self) {
+        if let Some(bar) = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    // Diagnostics of the libraries (`tracing`), on standard error; RUST_LOG chooses (default: info).
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
     weft::memory::use_small_pages();
     weft::memory::start_prefaulting();
     match run(Cli::parse()) {
@@ -221,9 +269,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let options = Options { data_dir: cli.data_dir.clone(), workers: cli.workers, sync: !cli.no_sync };
     let max_memory_bytes = cli.max_memory_mb.checked_mul(1 << 20).context("--max-memory-mb is too large")?;
-    let policy = weft::Policy { access, max_fuel: cli.max_fuel, max_memory_bytes, max_call_ms: cli.max_call_ms };
+    let policy = weft_core::Policy { access, max_fuel: cli.max_fuel, max_memory_bytes, max_call_ms: cli.max_call_ms };
     let mut database = Database::open_with_policy(options, policy)
         .with_context(|| format!("opening data directory {}", cli.data_dir.display()))?;
+    database.report_load_progress(std::sync::Arc::new(LoadBar::default()));
+    if !matches!(cli.command, Command::Serve { .. }) {
+        // The shell answers psql-style catalog queries as the server does (which attaches its own).
+        weft_server::catalog::attach_pg_catalog(&mut database)?;
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let result = match cli.command {
@@ -260,7 +313,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let memory_bytes = memory_mb.checked_mul(1 << 20).context("--memory-mb is too large")?;
             let limits = weft_wasm::Limits { fuel, memory_bytes };
             let invoked = database.invoke(&source, &function, args, returns, limits)?;
-            let (result, error) = weft::functions::outcome_json(&invoked.stored.receipt.out);
+            let (result, error) = weft_core::functions::outcome_json(&invoked.stored.receipt.out);
             // Keys in the documented order: out, invocation, receipt, memo (then error).
             let mut line = format!(
                 "{{\"out\":{result},\"invocation\":\"{}\",\"receipt\":\"{}\",\"memo\":\"{}\"",
@@ -282,20 +335,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let cid = weft_ipvm::content::parse_cid(&cid)?;
             if let Some(signed) = database.effect_receipt(&cid.to_string()) {
                 let ipld = weft_ipvm::content::decode(&signed.encoded)?;
-                writeln!(out, "{}", weft::functions::dag_json(&ipld))?;
+                writeln!(out, "{}", weft_core::functions::dag_json(&ipld))?;
                 if verify {
                     let issuer = weft_ipvm::content::Receipt::from_ipld(&ipld)?.issuer;
-                    weft::identity::verify(&issuer, &cid.to_bytes(), &signed.signature)?;
+                    weft_core::identity::verify(&issuer, &cid.to_bytes(), &signed.signature)?;
                     eprintln!("verified: signed by {issuer}");
                 }
                 return Ok(());
             }
             let stored = database.receipt(&cid).with_context(|| format!("no receipt {cid} in this data directory"))?;
-            let json = weft::functions::dag_json(&weft_ipvm::content::decode(&stored.encoded)?);
+            let json = weft_core::functions::dag_json(&weft_ipvm::content::decode(&stored.encoded)?);
             writeln!(out, "{json}")?;
             if verify {
                 let proof = stored.signed_proof()?;
-                weft::identity::verify_proof(&stored.receipt.issuer, &stored.cid.to_bytes(), &proof)?;
+                weft_core::identity::verify_proof(&stored.receipt.issuer, &stored.cid.to_bytes(), &proof)?;
                 eprintln!("verified: signed by {}", stored.receipt.issuer);
             }
             Ok(())
@@ -318,7 +371,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             insecure,
             ..
         } => {
-            let options = weft::server::ServeOptions {
+            let options = weft_server::ServeOptions {
                 pg,
                 http,
                 password,
@@ -330,7 +383,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tls: tls_cert.zip(tls_key),
                 insecure,
             };
-            return Ok(weft::server::serve(database, options)?);
+            return Ok(weft_server::serve(database, options)?);
         }
     };
     let pending = database.settle_effects(EFFECTS_WAIT);
@@ -338,6 +391,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         eprintln!("weft: {pending} effect(s) not delivered yet; they stay in the outbox (see weft.effects)");
     }
     result
+}
+
+/// Parses `--format`.
+fn format_parser() -> impl clap::builder::TypedValueParser<Value = Format> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(Format::NAMES)
+        .map(|name| Format::from_name(&name).expect("the parser admits only listed names"))
 }
 
 /// Parses a SQL type name for `--returns`.
@@ -375,7 +435,7 @@ fn run_script(
     echo: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    for statement in weft::functions::split_statements(sql) {
+    for statement in weft_core::functions::split_statements(sql) {
         if echo {
             writeln!(out, "weft> {statement};")?;
         }

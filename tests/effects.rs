@@ -14,7 +14,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use weft::{Database, Options, Value};
+use weft_core::{Database, Options, Value};
 
 /// xorshift64*: deterministic per seed.
 struct Random(u64);

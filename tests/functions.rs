@@ -1,7 +1,7 @@
 //! Pure function calls outside views: one run per invocation, memoised across restarts, every
 //! outcome (also a failure) a signed receipt in the log.
 
-use weft::{Database, Options, Value};
+use weft_core::{Database, Options, Value};
 use weft_ipvm::content::Outcome;
 use weft_wasm::Limits;
 
@@ -24,7 +24,7 @@ fn invocations_run_once_and_receipts_survive_restarts() {
         let other = database.invoke(MATH, "add_one", vec![Value::Int(7)], None, Limits::default()).unwrap();
         assert!(!other.hit && other.stored.receipt.ran != first.stored.receipt.ran);
         let text = database
-            .invoke(TEXT, "slug", vec![Value::Text("A b".into())], Some(weft::ColumnType::Text), Limits::default())
+            .invoke(TEXT, "slug", vec![Value::Text("A b".into())], Some(weft_core::ColumnType::Text), Limits::default())
             .unwrap();
         assert_eq!(text.stored.receipt.out, Outcome::Ok(Value::Text("a-b".into())));
         let limits = Limits { fuel: 10_000, memory_bytes: 1 << 20 };
@@ -53,7 +53,7 @@ fn invocations_run_once_and_receipts_survive_restarts() {
         // Receipts signed by this process verify, and a checkpoint logs their proofs.
         let live = database.receipt(&first.stored.cid).unwrap();
         let proof = live.signed_proof().unwrap();
-        weft::identity::verify_proof(database.node_did(), &live.cid.to_bytes(), &proof).unwrap();
+        weft_core::identity::verify_proof(database.node_did(), &live.cid.to_bytes(), &proof).unwrap();
         database.checkpoint().unwrap();
         (first.stored.cid, database.node_did().to_string())
     };
@@ -66,8 +66,8 @@ fn invocations_run_once_and_receipts_survive_restarts() {
     assert_eq!(database.memo_counts(), (3, 0), "nothing ran after the restart");
     let stored = database.receipt(&receipt_cid).expect("receipt by CID").clone();
     let proof = stored.signed_proof().expect("logged receipts are signed");
-    weft::identity::verify_proof(&stored.receipt.issuer, &stored.cid.to_bytes(), &proof).unwrap();
-    assert!(weft::identity::verify_proof(&stored.receipt.issuer, b"tampered", &proof).is_err());
+    weft_core::identity::verify_proof(&stored.receipt.issuer, &stored.cid.to_bytes(), &proof).unwrap();
+    assert!(weft_core::identity::verify_proof(&stored.receipt.issuer, b"tampered", &proof).is_err());
     database.checkpoint().unwrap();
     drop(database);
     let database = Database::open(Options { data_dir: directory.clone(), workers: 1, sync: true }).unwrap();
@@ -116,7 +116,7 @@ fn fresh_directory(label: &str) -> std::path::PathBuf {
 }
 
 /// The receipt a `weft.receipts` cid cell names, checked to be addressed by its own bytes.
-fn receipt_named(database: &Database, cell: &Value) -> weft::functions::StoredReceipt {
+fn receipt_named(database: &Database, cell: &Value) -> weft_core::functions::StoredReceipt {
     let Value::Text(cid) = cell else { panic!("receipt CIDs are text") };
     let stored = database.receipt(&weft_ipvm::content::parse_cid(cid).unwrap()).expect("receipt by CID");
     assert_eq!(stored.cid.to_string(), cid.as_str());
@@ -125,9 +125,9 @@ fn receipt_named(database: &Database, cell: &Value) -> weft::functions::StoredRe
 }
 
 /// Checks a receipt's proof against its issuer's signature.
-fn verify_signed(stored: &weft::functions::StoredReceipt) {
+fn verify_signed(stored: &weft_core::functions::StoredReceipt) {
     let proof = stored.signed_proof().unwrap();
-    weft::identity::verify_proof(&stored.receipt.issuer, &stored.cid.to_bytes(), &proof).unwrap();
+    weft_core::identity::verify_proof(&stored.receipt.issuer, &stored.cid.to_bytes(), &proof).unwrap();
 }
 
 fn memo_counts(database: &mut Database) -> (i64, i64) {
@@ -301,7 +301,7 @@ fn receipts_of_many_calls_are_signed_in_batches_while_the_view_builds() {
     let options = Options { data_dir: directory.clone(), workers: 2, sync: false };
     let math = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/wasm/math.wat");
     // More than two full batches of 4,096 and a partial one.
-    let calls = 2 * weft::functions::RECEIPTS_PER_BATCH + 1000;
+    let calls = 2 * weft_core::functions::RECEIPTS_PER_BATCH + 1000;
     {
         let mut database = Database::open(options.clone()).unwrap();
         database
@@ -327,7 +327,9 @@ fn receipts_of_many_calls_are_signed_in_batches_while_the_view_builds() {
     for (position, row) in rows.iter().enumerate() {
         let stored = receipt_named(&database, &row[0]);
         match &stored.proof {
-            Some(weft::functions::ReceiptProof::InBatch { batch, .. }) => signatures.insert(batch.signature().to_vec()),
+            Some(weft_core::functions::ReceiptProof::InBatch { batch, .. }) => {
+                signatures.insert(batch.signature().to_vec())
+            }
             other => panic!("a receipt read back from a batch record keeps its batch, not {other:?}"),
         };
         // Rebuilding a path hashes the whole batch (slow in a debug build): check a spread.
@@ -342,14 +344,14 @@ fn receipts_of_many_calls_are_signed_in_batches_while_the_view_builds() {
 
 #[test]
 fn receipts_logged_one_by_one_by_earlier_versions_still_replay() {
-    use weft::wal::{Record, Wal};
+    use weft_core::wal::{Record, Wal};
     use weft_ipvm::content::{Invocation, Receipt};
     let directory = fresh_directory("weft-functions-legacy");
     std::fs::create_dir_all(&directory).unwrap();
     // A log as versions before receipt batches wrote it: the function's definition is not needed
     // for a receipt, which carries its invocation and its own proof.
-    let identity = weft::identity::Identity::load_or_create(&directory.join("node.key")).unwrap();
-    let module = weft::functions::module_cid_of(MATH);
+    let identity = weft_core::identity::Identity::load_or_create(&directory.join("node.key")).unwrap();
+    let module = weft_core::functions::module_cid_of(MATH);
     let invocation = Invocation { module, function: "add_one".into(), args: vec![Value::Int(41)] };
     let receipt = Receipt {
         ran: invocation.cid().unwrap(),
@@ -375,7 +377,8 @@ fn receipts_logged_one_by_one_by_earlier_versions_still_replay() {
     let stored = database.receipt(&receipt_cid).expect("the old receipt by its CID");
     assert_eq!(stored.receipt, receipt);
     assert_eq!(stored.first_seen_ns, 7);
-    weft::identity::verify_proof(identity.did(), &receipt_cid.to_bytes(), &stored.signed_proof().unwrap()).unwrap();
+    weft_core::identity::verify_proof(identity.did(), &receipt_cid.to_bytes(), &stored.signed_proof().unwrap())
+        .unwrap();
     let again = database.invoke(MATH, "add_one", vec![Value::Int(41)], None, Limits::default()).unwrap();
     assert!(again.hit, "the old receipt answers the call");
     assert_eq!(again.stored.cid, receipt_cid);
@@ -390,9 +393,9 @@ fn receipts_logged_one_by_one_by_earlier_versions_still_replay() {
 
 /// A batch logged as runs ([`Record::ReceiptRuns`]) in the form versions before it logged:
 /// with each receipt's two digests.
-fn with_digests(bytes: &[u8]) -> weft::functions::LoggedBatch {
+fn with_digests(bytes: &[u8]) -> weft_core::functions::LoggedBatch {
     use weft_ipvm::content::{dag_cbor_cid, digest_of, Invocation};
-    let runs = weft::functions::LoggedRuns::decode(bytes).unwrap();
+    let runs = weft_core::functions::LoggedRuns::decode(bytes).unwrap();
     let receipts = runs
         .runs
         .into_iter()
@@ -401,7 +404,7 @@ fn with_digests(bytes: &[u8]) -> weft::functions::LoggedBatch {
             let module = cid::Cid::try_from(module.as_slice()).unwrap();
             let invocation = Invocation { module, function: export.clone(), args: run.args.to_vec() }.cid().unwrap();
             let receipt = dag_cbor_cid(&run.receipt(invocation, &runs.issuer).encode().unwrap());
-            weft::functions::LoggedReceipt {
+            weft_core::functions::LoggedReceipt {
                 invocation: digest_of(&invocation).unwrap(),
                 receipt: digest_of(&receipt).unwrap(),
                 function,
@@ -409,13 +412,18 @@ fn with_digests(bytes: &[u8]) -> weft::functions::LoggedBatch {
             }
         })
         .collect();
-    weft::functions::LoggedBatch { issuer: runs.issuer, signature: runs.signature, functions: runs.functions, receipts }
+    weft_core::functions::LoggedBatch {
+        issuer: runs.issuer,
+        signature: runs.signature,
+        functions: runs.functions,
+        receipts,
+    }
 }
 
 #[test]
 fn receipt_batches_logged_in_earlier_forms_still_replay() {
-    use weft::wal::{Record, Wal};
-    type Form = fn(weft::functions::LoggedBatch) -> Record;
+    use weft_core::wal::{Record, Wal};
+    type Form = fn(weft_core::functions::LoggedBatch) -> Record;
     let fixed_width: Form = Record::Receipts;
     let compact: Form = |batch| Record::CompactReceipts(batch.encode().unwrap());
     for (label, form) in [("fixed-width", fixed_width), ("compact", compact)] {
@@ -483,7 +491,7 @@ fn receipts_signed_after_a_lookup_by_cid_are_found_by_theirs() {
 fn functions_stay_under_the_ceilings_and_time_is_never_memoised() {
     let directory = fresh_directory("weft-ceilings");
     std::fs::create_dir_all(&directory).unwrap();
-    let policy = weft::Policy { max_call_ms: 100, max_fuel: u64::MAX / 2, ..weft::Policy::local() };
+    let policy = weft_core::Policy { max_call_ms: 100, max_fuel: u64::MAX / 2, ..weft_core::Policy::local() };
     let options = Options { data_dir: directory.join("data"), workers: 1, sync: false };
     let mut database = Database::open_with_policy(options, policy).unwrap();
     let spin = directory.join("spin.wat");

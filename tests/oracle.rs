@@ -4,7 +4,7 @@
 //!
 //! Set `WEFT_ORACLE_SEED` to replay a failure; the seed is printed at the start of every run.
 
-use weft::{Database, Options, Row, Value};
+use weft_core::{Database, Options, Row, Value};
 
 /// Each view: its name, its definition, and (for views on views) the same query with the inner
 /// view inlined, so the oracle never reads maintained state.

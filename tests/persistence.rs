@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use weft::{Database, Error, Options, Row, Value};
+use weft_core::{Database, Error, Options, Row, Value};
 
 fn temporary_directory(label: &str) -> std::path::PathBuf {
     let directory = std::env::temp_dir().join(format!("weft-persistence-{label}-{}", std::process::id()));
@@ -122,13 +122,13 @@ fn long_logs_are_checkpointed_into_a_snapshot() {
     {
         // Opening replays 1,200+ frames and rewrites the log as a snapshot.
         let database = Database::open(options.clone()).unwrap();
-        assert_eq!(database.view_rows("s").unwrap(), vec![vec![weft::Value::Int(499_500)]]);
+        assert_eq!(database.view_rows("s").unwrap(), vec![vec![weft_core::Value::Int(499_500)]]);
     }
     let after = log_size(&directory);
     assert!(after < before, "checkpoint should shrink the log: {before} -> {after} bytes");
     let mut database = Database::open(options).unwrap();
-    assert_eq!(database.query("SELECT count(*) FROM t").unwrap(), vec![vec![weft::Value::Int(1_000)]]);
-    assert_eq!(database.view_rows("s").unwrap(), vec![vec![weft::Value::Int(499_500)]]);
+    assert_eq!(database.query("SELECT count(*) FROM t").unwrap(), vec![vec![weft_core::Value::Int(1_000)]]);
+    assert_eq!(database.view_rows("s").unwrap(), vec![vec![weft_core::Value::Int(499_500)]]);
     drop(database);
     std::fs::remove_dir_all(&directory).unwrap();
 }
@@ -174,13 +174,13 @@ fn kill_nine_loses_no_acknowledged_commit() {
         .unwrap()
         .into_iter()
         .map(|row| match row[0] {
-            weft::Value::Int(id) => id,
+            weft_core::Value::Int(id) => id,
             _ => panic!("id is BIGINT"),
         })
         .collect();
     assert!(ids.len() >= acknowledged, "{} rows survived, {acknowledged} were acknowledged", ids.len());
     assert_eq!(ids, (0..ids.len() as i64).collect::<Vec<_>>(), "commits survive as a prefix");
-    assert_eq!(database.view_rows("n").unwrap(), vec![vec![weft::Value::Int(ids.len() as i64)]]);
+    assert_eq!(database.view_rows("n").unwrap(), vec![vec![weft_core::Value::Int(ids.len() as i64)]]);
     drop(database);
     std::fs::remove_dir_all(&directory).unwrap();
 }
@@ -228,8 +228,8 @@ fn bad_statements_leave_everything_intact() {
         let error = database.execute(sql).err().unwrap_or_else(|| panic!("{sql} should fail"));
         assert!(!error.to_string().is_empty());
     }
-    assert_eq!(database.query("SELECT count(*) FROM t").unwrap(), vec![vec![weft::Value::Int(2)]]);
-    assert_eq!(database.view_rows("s").unwrap(), vec![vec![weft::Value::float(3.0)]]);
+    assert_eq!(database.query("SELECT count(*) FROM t").unwrap(), vec![vec![weft_core::Value::Int(2)]]);
+    assert_eq!(database.view_rows("s").unwrap(), vec![vec![weft_core::Value::float(3.0)]]);
     drop(database);
     std::fs::remove_dir_all(&directory).unwrap();
 }

@@ -10,7 +10,7 @@
 use sqllogictest::{DBOutput, DefaultColumnType, QueryExpect, Record};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use weft::{Database, Options, Output, Value};
+use weft_core::{Database, Options, Output, Value};
 
 /// A database in a scratch directory that is removed when the database is dropped.
 struct ScratchDatabase {
@@ -61,7 +61,7 @@ fn text(value: &Value) -> String {
     }
 }
 
-fn to_db_output(outputs: Vec<Output>) -> Result<DBOutput<DefaultColumnType>, weft::Error> {
+fn to_db_output(outputs: Vec<Output>) -> Result<DBOutput<DefaultColumnType>, weft_core::Error> {
     match outputs.into_iter().last() {
         Some(Output::Rows { schema, batches }) => {
             let mut rows = Vec::new();
@@ -80,10 +80,10 @@ fn to_db_output(outputs: Vec<Output>) -> Result<DBOutput<DefaultColumnType>, wef
 struct Plain(ScratchDatabase);
 
 impl sqllogictest::DB for Plain {
-    type Error = weft::Error;
+    type Error = weft_core::Error;
     type ColumnType = DefaultColumnType;
 
-    fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, weft::Error> {
+    fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, weft_core::Error> {
         to_db_output(self.0.execute(sql)?)
     }
 }
@@ -111,10 +111,10 @@ impl AsViews {
 }
 
 impl sqllogictest::DB for AsViews {
-    type Error = weft::Error;
+    type Error = weft_core::Error;
     type ColumnType = DefaultColumnType;
 
-    fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, weft::Error> {
+    fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, weft_core::Error> {
         let sql = sql.trim().to_string();
         if let Some(position) = self.pending.iter().position(|(_, pending)| pending == &sql) {
             // Its tables exist by now, so creating the view must work: report why it does not.

@@ -18,8 +18,8 @@
 //! being written waits for its newline). A file that shrinks or a Parquet file that changes is
 //! read again in full. Malformed lines are skipped and reported, naming the file and line.
 
+use crate::json::row_object;
 use crate::json::{datum_to_text, infer_kind, infer_text_kind, json_to_datum, kind_name, text_to_datum};
-use crate::row_object;
 use arrow::array::{
     Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, Float64Array, Float64Builder,
     Int64Array, Int64Builder, StringArray, StringBuilder, TimestampNanosecondArray, TimestampNanosecondBuilder,

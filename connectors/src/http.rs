@@ -7,7 +7,7 @@
 //! are sent one at a time, in order, so a receiver sees them in sequence; a receiver that may see
 //! a retry of an effect it already applied deduplicates by the key (the HTTP convention).
 
-use crate::row_object;
+use crate::json::row_object;
 use async_trait::async_trait;
 use std::time::Duration;
 use weft_effects::{Column, ConnectorError, Delivery, Effect, Sink};

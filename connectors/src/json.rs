@@ -6,7 +6,12 @@
 
 use chrono::{DateTime, NaiveDateTime};
 use serde_json::Value as Json;
-use weft_effects::{ColumnKind, Datum};
+use weft_effects::{Column, ColumnKind, Datum};
+
+/// The row as a JSON object keyed by column name.
+pub fn row_object(columns: &[Column], row: &[Datum]) -> Json {
+    Json::Object(columns.iter().zip(row).map(|(column, datum)| (column.name.clone(), datum_to_json(datum))).collect())
+}
 
 /// Formats nanoseconds since the epoch as an ISO 8601 timestamp without zone.
 pub fn format_timestamp(nanoseconds: i64) -> String {

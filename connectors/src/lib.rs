@@ -21,7 +21,7 @@ pub mod json;
 pub mod postgres;
 pub mod requested;
 
-use weft_effects::{Column, ConnectorError, Datum, Sink, Source};
+use weft_effects::{Column, ConnectorError, Sink, Source};
 
 /// A connector and its arguments, e.g. `postgres('host=127.0.0.1 dbname=app', 'users')`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -167,9 +167,4 @@ impl From<access::AccessError> for ConnectorError {
     }
 }
 
-/// The row as a JSON object keyed by column name.
-pub fn row_object(columns: &[Column], row: &[Datum]) -> serde_json::Value {
-    serde_json::Value::Object(
-        columns.iter().zip(row).map(|(column, datum)| (column.name.clone(), json::datum_to_json(datum))).collect(),
-    )
-}
+pub use json::row_object;

@@ -19,8 +19,8 @@
 //! and copied back into the chunks it came from; the buckets, in order, are the sorted chain
 //! (a [`Prehashed`] record is ordered by its hash first).
 
-use crate::dataflow::Time;
 use crate::hashed_row::Prehashed;
+use crate::Time;
 use differential_dataflow::batcher::merge::Sealer;
 use differential_dataflow::batcher::{Batcher, Extract};
 use differential_dataflow::difference::Semigroup;

@@ -17,6 +17,7 @@ use crate::hashed_row::{HashedRow, RowPacker};
 use crate::plan::{Aggregate, AggregateFunction, JoinKind, Plan, RelationId, SortKey};
 use crate::row_counts::RowCounts;
 use crate::value::{Row, Value};
+use crate::Time;
 use differential_dataflow::difference::{IsZero, Multiply, Semigroup};
 use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
@@ -39,9 +40,6 @@ use timely::dataflow::operators::{Inspect, Probe, ToStream};
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 use timely::progress::frontier::AntichainRef;
 use timely::worker::Worker;
-
-/// Logical time: one tick per committed transaction.
-pub type Time = u64;
 
 type Collection<'scope> = VecCollection<'scope, Time, Row, isize>;
 type RowTrace = TraceAgent<KeySpine<HashedRow, Time, isize>>;

@@ -13,6 +13,9 @@ pub mod row_counts;
 
 pub use weft_ir::{expr, functions, plan, value};
 
-pub use dataflow::{Change, ChangeStream, Engine, EngineError, Subscription, Time, ViewChanges, ViewState, Wake};
+pub use dataflow::{Change, ChangeStream, Engine, EngineError, Subscription, ViewChanges, ViewState, Wake};
 pub use gate::Gate;
 pub use weft_ir::{ColumnType, EvalError, Expr, Plan, RelationId, Row, RowChunk, Value};
+
+/// Logical time: one tick per committed transaction.
+pub type Time = u64;

@@ -1,7 +1,7 @@
-//! Fuzz target: see `weft::fuzzing`.
+//! Fuzz target: see `weft_server::fuzzing`.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    weft::fuzzing::log_file(data);
-    weft::fuzzing::log_record(data);
+    weft_server::fuzzing::log_file(data);
+    weft_server::fuzzing::log_record(data);
 });

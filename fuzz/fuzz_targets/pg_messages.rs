@@ -1,4 +1,4 @@
-//! Fuzz target: see `weft::fuzzing::pg_messages`. A panic inside pgwire's decoder is contained
+//! Fuzz target: see `weft_server::fuzzing::pg_messages`. A panic inside pgwire's decoder is contained
 //! by the server to the client's connection (and by the harness), so it is not a finding here:
 //! libfuzzer-sys's hook would abort on it before the harness could catch it, so this target's
 //! hook stays quiet for panics raised in pgwire or `bytes` and aborts (as libfuzzer-sys does)
@@ -17,5 +17,5 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             }
         }));
     });
-    weft::fuzzing::pg_messages(data);
+    weft_server::fuzzing::pg_messages(data);
 });

@@ -1,6 +1,6 @@
-//! Fuzz target: see `weft::fuzzing`.
+//! Fuzz target: see `weft_server::fuzzing`.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    weft::fuzzing::receipt_bytes(data);
+    weft_server::fuzzing::receipt_bytes(data);
 });

@@ -1,8 +1,8 @@
-//! Fuzz target: see `weft::fuzzing`.
+//! Fuzz target: see `weft_server::fuzzing`.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
-        weft::fuzzing::statement_text(text);
+        weft_server::fuzzing::statement_text(text);
     }
 });

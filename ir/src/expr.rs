@@ -19,10 +19,7 @@ use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::fmt;
 
-/// A failure while evaluating an expression on one row.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct EvalError(pub String);
+pub use crate::error::EvalError;
 
 type EvalResult = Result<Value, EvalError>;
 

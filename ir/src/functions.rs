@@ -6,7 +6,7 @@
 //! small cache, valid while no function was removed: a call then takes no lock, hashes nothing
 //! and touches no shared reference count.
 
-use crate::expr::EvalError;
+use crate::error::EvalError;
 use crate::value::Value;
 use std::cell::RefCell;
 use std::collections::HashMap;

@@ -4,6 +4,7 @@
 //!
 //! It depends on no engine, parser or runtime: every other crate may depend on it.
 
+pub mod error;
 pub mod expr;
 pub mod functions;
 pub mod plan;

@@ -7,14 +7,14 @@
 //! statement outside `BEGIN ... COMMIT`, and each such group, is one logical timestamp, logged
 //! before the engine applies it.
 
+pub mod copy;
 mod effectful;
 mod reading;
 
-use crate::catalog::{Relation, RelationKind, TableData, ViewSource};
+use crate::catalog::{CatalogObserver, ListedRelation, Relation, RelationKind, TableData, ViewSource};
 use crate::fastpath;
 use crate::functions::{FunctionCatalog, FunctionDefinition, FunctionStatement, Memo, StoredReceipt, WasmFunction};
 use crate::identity::Identity;
-use crate::server::catalog::{ListedRelation, Listing};
 use crate::signer::Signer;
 use crate::wal::{Record, Wal, WalError};
 use datafusion::arrow::array::StringArray;
@@ -220,8 +220,10 @@ pub struct Database {
     /// Held by the open transaction from its first change until it commits or rolls back.
     gate: Arc<Gate>,
     writing: bool,
-    /// The relations as catalog queries (`pg_catalog`) list them.
-    listing: Listing,
+    /// Front ends keeping their own listing of the relations (see [`Database::observe_catalog`]).
+    catalog_observers: Vec<Arc<dyn CatalogObserver>>,
+    /// Told how large COPY loads go (see [`Database::report_load_progress`]).
+    load_progress: Option<Arc<dyn copy::LoadProgress>>,
     /// The outbox and the tasks delivering it to sinks and reading sources.
     executor: crate::executor::Executor,
     sinks: BTreeMap<String, effectful::SinkState>,
@@ -437,7 +439,8 @@ impl Database {
             signer,
             gate: Arc::new(Gate::new()),
             writing: false,
-            listing: Listing::default(),
+            catalog_observers: Vec::new(),
+            load_progress: None,
             executor,
             sinks: BTreeMap::new(),
             sources: BTreeMap::new(),
@@ -459,7 +462,6 @@ impl Database {
                 database.executor.table(),
             )),
         )?;
-        crate::server::catalog::register_pg_catalog(&database.planner, &database.listing)?;
         database.replay(records)?;
         Ok(database)
     }
@@ -562,7 +564,7 @@ impl Database {
             // A sink whose view cannot be read (say, a function now fails) must not keep the
             // database from opening: it is reported and left stopped.
             if let Err(error) = self.install_sink(definition) {
-                eprintln!("weft: sink {name} not started: {error}");
+                tracing::error!(sink = %name, %error, "sink not started");
             }
         }
         if frames > 1000 && frames > 4 * self.relations.len() {
@@ -794,9 +796,32 @@ impl Database {
         Ok(())
     }
 
+    /// Has large `COPY ... FROM` loads report their progress to `progress`.
+    pub fn report_load_progress(&mut self, progress: Arc<dyn copy::LoadProgress>) {
+        self.load_progress = Some(progress);
+    }
+
+    pub(crate) fn load_progress(&self) -> Option<Arc<dyn copy::LoadProgress>> {
+        self.load_progress.clone()
+    }
+
+    /// Registers `observer`, which is told the relations now and after every change of them.
+    pub fn observe_catalog(&mut self, observer: Arc<dyn CatalogObserver>) {
+        observer.relations_changed(self.listed_relations());
+        self.catalog_observers.push(observer);
+    }
+
     fn refresh_listing(&self) {
-        let listed = self
-            .relations
+        if self.catalog_observers.is_empty() {
+            return;
+        }
+        for observer in &self.catalog_observers {
+            observer.relations_changed(self.listed_relations());
+        }
+    }
+
+    fn listed_relations(&self) -> Vec<ListedRelation> {
+        self.relations
             .values()
             .map(|relation| ListedRelation {
                 id: relation.id,
@@ -808,8 +833,7 @@ impl Database {
                     RelationKind::Table(_) => None,
                 },
             })
-            .collect();
-        *self.listing.write().expect("catalog listing") = listed;
+            .collect()
     }
 
     fn uninstall(&mut self, id: RelationId) -> Result<(), Error> {
@@ -845,7 +869,7 @@ impl Database {
     fn ingest_before_statement(&mut self) {
         if self.has_inputs() && !self.in_transaction {
             if let Err(error) = self.ingest_sources() {
-                eprintln!("weft: {error}");
+                tracing::error!(%error, "could not apply what sources read");
             }
         }
     }
@@ -1068,7 +1092,7 @@ impl Database {
             }
             Statement::Explain { statement, .. } => self.explain(*statement),
             Statement::Copy { source, to, target, options, legacy_options, .. } => {
-                crate::copy::copy(self, source, to, target, &options, &legacy_options)
+                copy::copy(self, source, to, target, &options, &legacy_options)
             }
             statement @ (Statement::Query(_)
             | Statement::ShowTables { .. }
@@ -1141,7 +1165,9 @@ impl Database {
         Ok((columns, state.subscribe()?))
     }
 
-    pub(crate) fn planner(&self) -> &Planner {
+    /// The planner every statement and reader plans with: front ends register their own system
+    /// relations and functions on it (the server's `pg_catalog`).
+    pub fn planner(&self) -> &Planner {
         &self.planner
     }
 

@@ -3,13 +3,13 @@
 //!
 //! Files are read and written with DataFusion and Arrow. A load is one transaction: every row
 //! is checked against the table (types, primary key) before any is committed, so a bad file
-//! changes nothing. Loads of many rows show a progress bar on a terminal.
+//! changes nothing. Loads of many rows report their progress to the database's [`LoadProgress`],
+//! if it has one (the CLI draws a progress bar).
 
-use crate::database::{Database, Error, Output};
+use super::{Database, Error, Output};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
 use datafusion::sql::sqlparser::ast::{CopyLegacyOption, CopyOption, CopySource, CopyTarget, Statement};
-use indicatif::{ProgressBar, ProgressStyle};
 use std::fs::File;
 use std::path::Path;
 use weft_engine::{Row, Value};
@@ -43,8 +43,21 @@ fn file_error(path: &Path, message: impl ToString) -> Error {
     Error::File { path: path.to_path_buf(), message: message.to_string() }
 }
 
-/// Rows loaded at once before a progress bar is worth showing.
+/// Rows loaded at once before progress is worth reporting.
 const PROGRESS_THRESHOLD_ROWS: usize = 100_000;
+
+/// Told how a large `COPY ... FROM` load goes (one of at least 100,000 rows): a front end's
+/// progress bar. Calls come in order: `started`, `converted` (any number), `committing`, `finished`.
+pub trait LoadProgress: Send + Sync {
+    /// Loading `total_rows` rows into `table` begins.
+    fn started(&self, table: &str, total_rows: u64);
+    /// `rows` more rows were read and checked.
+    fn converted(&self, rows: u64);
+    /// Every row is read; the load is being committed.
+    fn committing(&self, table: &str);
+    /// The load committed or failed.
+    fn finished(&self);
+}
 
 /// Executes a parsed COPY statement.
 pub fn copy(
@@ -188,17 +201,29 @@ fn copy_from(database: &mut Database, source: CopySource, path: &Path, format: F
     };
     let batches = read_file(database, path, format)?;
     let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
-    let progress = if total >= PROGRESS_THRESHOLD_ROWS {
-        let bar = ProgressBar::new(total as u64);
-        bar.set_style(
-            ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} rows ({per_sec})")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar.set_message(format!("loading {name}"));
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
+    let progress = database.load_progress().filter(|_| total >= PROGRESS_THRESHOLD_ROWS);
+    if let Some(progress) = &progress {
+        progress.started(&name, total as u64);
+    }
+    let result = convert_and_commit(database, &name, path, batches, &targets, &table_columns, progress.as_deref());
+    if let Some(progress) = &progress {
+        progress.finished();
+    }
+    result
+}
+
+/// Converts a file's batches to the table's rows (`targets`: the table column each value goes
+/// to) and commits them.
+fn convert_and_commit(
+    database: &mut Database,
+    name: &str,
+    path: &Path,
+    batches: Vec<RecordBatch>,
+    targets: &[usize],
+    table_columns: &[String],
+    progress: Option<&dyn LoadProgress>,
+) -> Result<Output, Error> {
+    let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
     let mut rows: Vec<Row> = Vec::with_capacity(total);
     for batch in &batches {
         let schema = batch.schema();
@@ -228,10 +253,13 @@ fn copy_from(database: &mut Database, source: CopySource, path: &Path, format: F
             }
             rows.push(row);
         }
-        progress.inc(batch.num_rows() as u64);
+        if let Some(progress) = progress {
+            progress.converted(batch.num_rows() as u64);
+        }
     }
-    progress.set_message(format!("committing {name}"));
-    let count = database.change_table(&name, Vec::new(), rows)?;
-    progress.finish_and_clear();
+    if let Some(progress) = progress {
+        progress.committing(name);
+    }
+    let count = database.change_table(name, Vec::new(), rows)?;
     Ok(Output::Status(format!("COPY {count}")))
 }

@@ -5,13 +5,13 @@
 //! preparation, DAG-CBOR invocations and receipts, logged receipt runs, and the PostgreSQL
 //! protocol's start-up and query messages.
 
-use crate::server::statement;
+use crate::statement;
 use datafusion::sql::sqlparser::ast;
 
 /// A log file's bytes: its frames read as `open` reads them, each whole payload decoded as a
 /// WAL record and as an outbox record.
 pub fn log_file(bytes: &[u8]) {
-    let (payloads, _) = crate::wal::read_frames(bytes);
+    let (payloads, _) = weft_core::wal::read_frames(bytes);
     for payload in payloads {
         log_record(&payload);
     }
@@ -19,21 +19,21 @@ pub fn log_file(bytes: &[u8]) {
 
 /// One frame's payload, decoded as a WAL record and as an outbox record.
 pub fn log_record(payload: &[u8]) {
-    let _ = bincode::deserialize::<crate::wal::Record>(payload);
+    let _ = bincode::deserialize::<weft_core::wal::Record>(payload);
     let _ = bincode::deserialize::<weft_effects::OutboxRecord>(payload);
 }
 
 /// A client's statement text: split, prepared, its parameters bound to hostile values, and the
 /// bound statement printed and parsed back.
 pub fn statement_text(text: &str) {
-    for piece in crate::functions::split_statements(text) {
+    for piece in weft_core::functions::split_statements(text) {
         // weft's own statements, and what they become.
         match weft_sql::statement::parse_weft_statement(&piece) {
             Some(Ok(weft_sql::statement::WeftStatement::CreateFunction(spec))) => {
-                let _ = crate::functions::function_statement(spec);
+                let _ = weft_core::functions::function_statement(spec);
             }
             Some(Ok(statement)) => {
-                let _ = crate::effects::effect_statement(statement);
+                let _ = weft_core::effects::effect_statement(statement);
             }
             _ => {}
         }
@@ -56,8 +56,8 @@ pub fn receipt_bytes(bytes: &[u8]) {
         let _ = weft_ipvm::content::Invocation::from_ipld(&ipld);
         let _ = weft_ipvm::content::Receipt::from_ipld(&ipld);
     }
-    let _ = crate::functions::LoggedBatch::decode(bytes);
-    let _ = crate::functions::LoggedRuns::decode(bytes);
+    let _ = weft_core::functions::LoggedBatch::decode(bytes);
+    let _ = weft_core::functions::LoggedRuns::decode(bytes);
 }
 
 /// Bytes a client sends over the PostgreSQL protocol: decoded as start-up messages, then as
@@ -145,11 +145,11 @@ mod tests {
 
     #[test]
     fn real_inputs_pass_through_the_harnesses() {
-        let record = crate::wal::Record::Drop { id: 7 };
-        let frame = crate::wal::encode_frame(&record).unwrap();
+        let record = weft_core::wal::Record::Drop { id: 7 };
+        let frame = weft_core::wal::encode_frame(&record).unwrap();
         let mut log = b"WEFTLOG2".to_vec();
         log.extend_from_slice(&frame);
-        let (payloads, ending) = crate::wal::read_frames(&log);
+        let (payloads, ending) = weft_core::wal::read_frames(&log);
         assert_eq!((payloads.len(), ending), (1, "clean"));
         log_file(&log);
         statement_text("SELECT $1 || $2 FROM pg_catalog.pg_class WHERE relname OPERATOR(pg_catalog.~) '^t$'");

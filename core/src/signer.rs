@@ -10,8 +10,8 @@
 //! none is left, and returns the signed batches in order; `Database` attaches them to the memo
 //! and writes their frames to the log before the statement returns.
 
-use crate::functions::{CalledFunction, LoggedRuns, Run, RECEIPTS_PER_BATCH};
 use crate::identity::{Identity, SignedBatch};
+use crate::receipts::{CalledFunction, LoggedRuns, Run, RECEIPTS_PER_BATCH};
 use crate::wal::Record;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};

@@ -6,12 +6,14 @@
 //! transaction to read (psycopg does, by default) blocks no one. Waiting for the writer times out
 //! (SQLSTATE 55P03), and an async waiter holds no thread while it waits.
 
-use super::SessionId;
-use crate::database::Error;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use weft_core::database::Error;
+
+/// A client connection's identity, for transaction ownership.
+pub type SessionId = u64;
 
 /// Sessions, transactions and the writer.
 pub struct Sessions {

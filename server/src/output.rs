@@ -1,11 +1,11 @@
 //! Printing statement results as an aligned table, CSV or JSON (an array of objects).
 
-use crate::database::Output;
 use datafusion::arrow::record_batch::RecordBatch;
 use std::io::Write;
+use weft_core::database::Output;
 
 /// How results are printed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     /// An aligned text table.
     Table,
@@ -15,8 +15,32 @@ pub enum Format {
     Json,
 }
 
+impl Format {
+    /// Every format's name, as `from_name` takes it.
+    pub const NAMES: [&'static str; 3] = ["table", "csv", "json"];
+
+    /// The format called `name` (one of [`Format::NAMES`]).
+    pub fn from_name(name: &str) -> Option<Format> {
+        match name {
+            "table" => Some(Format::Table),
+            "csv" => Some(Format::Csv),
+            "json" => Some(Format::Json),
+            _ => None,
+        }
+    }
+}
+
+/// Why an output could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+}
+
 /// Writes one statement's output.
-pub fn write_output(out: &mut dyn Write, output: &Output, format: Format) -> anyhow::Result<()> {
+pub fn write_output(out: &mut dyn Write, output: &Output, format: Format) -> Result<(), OutputError> {
     match output {
         Output::Status(tag) => {
             if format == Format::Table {

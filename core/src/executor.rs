@@ -615,7 +615,7 @@ async fn deliver(
 /// An outbox write failed inside a delivery task: the outcome is lost, so the effect will be
 /// delivered again (its key makes that harmless). Say so on stderr.
 fn report_lost_outcome(sink: &str, message: &str) {
-    eprintln!("weft: sink {sink}: could not record a delivery outcome: {message}");
+    tracing::error!(%sink, %message, "could not record a delivery outcome");
 }
 
 /// A source to follow: already open, or to be opened (again) by the task.

@@ -210,13 +210,13 @@ impl Database {
             if let Err(error) = result {
                 // The commit stands (it is in the write-ahead log); the sink catches up by
                 // reconciling at the next commit or start.
-                eprintln!("weft: sink {}: could not write to the outbox: {error}", sink.definition.name);
+                tracing::error!(sink = %sink.definition.name, %error, "could not write to the outbox");
                 sink.stale = true;
             }
         }
         self.sinks = sinks;
         if let Err(error) = self.executor.compact_if_large() {
-            eprintln!("weft: compacting the outbox: {error}");
+            tracing::error!(%error, "could not compact the outbox");
         }
     }
 

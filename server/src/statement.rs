@@ -6,10 +6,10 @@
 //! never become SQL text, so no value a client sends can end a string, start a statement or be
 //! read as a keyword, and nothing rewrites the statement's text after binding.
 
-use super::{catalog, parse_subscribe, SubscribeStatement};
-use crate::database::{Error, Output};
+use crate::catalog;
 use datafusion::sql::sqlparser::ast::{self, Statement};
 use std::ops::ControlFlow;
+use weft_core::database::{Error, Output};
 
 /// A statement ready to run (parameters not yet bound).
 #[derive(Clone, Debug)]
@@ -48,7 +48,7 @@ pub fn prepare(text: &str) -> Result<Prepared, Error> {
     };
     catalog::adapt_client_syntax(&mut statement);
     if catalog::reads_absent_catalog_table(&statement) {
-        return Ok(Prepared::Answer(super::text_rows("?column?", &[])));
+        return Ok(Prepared::Answer(catalog::text_rows("?column?", &[])));
     }
     Ok(Prepared::Sql(Box::new(statement)))
 }
@@ -138,6 +138,29 @@ fn placeholder_count(text: &str) -> usize {
     count
 }
 
+/// A `SUBSCRIBE` statement: `SUBSCRIBE [TO] view [WITH (SNAPSHOT = true|false)]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SubscribeStatement {
+    pub view: String,
+    pub snapshot: bool,
+}
+
+/// Parses `text` as a `SUBSCRIBE` statement (`copy`: inside `COPY (...) TO STDOUT`): `None` if it
+/// is another statement, an error if it is a malformed `SUBSCRIBE`.
+pub fn parse_subscribe(text: &str, copy: bool) -> Option<Result<SubscribeStatement, Error>> {
+    match weft_sql::statement::parse_weft_statement(text)? {
+        Ok(weft_sql::statement::WeftStatement::Subscribe { view, snapshot, copy: copied }) if copied == copy => {
+            Some(Ok(SubscribeStatement { view, snapshot }))
+        }
+        Ok(_) => None,
+        Err(error) => {
+            let first = if copy { "copy" } else { "subscribe" };
+            let word = text.split_whitespace().next().unwrap_or_default();
+            word.eq_ignore_ascii_case(first).then_some(Err(error.into()))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +211,25 @@ mod tests {
         assert!(prepare("DROP SINK $1").is_err());
         assert!(prepare("SELECT 1; SELECT 2").is_err());
         assert_eq!(placeholder_count("SELECT '$1', \"$2\", $1 + $12 -- $3\nFROM t"), 12);
+    }
+
+    #[test]
+    fn subscribe_statements_parse() {
+        let parsed = |text: &str| parse_subscribe(text, false).map(|result| result.map_err(|error| error.to_string()));
+        assert_eq!(parsed("SELECT 1"), None);
+        assert_eq!(parsed("CREATE SINK s FROM v INTO files('x')"), None);
+        assert_eq!(
+            parsed("subscribe to revenue;"),
+            Some(Ok(SubscribeStatement { view: "revenue".into(), snapshot: true }))
+        );
+        assert_eq!(
+            parsed("SUBSCRIBE \"Mixed\" WITH (SNAPSHOT = false)"),
+            Some(Ok(SubscribeStatement { view: "Mixed".into(), snapshot: false }))
+        );
+        assert!(matches!(parsed("SUBSCRIBE revenue WITH (progress = true)"), Some(Err(_))));
+        assert!(matches!(parsed("SUBSCRIBE"), Some(Err(_))));
+        assert_eq!(parsed("COPY (SUBSCRIBE revenue) TO STDOUT"), None);
+        assert!(parse_subscribe("COPY (SUBSCRIBE revenue) TO STDOUT", true).is_some_and(|parsed| parsed.is_ok()));
+        assert!(matches!(parse_subscribe("COPY (SUBSCRIBE) TO STDOUT", true), Some(Err(_))));
     }
 }

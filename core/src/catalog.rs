@@ -1,4 +1,5 @@
-//! The catalog: weft's tables and views, and the current contents of every table.
+//! The catalog: weft's tables, views and function definitions, and the current contents of
+//! every table.
 //!
 //! Table contents live here (not only in the dataflow) because `UPDATE`/`DELETE` must find the
 //! rows they change, `PRIMARY KEY` must be checked before a change is committed, and ad-hoc
@@ -10,6 +11,24 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, RwLock};
 use weft_engine::{ColumnType, Plan, RelationId, Row, Value, ViewState};
 use weft_sql::RowSource;
+
+/// A table or a view as front ends list it (the server's `pg_catalog`, say).
+#[derive(Clone, Debug)]
+pub struct ListedRelation {
+    pub id: u64,
+    pub name: String,
+    pub is_view: bool,
+    pub columns: Vec<(String, ColumnType)>,
+    /// A view's SQL.
+    pub definition: Option<String>,
+}
+
+/// Told the relations whenever the catalog changes (and once when registered): how a front end
+/// keeps its own listing of them without the database knowing the front end.
+pub trait CatalogObserver: Send + Sync {
+    /// The catalog now holds exactly `relations`.
+    fn relations_changed(&self, relations: Vec<ListedRelation>);
+}
 
 /// A table or a view.
 pub struct Relation {
@@ -196,5 +215,31 @@ impl RowSource for ViewSource {
             rows.extend(std::iter::repeat_n(row, count.max(0) as usize));
         }
         Ok(rows)
+    }
+}
+
+/// Defined functions by name.
+pub type FunctionCatalog = std::collections::BTreeMap<String, FunctionDefinition>;
+
+/// `CREATE FUNCTION name(types) RETURNS type LANGUAGE wasm AS 'file' [EXPORT 'f']
+/// [WITH (fuel = n, memory_mb = n)] [ON ERROR NULL]`, with the module's bytes (so a restart
+/// needs no file).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FunctionDefinition {
+    pub name: String,
+    pub source: Vec<u8>,
+    pub export: String,
+    pub params: Vec<ColumnType>,
+    pub result: ColumnType,
+    pub fuel: u64,
+    pub memory_bytes: usize,
+    pub on_error_null: bool,
+}
+
+impl FunctionDefinition {
+    /// `(BIGINT, TEXT) -> TEXT`.
+    pub fn signature_text(&self) -> String {
+        let params: Vec<&str> = self.params.iter().map(|param| param.sql_name()).collect();
+        format!("({}) -> {}", params.join(", "), self.result.sql_name())
     }
 }

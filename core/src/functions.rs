@@ -5,7 +5,10 @@
 //! a restart, is a memo hit that returns the recorded outcome without running anything.
 //! Receipts are facts: nothing ever deletes one.
 
+pub use crate::catalog::{FunctionCatalog, FunctionDefinition};
 use crate::identity::Proof;
+use crate::receipts::{logged_function, logged_module};
+pub use crate::receipts::{CalledFunction, LoggedBatch, LoggedReceipt, LoggedRuns, Run, RECEIPTS_PER_BATCH};
 use crate::signer::{digests_of, runs_record, PendingReceipt, SignedReceipts, Signer};
 use crate::wal::Record;
 use cid::Cid;
@@ -125,33 +128,6 @@ enum BatchProof {
 struct ReceiptIndex {
     index: EntryIndex,
     batches: usize,
-}
-
-/// One call as it ran: its arguments and outcome, the fuel and time it took, when and where.
-/// The memo's entries, the signer's pending receipts and the log's receipts all carry one.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Run {
-    pub args: Box<[Value]>,
-    pub out: Outcome,
-    pub fuel: u64,
-    pub duration_us: u64,
-    /// When this node first ran the invocation (nanoseconds since the epoch).
-    pub first_seen_ns: i64,
-    /// The timely worker that ran it (0 outside dataflows).
-    pub worker: u32,
-}
-
-impl Run {
-    /// The receipt of this run of the invocation `ran`, issued by `issuer`.
-    pub fn receipt(&self, ran: Cid, issuer: &str) -> Receipt {
-        Receipt {
-            ran,
-            out: self.out.clone(),
-            fuel: self.fuel,
-            duration_us: self.duration_us,
-            issuer: issuer.to_string(),
-        }
-    }
 }
 
 /// A memo hash table's hash of a digest: its first eight bytes (digests are uniform).
@@ -286,14 +262,6 @@ impl EntryIndex {
 
 /// Entries per chunk of the memo's storage: growing never moves recorded entries.
 const CHUNK_ENTRIES: usize = 1 << 13;
-
-/// A called function: its module and export, and the template of its invocations.
-#[derive(Debug)]
-pub struct CalledFunction {
-    pub module: Cid,
-    pub export: String,
-    pub template: content::InvocationTemplate,
-}
 
 /// A call as the memo keys it: a function's index and its arguments, with their hash (computed
 /// once per call, however often the memo is searched for it).
@@ -662,88 +630,6 @@ impl Memo {
     }
 }
 
-/// A logged module CID.
-fn logged_module(bytes: &[u8]) -> Result<Cid, ContentError> {
-    Cid::try_from(bytes)
-        .map_err(|error| ContentError::InvalidCid { text: format!("{bytes:02x?}"), message: error.to_string() })
-}
-
-/// A logged receipt's function: `position` in its batch's `functions`.
-fn logged_function<T>(functions: &[T], position: u32) -> Result<&T, ContentError> {
-    functions
-        .get(position as usize)
-        .ok_or_else(|| ContentError::Encoding(format!("logged receipt names function {position}")))
-}
-
-/// Receipts signed (and logged) together: one signature per this many.
-pub const RECEIPTS_PER_BATCH: usize = 4096;
-
-/// One signed batch of receipts as logged: the signature over the Merkle root of the receipt
-/// CIDs (in order), the functions called, and each receipt's fields. The root and every proof
-/// are rebuilt from the receipts when the log is read.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct LoggedBatch {
-    pub issuer: String,
-    pub signature: Vec<u8>,
-    /// `(module CID bytes, export)`.
-    pub functions: Vec<(Vec<u8>, String)>,
-    pub receipts: Vec<LoggedReceipt>,
-}
-
-impl LoggedBatch {
-    /// The batch as bincode with variable-length integers (see [`Record::CompactReceipts`]).
-    pub fn encode(&self) -> Result<Vec<u8>, ContentError> {
-        compact_encode(self)
-    }
-
-    /// A batch written by [`LoggedBatch::encode`].
-    pub fn decode(bytes: &[u8]) -> Result<LoggedBatch, ContentError> {
-        compact_decode(bytes)
-    }
-}
-
-/// A logged value as bincode with variable-length integers.
-fn compact_encode(value: &impl serde::Serialize) -> Result<Vec<u8>, ContentError> {
-    use bincode::Options;
-    bincode::DefaultOptions::new()
-        .serialize(value)
-        .map_err(|error| ContentError::Encoding(format!("a receipt batch for the log: {error}")))
-}
-
-/// A value written by [`compact_encode`].
-fn compact_decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ContentError> {
-    use bincode::Options;
-    bincode::DefaultOptions::new()
-        .deserialize(bytes)
-        .map_err(|error| ContentError::Encoding(format!("a logged receipt batch: {error}")))
-}
-
-/// One signed batch of receipts as logged now ([`Record::ReceiptRuns`]): the signature over the
-/// Merkle root of the receipt CIDs (in order), the functions called, and each receipt's run
-/// with the position of its function. The CIDs are not logged: they follow from the runs (the
-/// receipt's bytes are canonical), so reading the log computes them again, and a batch costs
-/// about 27 bytes per receipt instead of 91.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct LoggedRuns {
-    pub issuer: String,
-    pub signature: Vec<u8>,
-    /// `(module CID bytes, export)`.
-    pub functions: Vec<(Vec<u8>, String)>,
-    pub runs: Vec<(u32, Run)>,
-}
-
-impl LoggedRuns {
-    /// The batch as bincode with variable-length integers.
-    pub fn encode(&self) -> Result<Vec<u8>, ContentError> {
-        compact_encode(self)
-    }
-
-    /// A batch written by [`LoggedRuns::encode`].
-    pub fn decode(bytes: &[u8]) -> Result<LoggedRuns, ContentError> {
-        compact_decode(bytes)
-    }
-}
-
 /// A logged batch of runs with its receipts' digests computed again, ready for the memo.
 pub struct ReplayedRuns {
     batch: LoggedRuns,
@@ -795,16 +681,6 @@ pub fn prepare_runs(batches: &[&[u8]]) -> Result<Vec<ReplayedRuns>, ContentError
             .flat_map(|thread| thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
             .collect()
     })
-}
-
-/// One receipt of a [`LoggedBatch`].
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct LoggedReceipt {
-    pub invocation: Digest,
-    pub receipt: Digest,
-    /// Index into the batch's functions.
-    pub function: u32,
-    pub run: Run,
 }
 
 /// A weft value as JSON.
@@ -993,32 +869,6 @@ pub fn register_system_tables(
         planner.register(name, Arc::new(provider))?;
     }
     Ok(())
-}
-
-/// Defined functions by name.
-pub type FunctionCatalog = std::collections::BTreeMap<String, FunctionDefinition>;
-
-/// `CREATE FUNCTION name(types) RETURNS type LANGUAGE wasm AS 'file' [EXPORT 'f']
-/// [WITH (fuel = n, memory_mb = n)] [ON ERROR NULL]`, with the module's bytes (so a restart
-/// needs no file).
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct FunctionDefinition {
-    pub name: String,
-    pub source: Vec<u8>,
-    pub export: String,
-    pub params: Vec<ColumnType>,
-    pub result: ColumnType,
-    pub fuel: u64,
-    pub memory_bytes: usize,
-    pub on_error_null: bool,
-}
-
-impl FunctionDefinition {
-    /// `(BIGINT, TEXT) -> TEXT`.
-    pub fn signature_text(&self) -> String {
-        let params: Vec<&str> = self.params.iter().map(|param| param.sql_name()).collect();
-        format!("({}) -> {}", params.join(", "), self.result.sql_name())
-    }
 }
 
 /// The module CID of WAT or Wasm source (of the binary; the CID of the text if it is not WAT).

@@ -42,7 +42,7 @@ pub enum Record {
     /// the node's signature over the receipt's CID (logs written before [`Record::Receipts`]).
     Receipt { invocation: Vec<u8>, receipt: Vec<u8>, proof: crate::identity::Proof, first_seen_ns: i64, worker: u32 },
     /// `CREATE FUNCTION`, with the module's bytes.
-    CreateFunction { definition: crate::functions::FunctionDefinition },
+    CreateFunction { definition: crate::catalog::FunctionDefinition },
     /// `DROP FUNCTION`.
     DropFunction { name: String },
     /// `CREATE SINK`.
@@ -55,13 +55,13 @@ pub enum Record {
     CreateReads { definition: crate::reads::ReadsDefinition },
     /// Receipts signed together: one signature over the Merkle root of their CIDs (logs written
     /// before [`Record::CompactReceipts`]).
-    Receipts(crate::functions::LoggedBatch),
+    Receipts(crate::receipts::LoggedBatch),
     /// Receipts signed together, the batch encoded with variable-length integers
-    /// ([`crate::functions::LoggedBatch::encode`]): about 90 bytes per receipt instead of 130
+    /// ([`crate::receipts::LoggedBatch::encode`]): about 90 bytes per receipt instead of 130
     /// (logs written before [`Record::ReceiptRuns`]).
     CompactReceipts(Vec<u8>),
     /// Receipts signed together, as their runs without their CIDs (computed again when read),
-    /// encoded with variable-length integers ([`crate::functions::LoggedRuns::encode`]): about
+    /// encoded with variable-length integers ([`crate::receipts::LoggedRuns::encode`]): about
     /// 27 bytes per receipt.
     ReceiptRuns(Vec<u8>),
 }
@@ -291,11 +291,11 @@ impl<R: Serialize + serde::de::DeserializeOwned> Log<R> {
         }
         if file_length > scan.offset {
             // A torn final frame from a crash mid-append: it was never acknowledged.
-            eprintln!(
-                "weft: write-ahead log {}: cut a torn final frame of {} bytes at byte {} (a crash mid-append; it was never acknowledged)",
-                path.display(),
-                file_length - scan.offset,
-                scan.offset
+            tracing::warn!(
+                log = %path.display(),
+                torn_bytes = file_length - scan.offset,
+                at_byte = scan.offset,
+                "cut a torn final frame from the write-ahead log (a crash mid-append; it was never acknowledged)"
             );
             file.set_len(scan.offset).map_err(io)?;
         }

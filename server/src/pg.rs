@@ -7,9 +7,10 @@
 //! queries) accepts them the same way. `SUBSCRIBE` streams rows until the view is dropped or the
 //! client cancels.
 
-use super::statement::{self, Prepared};
-use super::{catalog, changes_at, parse_subscribe, RowChange, SessionId, Shared, SubscribeStatement, ViewSubscription};
-use crate::database::{Error, Output};
+use crate::catalog::text_rows;
+use crate::service::{changes_at, RowChange, Shared, ViewSubscription};
+use crate::sessions::SessionId;
+use crate::statement::{self, parse_subscribe, Prepared, SubscribeStatement};
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use datafusion::arrow::array::{
@@ -20,6 +21,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::sql::sqlparser::ast;
+use datafusion::sql::sqlparser::ast::{SetExpr, Statement};
 use futures::{Sink, SinkExt};
 use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::auth::sasl::scram::ScramAuth;
@@ -43,6 +45,7 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
+use weft_core::database::{Error, Output, Reader};
 use weft_engine::{ColumnType, Row, Value};
 
 /// Accepts connections until the listener fails; with `tls`, clients may (and with
@@ -53,7 +56,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, tls: Option<tokio_r
         let socket = match listener.accept().await {
             Ok((socket, _)) => socket,
             Err(error) => {
-                super::tracing_error(&format!("accepting a connection: {error}"));
+                tracing::error!("accepting a connection: {error}");
                 continue;
             }
         };
@@ -147,7 +150,7 @@ impl Connection {
     fn new(shared: Arc<Shared>, manager: Arc<ConnectionManager>, session: SessionId) -> Connection {
         let startup = Arc::new(if shared.passwords.required() {
             let mut scram = ScramAuth::new(Arc::new(PasswordSource(shared.clone())));
-            scram.set_iterations(super::auth::SCRAM_ITERATIONS);
+            scram.set_iterations(crate::auth::SCRAM_ITERATIONS);
             Startup::Password {
                 handler: Box::new(
                     SASLAuthStartupHandler::new(Arc::new(DefaultServerParameterProvider::default()))
@@ -165,7 +168,7 @@ impl Connection {
     /// Runs the statements of a simple query in order, stopping at the first error.
     async fn execute(&self, sql: String) -> Vec<Response> {
         let mut responses = Vec::new();
-        for text in crate::functions::split_statements(&sql) {
+        for text in weft_core::functions::split_statements(&sql) {
             let output = match statement::prepare(&text) {
                 Ok(prepared) => self.run(prepared).await,
                 Err(error) => Err(error),
@@ -572,9 +575,9 @@ pub fn sqlstate(error: &Error) -> &'static str {
         Error::FellBehind(_) => "53400",
         Error::LockTimeout(_) => "55P03",
         Error::TooManyConnections(_) => "53300",
-        Error::Effects(crate::executor::ExecutorError::UnknownEffect(_)) => "42704",
-        Error::Effects(crate::executor::ExecutorError::Connector(_)) => "08000",
-        Error::Effects(crate::executor::ExecutorError::Log(_)) => "58030",
+        Error::Effects(weft_core::executor::ExecutorError::UnknownEffect(_)) => "42704",
+        Error::Effects(weft_core::executor::ExecutorError::Connector(_)) => "08000",
+        Error::Effects(weft_core::executor::ExecutorError::Log(_)) => "58030",
         _ => "XX000",
     }
 }
@@ -754,7 +757,7 @@ impl Connection {
         }
         let count = parsed.prepared.parameter_count();
         let (shared, prepared) = (self.shared.clone(), parsed.prepared.clone());
-        let types = blocking(move || catalog::parameter_types(&shared, &prepared, count)).await?;
+        let types = blocking(move || parameter_types(&shared, &prepared, count)).await?;
         let mut cache = self.inferred.lock().expect("inferred types");
         if cache.len() > 1000 {
             cache.clear();
@@ -782,8 +785,7 @@ impl Connection {
             return Ok(fields_of(&subscribe_schema(&columns), format));
         }
         let shared = self.shared.clone();
-        let schema =
-            blocking(move || catalog::result_schema(&shared, &prepared)).await?.map_err(|error| user_error(&error))?;
+        let schema = blocking(move || result_schema(&shared, &prepared)).await?.map_err(|error| user_error(&error))?;
         Ok(schema.map(|schema| fields_of(&schema, format)).unwrap_or_default())
     }
 }
@@ -990,5 +992,124 @@ impl Connection {
             parser: self.parser.clone(),
             inferred: self.inferred.clone(),
         }
+    }
+}
+
+/// The columns `prepared` returns, or `None` for a statement without rows.
+pub fn result_schema(shared: &Shared, prepared: &Prepared) -> Result<Option<SchemaRef>, Error> {
+    let rows_schema = |output: Output| match output {
+        Output::Rows { schema, .. } => Some(schema),
+        Output::Status(_) => None,
+    };
+    Ok(match prepared {
+        Prepared::Answer(output) => rows_schema(output.clone()),
+        Prepared::Sql(statement) if Reader::can_run(statement) => {
+            Some(shared.reader.describe(statement.as_ref().clone())?.0)
+        }
+        Prepared::Sql(statement) if matches!(statement.as_ref(), Statement::Explain { .. }) => {
+            rows_schema(text_rows("plan", &[]))
+        }
+        Prepared::Sql(_) | Prepared::Weft(_) | Prepared::Subscribe(_) => None,
+    })
+}
+
+/// The types of the `count` parameters of `prepared`, where weft can tell them.
+pub fn parameter_types(shared: &Shared, prepared: &Prepared, count: usize) -> Vec<Option<Type>> {
+    let mut types = vec![None; count];
+    let Prepared::Sql(statement) = prepared else {
+        return types;
+    };
+    let statement = statement.as_ref().clone();
+    let from_query = |statement: Statement, types: &mut Vec<Option<Type>>| {
+        if let Ok((_, found)) = shared.reader.describe(statement) {
+            for (index, data_type) in found.into_iter().enumerate() {
+                if let (Some(slot), Some(data_type)) = (types.get_mut(index), data_type) {
+                    slot.get_or_insert(column_pg_type_of_arrow(&data_type));
+                }
+            }
+        }
+    };
+    match statement {
+        Statement::Insert(insert) => {
+            let name = insert.table.to_string().trim_matches('"').to_lowercase();
+            let columns =
+                shared.with_database(|database| database.relation(&name).map(|relation| relation.columns.clone()));
+            let (Some(columns), Some(source)) = (columns, insert.source.as_ref()) else {
+                return types;
+            };
+            let positions: Vec<usize> = if insert.columns.is_empty() {
+                (0..columns.len()).collect()
+            } else {
+                insert
+                    .columns
+                    .iter()
+                    .filter_map(|ident| {
+                        columns
+                            .iter()
+                            .position(|(column, _)| column.eq_ignore_ascii_case(ident.to_string().trim_matches('"')))
+                    })
+                    .collect()
+            };
+            if let SetExpr::Values(values) = source.body.as_ref() {
+                for row in &values.rows {
+                    for (expr, position) in row.iter().zip(&positions) {
+                        if let Some(index) = parameter_in(expr) {
+                            if let (Some(slot), Some((_, ty))) = (types.get_mut(index), columns.get(*position)) {
+                                slot.get_or_insert(column_pg_type(*ty));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Statement::Update(update) => {
+            let table = update.table.relation.to_string();
+            let mut select = format!("SELECT * FROM {table}");
+            if let Some(selection) = &update.selection {
+                select.push_str(&format!(" WHERE {selection}"));
+            }
+            let name = table.trim_matches('"').to_lowercase();
+            let columns =
+                shared.with_database(|database| database.relation(&name).map(|relation| relation.columns.clone()));
+            for assignment in &update.assignments {
+                let target = assignment.target.to_string().trim_matches('"').to_lowercase();
+                if let (Some(index), Some(columns)) = (parameter_in(&assignment.value), &columns) {
+                    if let (Some(slot), Some((_, ty))) =
+                        (types.get_mut(index), columns.iter().find(|(column, _)| *column == target))
+                    {
+                        slot.get_or_insert(column_pg_type(*ty));
+                    }
+                }
+            }
+            if let Ok(mut parsed) = weft_sql::parse(&select) {
+                if let Some(statement) = parsed.pop() {
+                    from_query(statement, &mut types);
+                }
+            }
+        }
+        Statement::Delete(delete) => {
+            let tables = match &delete.from {
+                ast::FromTable::WithFromKeyword(tables) | ast::FromTable::WithoutKeyword(tables) => tables.clone(),
+            };
+            if let (Some(table), Some(selection)) = (tables.first(), &delete.selection) {
+                if let Ok(mut parsed) = weft_sql::parse(&format!("SELECT * FROM {} WHERE {selection}", table.relation))
+                {
+                    if let Some(statement) = parsed.pop() {
+                        from_query(statement, &mut types);
+                    }
+                }
+            }
+        }
+        statement if Reader::can_run(&statement) => from_query(statement, &mut types),
+        _ => {}
+    }
+    types
+}
+
+/// The index of the `$n` placeholder an expression is (perhaps cast or parenthesized).
+fn parameter_in(expr: &ast::Expr) -> Option<usize> {
+    match expr {
+        ast::Expr::Cast { expr, .. } | ast::Expr::Nested(expr) => parameter_in(expr),
+        expr => statement::placeholder_index(expr),
     }
 }

@@ -13,9 +13,9 @@
 //! the `Host` header must name the address the server listens on (DNS rebinding gets a name
 //! that is not it), and a request whose `Origin` is another site's is refused (no CORS).
 
-use super::{changes_at, metrics::DatabaseFigures, RowChange, Shared};
-use crate::database::Output;
+use crate::metrics::DatabaseFigures;
 use crate::output::{write_output, Format};
+use crate::service::{changes_at, RowChange, Shared};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Frame, Incoming};
@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpListener;
+use weft_core::database::Output;
 
 /// The largest request body accepted, in bytes.
 const MAX_BODY_BYTES: usize = 16 << 20;
@@ -54,7 +55,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, tls: Option<tokio_r
             Ok(accepted) => accepted,
             Err(error) => {
                 // Out of descriptors, say: wait and go on accepting.
-                super::tracing_error(&format!("HTTP accept failed: {error}"));
+                tracing::error!("HTTP accept failed: {error}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -255,12 +256,12 @@ fn run_query(shared: &Shared, sql: &str) -> Response<Body> {
     // HTTP requests have no session state: each one is its own session.
     let session = match shared.open_session() {
         Ok((session, _)) => session,
-        Err(error) => return json_error(503, super::pg::sqlstate(&error), &error.to_string()),
+        Err(error) => return json_error(503, crate::pg::sqlstate(&error), &error.to_string()),
     };
     let (mut outputs, error) = shared.execute(session, sql);
     shared.close_session(session);
     if let Some(error) = error {
-        return json_error(400, super::pg::sqlstate(&error), &error.to_string());
+        return json_error(400, crate::pg::sqlstate(&error), &error.to_string());
     }
     let mut body = Vec::new();
     match outputs.pop() {
@@ -282,7 +283,7 @@ fn change_lines(columns: &[String], changes: &[RowChange]) -> Bytes {
         let row: serde_json::Map<String, serde_json::Value> = columns
             .iter()
             .zip(change.row.iter())
-            .map(|(column, value)| (column.clone(), crate::functions::value_json(value)))
+            .map(|(column, value)| (column.clone(), weft_core::functions::value_json(value)))
             .collect();
         let line = serde_json::json!({ "timestamp": change.time, "diff": change.diff, "row": row });
         out.extend(line.to_string().bytes());
@@ -317,7 +318,7 @@ async fn stream_subscription(shared: Arc<Shared>, view: String, snapshot: bool) 
     let subscribing = shared.clone();
     let subscribed = match tokio::task::spawn_blocking(move || subscribing.subscribe(&view, Some(wake))).await {
         Ok(Ok(subscribed)) => subscribed,
-        Ok(Err(error)) => return json_error(404, super::pg::sqlstate(&error), &error.to_string()),
+        Ok(Err(error)) => return json_error(404, crate::pg::sqlstate(&error), &error.to_string()),
         Err(panic) => return json_error(500, "XX000", &format!("internal error: {panic}")),
     };
     let columns: Vec<String> = subscribed.columns.iter().map(|(name, _)| name.clone()).collect();
@@ -350,8 +351,8 @@ async fn stream_subscription(shared: Arc<Shared>, view: String, snapshot: bool) 
         }
         if changes.fell_behind() {
             // The stream ends with a line saying why.
-            let error = crate::database::Error::FellBehind(shared.subscribe_buffer());
-            let line = serde_json::json!({ "error": error.to_string(), "code": super::pg::sqlstate(&error) });
+            let error = weft_core::database::Error::FellBehind(shared.subscribe_buffer());
+            let line = serde_json::json!({ "error": error.to_string(), "code": crate::pg::sqlstate(&error) });
             let _ = sender.send(Bytes::from(format!("{line}\n"))).await;
         }
     });

@@ -3,32 +3,31 @@
 //! and drivers' start-up), the PostgreSQL-only syntax in their catalog queries, and `$n`
 //! parameters (counting, typing and binding them).
 
-use super::statement::Prepared;
-use super::Shared;
-use crate::database::{Error, Output, Reader};
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::array::{ArrayRef, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility};
-use datafusion::sql::sqlparser::ast::{self, SetExpr, Statement, Visit, VisitMut, Visitor, VisitorMut};
+use datafusion::sql::sqlparser::ast::{self, Statement, Visit, VisitMut, Visitor, VisitorMut};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use pgwire::api::Type;
 use std::ops::ControlFlow;
 use std::sync::{Arc, RwLock};
+use weft_core::catalog::{CatalogObserver, ListedRelation};
+use weft_core::database::{Database, Output};
 use weft_engine::{ColumnType, Row, Value};
 use weft_sql::{Planner, RelationProvider, RowSource};
 
-/// A table or view as the catalog lists it.
-#[derive(Clone, Debug)]
-pub struct ListedRelation {
-    pub id: u64,
-    pub name: String,
-    pub is_view: bool,
-    pub columns: Vec<(String, ColumnType)>,
-    pub definition: Option<String>,
-}
+/// The relations of the database as `pg_catalog` lists them, kept current by the database (a
+/// [`CatalogObserver`]).
+#[derive(Debug, Default)]
+pub struct Listing(RwLock<Vec<ListedRelation>>);
 
-/// The relations of the database, kept current by [`crate::Database`] for catalog queries.
-pub type Listing = Arc<RwLock<Vec<ListedRelation>>>;
+impl CatalogObserver for Listing {
+    fn relations_changed(&self, relations: Vec<ListedRelation>) {
+        *self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = relations;
+    }
+}
 
 const NAMESPACE_PG_CATALOG: i64 = 11;
 const NAMESPACE_PUBLIC: i64 = 2200;
@@ -63,12 +62,12 @@ fn type_of(column_type: ColumnType) -> (i64, &'static str) {
 #[derive(Debug)]
 struct PgTable {
     name: &'static str,
-    listing: Listing,
+    listing: Arc<Listing>,
 }
 
 impl RowSource for PgTable {
     fn rows(&self) -> Result<Vec<Row>, String> {
-        let listing = self.listing.read().map_err(|_| "catalog lock poisoned".to_string())?;
+        let listing = self.listing.0.read().map_err(|_| "catalog lock poisoned".to_string())?;
         let text = |value: &str| Value::Text(value.into());
         let oid = |relation: &ListedRelation| Value::Int(FIRST_RELATION_OID + relation.id as i64);
         let rows: Vec<Vec<Value>> = match self.name {
@@ -190,8 +189,15 @@ fn pg_table_columns(name: &str) -> Vec<(&'static str, ColumnType)> {
     }
 }
 
-/// Registers the `pg_catalog` tables and the catalog functions clients call.
-pub fn register_pg_catalog(planner: &Planner, listing: &Listing) -> Result<(), weft_sql::SqlError> {
+/// Gives `database` the `pg_catalog` tables and the catalog functions PostgreSQL clients call.
+pub fn attach_pg_catalog(database: &mut Database) -> Result<(), weft_sql::SqlError> {
+    let listing = Arc::new(Listing::default());
+    register_pg_catalog(database.planner(), &listing)?;
+    database.observe_catalog(listing);
+    Ok(())
+}
+
+fn register_pg_catalog(planner: &Planner, listing: &Arc<Listing>) -> Result<(), weft_sql::SqlError> {
     if let Some(catalog) = planner.context().catalog("datafusion") {
         catalog.register_schema("pg_catalog", Arc::new(datafusion::catalog::MemorySchemaProvider::new()))?;
     }
@@ -261,7 +267,8 @@ pub fn register_pg_catalog(planner: &Planner, listing: &Listing) -> Result<(), w
             let arrays = ColumnarValue::values_to_arrays(args)?;
             let oids = datafusion::arrow::compute::cast(&arrays[0], &DataType::Int64)?;
             let oids = oids.as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().expect("int64");
-            let listing = views.read().map_err(|_| datafusion::error::DataFusionError::Execution("catalog".into()))?;
+            let listing =
+                views.0.read().map_err(|_| datafusion::error::DataFusionError::Execution("catalog".into()))?;
             let definitions: datafusion::arrow::array::StringArray = oids
                 .iter()
                 .map(|oid| {
@@ -327,7 +334,7 @@ pub fn answer_session_statement(text: &str) -> Option<Output> {
         "intervalstyle" => "postgres",
         _ => return None,
     };
-    Some(super::text_rows(variable, &[value]))
+    Some(text_rows(variable, &[value]))
 }
 
 /// A `pg_catalog` relation weft does not have (policies, triggers, publications, column
@@ -543,121 +550,10 @@ pub fn adapt_client_syntax(statement: &mut Statement) {
     let _ = VisitMut::visit(statement, &mut ClientSyntax);
 }
 
-/// The columns `prepared` returns, or `None` for a statement without rows.
-pub fn result_schema(shared: &Shared, prepared: &Prepared) -> Result<Option<SchemaRef>, Error> {
-    let rows_schema = |output: Output| match output {
-        Output::Rows { schema, .. } => Some(schema),
-        Output::Status(_) => None,
-    };
-    Ok(match prepared {
-        Prepared::Answer(output) => rows_schema(output.clone()),
-        Prepared::Sql(statement) if Reader::can_run(statement) => {
-            Some(shared.reader.describe(statement.as_ref().clone())?.0)
-        }
-        Prepared::Sql(statement) if matches!(statement.as_ref(), Statement::Explain { .. }) => {
-            rows_schema(super::text_rows("plan", &[]))
-        }
-        Prepared::Sql(_) | Prepared::Weft(_) | Prepared::Subscribe(_) => None,
-    })
-}
-
-/// The types of the `count` parameters of `prepared`, where weft can tell them.
-pub fn parameter_types(shared: &Shared, prepared: &Prepared, count: usize) -> Vec<Option<Type>> {
-    let mut types = vec![None; count];
-    let Prepared::Sql(statement) = prepared else {
-        return types;
-    };
-    let statement = statement.as_ref().clone();
-    let from_query = |statement: Statement, types: &mut Vec<Option<Type>>| {
-        if let Ok((_, found)) = shared.reader.describe(statement) {
-            for (index, data_type) in found.into_iter().enumerate() {
-                if let (Some(slot), Some(data_type)) = (types.get_mut(index), data_type) {
-                    slot.get_or_insert(super::pg::column_pg_type_of_arrow(&data_type));
-                }
-            }
-        }
-    };
-    match statement {
-        Statement::Insert(insert) => {
-            let name = insert.table.to_string().trim_matches('"').to_lowercase();
-            let columns =
-                shared.with_database(|database| database.relation(&name).map(|relation| relation.columns.clone()));
-            let (Some(columns), Some(source)) = (columns, insert.source.as_ref()) else {
-                return types;
-            };
-            let positions: Vec<usize> = if insert.columns.is_empty() {
-                (0..columns.len()).collect()
-            } else {
-                insert
-                    .columns
-                    .iter()
-                    .filter_map(|ident| {
-                        columns
-                            .iter()
-                            .position(|(column, _)| column.eq_ignore_ascii_case(ident.to_string().trim_matches('"')))
-                    })
-                    .collect()
-            };
-            if let SetExpr::Values(values) = source.body.as_ref() {
-                for row in &values.rows {
-                    for (expr, position) in row.iter().zip(&positions) {
-                        if let Some(index) = parameter_in(expr) {
-                            if let (Some(slot), Some((_, ty))) = (types.get_mut(index), columns.get(*position)) {
-                                slot.get_or_insert(super::pg::column_pg_type(*ty));
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        Statement::Update(update) => {
-            let table = update.table.relation.to_string();
-            let mut select = format!("SELECT * FROM {table}");
-            if let Some(selection) = &update.selection {
-                select.push_str(&format!(" WHERE {selection}"));
-            }
-            let name = table.trim_matches('"').to_lowercase();
-            let columns =
-                shared.with_database(|database| database.relation(&name).map(|relation| relation.columns.clone()));
-            for assignment in &update.assignments {
-                let target = assignment.target.to_string().trim_matches('"').to_lowercase();
-                if let (Some(index), Some(columns)) = (parameter_in(&assignment.value), &columns) {
-                    if let (Some(slot), Some((_, ty))) =
-                        (types.get_mut(index), columns.iter().find(|(column, _)| *column == target))
-                    {
-                        slot.get_or_insert(super::pg::column_pg_type(*ty));
-                    }
-                }
-            }
-            if let Ok(mut parsed) = weft_sql::parse(&select) {
-                if let Some(statement) = parsed.pop() {
-                    from_query(statement, &mut types);
-                }
-            }
-        }
-        Statement::Delete(delete) => {
-            let tables = match &delete.from {
-                ast::FromTable::WithFromKeyword(tables) | ast::FromTable::WithoutKeyword(tables) => tables.clone(),
-            };
-            if let (Some(table), Some(selection)) = (tables.first(), &delete.selection) {
-                if let Ok(mut parsed) = weft_sql::parse(&format!("SELECT * FROM {} WHERE {selection}", table.relation))
-                {
-                    if let Some(statement) = parsed.pop() {
-                        from_query(statement, &mut types);
-                    }
-                }
-            }
-        }
-        statement if Reader::can_run(&statement) => from_query(statement, &mut types),
-        _ => {}
-    }
-    types
-}
-
-/// The index of the `$n` placeholder an expression is (perhaps cast or parenthesized).
-fn parameter_in(expr: &ast::Expr) -> Option<usize> {
-    match expr {
-        ast::Expr::Cast { expr, .. } | ast::Expr::Nested(expr) => parameter_in(expr),
-        expr => super::statement::placeholder_index(expr),
-    }
+/// A one-column text result (for `SHOW` and catalog answers).
+pub fn text_rows(column: &str, values: &[&str]) -> Output {
+    let schema = Arc::new(Schema::new(vec![Field::new(column, DataType::Utf8, true)]));
+    let array: ArrayRef = Arc::new(StringArray::from(values.to_vec()));
+    let batch = RecordBatch::try_new(schema.clone(), vec![array]).expect("one text column");
+    Output::Rows { schema, batches: vec![batch] }
 }

@@ -1,0 +1,135 @@
+//! Receipts as the log keeps them: one run of a call ([`Run`]), the functions runs name
+//! ([`CalledFunction`]), and the signed batches they are logged in ([`LoggedRuns`], and the older
+//! [`LoggedBatch`]), encoded compactly. Plain data: the memo, the signer and the log all use it,
+//! and it uses none of them.
+
+use cid::Cid;
+use weft_engine::Value;
+use weft_ipvm::content::{self, ContentError, Digest, Outcome, Receipt};
+
+/// One call as it ran: its arguments and outcome, the fuel and time it took, when and where.
+/// The memo's entries, the signer's pending receipts and the log's receipts all carry one.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Run {
+    pub args: Box<[Value]>,
+    pub out: Outcome,
+    pub fuel: u64,
+    pub duration_us: u64,
+    /// When this node first ran the invocation (nanoseconds since the epoch).
+    pub first_seen_ns: i64,
+    /// The timely worker that ran it (0 outside dataflows).
+    pub worker: u32,
+}
+
+impl Run {
+    /// The receipt of this run of the invocation `ran`, issued by `issuer`.
+    pub fn receipt(&self, ran: Cid, issuer: &str) -> Receipt {
+        Receipt {
+            ran,
+            out: self.out.clone(),
+            fuel: self.fuel,
+            duration_us: self.duration_us,
+            issuer: issuer.to_string(),
+        }
+    }
+}
+
+/// A called function: its module and export, and the template of its invocations.
+#[derive(Debug)]
+pub struct CalledFunction {
+    pub module: Cid,
+    pub export: String,
+    pub template: content::InvocationTemplate,
+}
+
+/// A logged module CID.
+pub(crate) fn logged_module(bytes: &[u8]) -> Result<Cid, ContentError> {
+    Cid::try_from(bytes)
+        .map_err(|error| ContentError::InvalidCid { text: format!("{bytes:02x?}"), message: error.to_string() })
+}
+
+/// A logged receipt's function: `position` in its batch's `functions`.
+pub(crate) fn logged_function<T>(functions: &[T], position: u32) -> Result<&T, ContentError> {
+    functions
+        .get(position as usize)
+        .ok_or_else(|| ContentError::Encoding(format!("logged receipt names function {position}")))
+}
+
+/// Receipts signed (and logged) together: one signature per this many.
+pub const RECEIPTS_PER_BATCH: usize = 4096;
+
+/// One signed batch of receipts as logged: the signature over the Merkle root of the receipt
+/// CIDs (in order), the functions called, and each receipt's fields. The root and every proof
+/// are rebuilt from the receipts when the log is read.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LoggedBatch {
+    pub issuer: String,
+    pub signature: Vec<u8>,
+    /// `(module CID bytes, export)`.
+    pub functions: Vec<(Vec<u8>, String)>,
+    pub receipts: Vec<LoggedReceipt>,
+}
+
+impl LoggedBatch {
+    /// The batch as bincode with variable-length integers (see [`crate::wal::Record::CompactReceipts`]).
+    pub fn encode(&self) -> Result<Vec<u8>, ContentError> {
+        compact_encode(self)
+    }
+
+    /// A batch written by [`LoggedBatch::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<LoggedBatch, ContentError> {
+        compact_decode(bytes)
+    }
+}
+
+/// A logged value as bincode with variable-length integers.
+fn compact_encode(value: &impl serde::Serialize) -> Result<Vec<u8>, ContentError> {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .serialize(value)
+        .map_err(|error| ContentError::Encoding(format!("a receipt batch for the log: {error}")))
+}
+
+/// A value written by [`compact_encode`].
+fn compact_decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ContentError> {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .deserialize(bytes)
+        .map_err(|error| ContentError::Encoding(format!("a logged receipt batch: {error}")))
+}
+
+/// One signed batch of receipts as logged now ([`crate::wal::Record::ReceiptRuns`]): the signature over the
+/// Merkle root of the receipt CIDs (in order), the functions called, and each receipt's run
+/// with the position of its function. The CIDs are not logged: they follow from the runs (the
+/// receipt's bytes are canonical), so reading the log computes them again, and a batch costs
+/// about 27 bytes per receipt instead of 91.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LoggedRuns {
+    pub issuer: String,
+    pub signature: Vec<u8>,
+    /// `(module CID bytes, export)`.
+    pub functions: Vec<(Vec<u8>, String)>,
+    pub runs: Vec<(u32, Run)>,
+}
+
+impl LoggedRuns {
+    /// The batch as bincode with variable-length integers.
+    pub fn encode(&self) -> Result<Vec<u8>, ContentError> {
+        compact_encode(self)
+    }
+
+    /// A batch written by [`LoggedRuns::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<LoggedRuns, ContentError> {
+        compact_decode(bytes)
+    }
+}
+
+/// One receipt of a [`LoggedBatch`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LoggedReceipt {
+    pub invocation: Digest,
+    pub receipt: Digest,
+    /// Index into the batch's functions.
+    pub function: u32,
+    pub run: Run,
+}
