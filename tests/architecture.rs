@@ -64,8 +64,8 @@ fn dependencies_point_one_way() {
     }
 }
 
-/// A crate's files as modules: `src/a.rs` and `src/a/b.rs` are `a` and `a::b`; `lib.rs` and
-/// `main.rs` are the root (the empty path).
+/// A library's files as modules: `src/a.rs` and `src/a/b.rs` are `a` and `a::b`; `lib.rs` is the
+/// root (the empty path). `main.rs` is another crate (the binary), which uses the library by name.
 fn modules(source: &std::path::Path) -> BTreeMap<Vec<String>, String> {
     let mut modules = BTreeMap::new();
     let mut folders = vec![source.to_path_buf()];
@@ -74,14 +74,16 @@ fn modules(source: &std::path::Path) -> BTreeMap<Vec<String>, String> {
             let path = entry.expect("an entry").path();
             if path.is_dir() {
                 folders.push(path);
-            } else if path.extension().is_some_and(|extension| extension == "rs") {
+            } else if path.extension().is_some_and(|extension| extension == "rs")
+                && path.file_name().is_some_and(|name| name != "main.rs")
+            {
                 let relative = path.strip_prefix(source).expect("under src").with_extension("");
                 let mut segments: Vec<String> =
                     relative.components().map(|part| part.as_os_str().to_string_lossy().into_owned()).collect();
                 if segments.last().is_some_and(|last| last == "mod") {
                     segments.pop();
                 }
-                if segments == ["lib"] || segments == ["main"] {
+                if segments == ["lib"] {
                     segments.clear();
                 }
                 let text = std::fs::read_to_string(&path).expect("a source file");
@@ -95,8 +97,8 @@ fn modules(source: &std::path::Path) -> BTreeMap<Vec<String>, String> {
 /// The code of a file that imports: without its tests and comments (and, for the crate root,
 /// without its `mod` and `use` declarations, which only name the modules).
 fn importing_code(text: &str, root: bool) -> String {
-    let text = text.split("#[cfg(test)]").next().unwrap_or_default();
     text.lines()
+        .take_while(|line| !(line.trim_start().starts_with("#[cfg(") && line.contains("test")))
         .map(|line| line.split("//").next().unwrap_or_default())
         .filter(|line| {
             let line = line.trim_start();
@@ -259,7 +261,8 @@ fn the_cycle_check_sees_a_cycle() {
     assert_eq!(imports["a"], BTreeSet::from(["b".to_string(), "c".to_string()]));
     assert!(imports["b"].is_empty());
     assert_eq!(find_cycle(&imports), Some(vec!["a".to_string(), "c".to_string(), "a".to_string()]));
-    std::fs::write(folder.join("c.rs"), "// crate::a::g()\n#[cfg(test)]\nmod tests { use crate::a; }\n").unwrap();
+    std::fs::write(folder.join("c.rs"), "// crate::a::g()\n#[cfg(all(test, unix))]\nmod tests { use crate::a; }\n")
+        .unwrap();
     assert_eq!(find_cycle(&module_imports(&folder)), None);
     let _ = std::fs::remove_dir_all(&folder);
 }

@@ -1,7 +1,7 @@
 //! What PostgreSQL clients expect besides SQL on weft's relations: session statements (`SET`,
 //! `SHOW server_version`, ...), the basics of `pg_catalog` (enough for psql's `\d`, `\dt`, `\dv`
-//! and drivers' start-up), the PostgreSQL-only syntax in their catalog queries, and `$n`
-//! parameters (counting, typing and binding them).
+//! and drivers' start-up, kept current as a [`CatalogObserver`]), and the PostgreSQL-only syntax
+//! in their catalog queries, adapted on the parsed statement.
 
 use datafusion::arrow::array::{ArrayRef, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
