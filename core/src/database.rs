@@ -28,11 +28,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use weft_engine::expr::{cast, BinaryOp};
+use weft_engine::expr::cast;
 use weft_engine::{
     Change, ColumnType, Engine, EngineError, Expr, Gate, Plan, RelationId, Row, Subscription, Value, ViewState,
 };
 use weft_ipvm::content::Outcome;
+use weft_ir::transform::{point_lookup::point_lookup, row_local::row_local};
 use weft_sql::convert::{batch_rows, column_type, schema_of};
 use weft_sql::statement::WeftStatement;
 use weft_sql::{lower_plan, ConvertError, Planner, RelationProvider, RowSource, SqlError};
@@ -970,7 +971,7 @@ impl Database {
             signer: self.signer.clone(),
             running: crate::functions::RunningLocks::new(),
         });
-        let id = weft_engine::functions::register(callable.clone());
+        let id = self.engine.functions().register(callable.clone());
         self.planner.register_function(weft_sql::WeftUdf::new(
             id,
             &definition.name,
@@ -988,7 +989,7 @@ impl Database {
             return catalog_error(format!("function {name} does not exist"));
         };
         self.planner.deregister_function(name);
-        weft_engine::functions::unregister(id);
+        self.engine.functions().unregister(id);
         self.functions.write().expect("function catalog").remove(name);
         Ok(())
     }
@@ -1698,106 +1699,6 @@ fn conform_row(relation: &Relation, mut row: Row) -> Result<Row, Error> {
         }
     }
     Ok(row)
-}
-
-/// If `plan` only filters and projects table `id` row by row, its predicate and projections
-/// (over the table's columns).
-fn row_local(plan: &Plan, id: RelationId) -> Option<(Option<Expr>, Vec<Expr>)> {
-    fn compose(outer: &Expr, inner: &[Expr]) -> Expr {
-        substitute(outer, inner)
-    }
-    match plan {
-        Plan::Project { input, exprs } => match input.as_ref() {
-            Plan::Get { id: got, .. } if *got == id => Some((None, exprs.clone())),
-            Plan::Filter { input, predicate } => match input.as_ref() {
-                Plan::Get { id: got, .. } if *got == id => Some((Some(predicate.clone()), exprs.clone())),
-                Plan::Project { input, exprs: inner } => match input.as_ref() {
-                    Plan::Get { id: got, .. } if *got == id => {
-                        Some((Some(compose(predicate, inner)), exprs.iter().map(|expr| compose(expr, inner)).collect()))
-                    }
-                    _ => None,
-                },
-                _ => None,
-            },
-            Plan::Project { .. } => {
-                let (predicate, inner) = row_local(input, id)?;
-                Some((predicate, exprs.iter().map(|expr| compose(expr, &inner)).collect()))
-            }
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// `outer` with each column reference replaced by the matching `inner` expression.
-fn substitute(outer: &Expr, inner: &[Expr]) -> Expr {
-    match outer {
-        Expr::Column(index) => inner[*index].clone(),
-        Expr::Literal(_) => outer.clone(),
-        Expr::Unary { op, expr } => Expr::Unary { op: *op, expr: Box::new(substitute(expr, inner)) },
-        Expr::Binary { op, left, right } => {
-            Expr::Binary { op: *op, left: Box::new(substitute(left, inner)), right: Box::new(substitute(right, inner)) }
-        }
-        Expr::Case { operand, when_then, otherwise } => Expr::Case {
-            operand: operand.as_ref().map(|operand| Box::new(substitute(operand, inner))),
-            when_then: when_then
-                .iter()
-                .map(|(when, then)| (substitute(when, inner), substitute(then, inner)))
-                .collect(),
-            otherwise: otherwise.as_ref().map(|otherwise| Box::new(substitute(otherwise, inner))),
-        },
-        Expr::Cast { expr, to, r#try } => {
-            Expr::Cast { expr: Box::new(substitute(expr, inner)), to: *to, r#try: *r#try }
-        }
-        Expr::Like { expr, pattern, negated, case_insensitive } => Expr::Like {
-            expr: Box::new(substitute(expr, inner)),
-            pattern: Box::new(substitute(pattern, inner)),
-            negated: *negated,
-            case_insensitive: *case_insensitive,
-        },
-        Expr::InList { expr, list, negated } => Expr::InList {
-            expr: Box::new(substitute(expr, inner)),
-            list: list.iter().map(|item| substitute(item, inner)).collect(),
-            negated: *negated,
-        },
-        Expr::Call { function, args } => {
-            Expr::Call { function: *function, args: args.iter().map(|arg| substitute(arg, inner)).collect() }
-        }
-        Expr::Udf { id, name, args } => {
-            Expr::Udf { id: *id, name: name.clone(), args: args.iter().map(|arg| substitute(arg, inner)).collect() }
-        }
-    }
-}
-
-/// The primary-key value a predicate pins down with `key_column = literal` conjuncts, if any.
-fn point_lookup(
-    predicate: Option<&Expr>,
-    primary_key: Option<&[usize]>,
-    columns: &[(String, ColumnType)],
-) -> Option<Row> {
-    let (predicate, primary_key) = (predicate?, primary_key?);
-    let mut pinned: HashMap<usize, Value> = HashMap::new();
-    fn collect(expr: &Expr, pinned: &mut HashMap<usize, Value>) {
-        match expr {
-            Expr::Binary { op: BinaryOp::And, left, right } => {
-                collect(left, pinned);
-                collect(right, pinned);
-            }
-            Expr::Binary { op: BinaryOp::Eq, left, right } => match (left.as_ref(), right.as_ref()) {
-                (Expr::Column(column), Expr::Literal(value)) | (Expr::Literal(value), Expr::Column(column)) => {
-                    pinned.insert(*column, value.clone());
-                }
-                _ => {}
-            },
-            _ => {}
-        }
-    }
-    collect(predicate, &mut pinned);
-    // A literal of another type than the column (say 1 for a DOUBLE key) would miss the index.
-    primary_key
-        .iter()
-        .map(|column| pinned.get(column).filter(|value| value.column_type() == Some(columns[*column].1)).cloned())
-        .collect()
 }
 
 #[cfg(test)]

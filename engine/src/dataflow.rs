@@ -13,6 +13,7 @@
 
 use crate::batcher::SortBatcher;
 use crate::expr::{eval_all, eval_chunk_all, EvalError, Expr, RowChunk};
+use crate::functions::FunctionRegistry;
 use crate::hashed_row::{HashedRow, RowPacker};
 use crate::plan::{Aggregate, AggregateFunction, JoinKind, Plan, RelationId, SortKey};
 use crate::row_counts::RowCounts;
@@ -40,6 +41,7 @@ use timely::dataflow::operators::{Inspect, Probe, ToStream};
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 use timely::progress::frontier::AntichainRef;
 use timely::worker::Worker;
+use weft_ir::transform::peel::{peel, MapStep};
 
 type Collection<'scope> = VecCollection<'scope, Time, Row, isize>;
 type RowTrace = TraceAgent<KeySpine<HashedRow, Time, isize>>;
@@ -89,6 +91,9 @@ pub enum EngineError {
     /// A plan or change names a relation the engine does not have.
     #[error("unknown relation id {0}")]
     UnknownRelation(RelationId),
+    /// A plan calls a function the engine's registry does not have.
+    #[error("{0}")]
+    UnknownFunction(String),
     /// Evaluating a view's expressions failed on some rows.
     #[error("view {view} cannot be read: {message}")]
     ViewError { view: String, message: String },
@@ -396,6 +401,8 @@ pub struct Engine {
     time: Time,
     relations: HashMap<RelationId, Option<Arc<ViewState>>>,
     spins: u32,
+    /// The functions views call (see [`Engine::functions`]).
+    functions: FunctionRegistry,
 }
 
 /// Steps a worker takes after staged rows arrive: enough for them to reach the arrangements.
@@ -428,7 +435,21 @@ impl Engine {
             run_worker(worker, receiver, replies, spins);
         })
         .map_err(|message| EngineError::Start { workers, message })?;
-        Ok(Engine { commands, replies, guards: Some(guards), time: 0, relations: HashMap::new(), spins })
+        Ok(Engine {
+            commands,
+            replies,
+            guards: Some(guards),
+            time: 0,
+            relations: HashMap::new(),
+            spins,
+            functions: FunctionRegistry::default(),
+        })
+    }
+
+    /// The functions views may call: register a function here before creating a view that
+    /// calls it (plans name functions by id; creating a view binds them).
+    pub fn functions(&self) -> &FunctionRegistry {
+        &self.functions
     }
 
     /// The number of worker threads.
@@ -454,10 +475,11 @@ impl Engine {
     }
 
     /// Builds a view's dataflow; when this returns, the view reflects every committed change.
-    pub fn create_view(&mut self, id: RelationId, name: &str, plan: Plan) -> Result<Arc<ViewState>, EngineError> {
+    pub fn create_view(&mut self, id: RelationId, name: &str, mut plan: Plan) -> Result<Arc<ViewState>, EngineError> {
         if let Some(missing) = plan.dependencies().into_iter().find(|dep| !self.relations.contains_key(dep)) {
             return Err(EngineError::UnknownRelation(missing));
         }
+        plan.bind_functions(&self.functions).map_err(|error| EngineError::UnknownFunction(error.0))?;
         let state = Arc::new(ViewState::new(name, self.time));
         let plan = Arc::new(plan);
         self.broadcast(|_| Command::CreateView { id, plan: plan.clone(), state: state.clone() })?;
@@ -737,11 +759,12 @@ fn render_mapped<'scope>(
     traces: &mut HashMap<RelationId, RowTrace>,
     view: &Arc<ViewState>,
 ) -> Mapped<'scope> {
-    let (base, mut map) = peel(plan);
+    let (base, steps) = peel(plan);
+    let mut map = RowMap { steps };
     if let Plan::Join { kind: JoinKind::Inner, residual: None, .. } = base {
         let columns = match map.steps.first() {
-            Some(Step::Select(columns)) => Some(columns.clone()),
-            Some(Step::Project(exprs)) => {
+            Some(MapStep::Select(columns)) => Some(columns.clone()),
+            Some(MapStep::Project(exprs)) => {
                 exprs.iter().map(|expr| if let Expr::Column(index) = expr { Some(*index) } else { None }).collect()
             }
             _ => None,
@@ -791,20 +814,11 @@ fn render_join_plan<'scope>(
     render_join(left, right, spec, view)
 }
 
-/// One step of a [`RowMap`].
-#[derive(Clone)]
-enum Step {
-    Filter(Expr),
-    Project(Vec<Expr>),
-    /// A projection of distinct columns: values are moved, not copied.
-    Select(Vec<usize>),
-}
-
 /// A chain of filters and projections applied row by row inside one operator (its consumer's,
 /// where possible): fewer operators means less scheduling and copying per update.
 #[derive(Clone, Default)]
 struct RowMap {
-    steps: Vec<Step>,
+    steps: Vec<MapStep>,
 }
 
 impl RowMap {
@@ -830,7 +844,7 @@ impl RowMap {
                 Some(error) => failed(origins[row], error),
             };
             match step {
-                Step::Filter(predicate) => {
+                MapStep::Filter(predicate) => {
                     let mut results = Vec::with_capacity(chunk.rows());
                     predicate.eval_chunk(chunk, &mut results);
                     scratch.clear();
@@ -846,8 +860,8 @@ impl RowMap {
                         }
                     }
                 }
-                Step::Project(exprs) => eval_chunk_all(exprs, chunk, scratch, keep),
-                Step::Select(columns) => {
+                MapStep::Project(exprs) => eval_chunk_all(exprs, chunk, scratch, keep),
+                MapStep::Select(columns) => {
                     scratch.clear();
                     for row in 0..chunk.rows() {
                         let values = chunk.row_mut(row);
@@ -865,44 +879,6 @@ impl RowMap {
     fn is_identity(&self) -> bool {
         self.steps.is_empty()
     }
-}
-
-/// Splits the chain of `Project` / `Filter` nodes off the top of `plan`: the plan beneath and
-/// the chain as a row map (innermost step first). Identity projections are dropped.
-fn peel(plan: &Plan) -> (&Plan, RowMap) {
-    let mut steps = Vec::new();
-    let mut current = plan;
-    loop {
-        match current {
-            Plan::Project { input, exprs } => {
-                let identity = exprs.len() == input.arity()
-                    && exprs.iter().enumerate().all(|(index, expr)| *expr == Expr::Column(index));
-                if !identity {
-                    let columns: Option<Vec<usize>> = exprs
-                        .iter()
-                        .map(|expr| if let Expr::Column(index) = expr { Some(*index) } else { None })
-                        .collect();
-                    let distinct = columns.as_ref().is_some_and(|columns| {
-                        let mut sorted = columns.clone();
-                        sorted.sort_unstable();
-                        sorted.windows(2).all(|pair| pair[0] != pair[1])
-                    });
-                    steps.push(match columns {
-                        Some(columns) if distinct => Step::Select(columns),
-                        _ => Step::Project(exprs.clone()),
-                    });
-                }
-                current = input;
-            }
-            Plan::Filter { input, predicate } => {
-                steps.push(Step::Filter(predicate.clone()));
-                current = input;
-            }
-            _ => break,
-        }
-    }
-    steps.reverse();
-    (current, RowMap { steps })
 }
 
 /// Where a [`Mapped`] input's rows come from.
@@ -1192,7 +1168,7 @@ fn keyed_in_place<'scope>(
     // The stored row's columns the mapped row is made of (`None`: all of them, unchanged).
     let columns: Option<Vec<usize>> = match input.map.steps.as_slice() {
         [] => None,
-        [Step::Select(columns)] => Some(columns.clone()),
+        [MapStep::Select(columns)] => Some(columns.clone()),
         _ => return None,
     };
     let key_columns: Vec<usize> = keys
@@ -1329,7 +1305,7 @@ fn render_join<'scope>(
         Some(row)
     });
     if let Some(residual) = spec.residual {
-        let filtered = Mapped { source: Source::Rows(joined), map: RowMap { steps: vec![Step::Filter(residual)] } };
+        let filtered = Mapped { source: Source::Rows(joined), map: RowMap { steps: vec![MapStep::Filter(residual)] } };
         joined = apply_map(&filtered, view);
     }
     let left_arity = spec.left_arity;

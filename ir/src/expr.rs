@@ -13,6 +13,7 @@
 //! called once per chunk (one memo lock and lookup pass instead of one per row); everything else
 //! is interpreted row by row within the chunk.
 
+use crate::functions::{BoundFunction, Callable, FunctionId, FunctionRegistry};
 use crate::value::SmolStr;
 use crate::value::{ColumnType, Row, Value};
 use serde::{Deserialize, Serialize};
@@ -88,8 +89,16 @@ pub enum Expr {
     InList { expr: Box<Expr>, list: Vec<Expr>, negated: bool },
     /// A scalar function call.
     Call { function: Function, args: Vec<Expr> },
-    /// A call of a user-defined function registered in [`crate::functions`].
-    Udf { id: crate::functions::FunctionId, name: String, args: Vec<Expr> },
+    /// A call of a user-defined function, by its id in a [`FunctionRegistry`]. `function` is the
+    /// function itself once the expression is bound ([`Expr::bind_functions`]); an unbound call
+    /// cannot be evaluated.
+    Udf {
+        id: FunctionId,
+        name: String,
+        args: Vec<Expr>,
+        #[serde(skip)]
+        function: Option<BoundFunction>,
+    },
 }
 
 /// Unary operators.
@@ -302,22 +311,30 @@ impl Expr {
                 let values = args.iter().map(|arg| arg.eval(row)).collect::<Result<Vec<_>, _>>()?;
                 call(*function, values)
             }
-            Expr::Udf { id, args, .. } => {
+            Expr::Udf { id, args, function, .. } => {
+                let function = bound(*id, function)?;
                 let values = args.iter().map(|arg| arg.eval(row)).collect::<Result<Vec<_>, _>>()?;
-                crate::functions::call(*id, &values)
+                function.call(&values)
             }
         }
     }
 
     /// Evaluates the expression on every row of `chunk`, pushing one result per row onto
     /// `results`. A call of a user-defined function whose arguments evaluated is made once for
-    /// the whole chunk ([`crate::functions::call_batch`]); the rest is [`Expr::eval`] row by row
+    /// the whole chunk ([`Callable::call_batch`]); the rest is [`Expr::eval`] row by row
     /// (so a function inside CASE, AND, OR or COALESCE is still only called where SQL evaluates
     /// it).
     pub fn eval_chunk(&self, chunk: &RowChunk, results: &mut Vec<EvalResult>) {
-        let Expr::Udf { id, args, .. } = self else {
+        let Expr::Udf { id, args, function, .. } = self else {
             results.extend((0..chunk.rows()).map(|row| self.eval(chunk.row(row))));
             return;
+        };
+        let function = match bound(*id, function) {
+            Ok(function) => function,
+            Err(error) => {
+                results.extend(std::iter::repeat_n(Err(error), chunk.rows()));
+                return;
+            }
         };
         // The rows whose arguments all evaluated are called together; a row whose argument
         // failed fails with its first argument's error, as in `eval`.
@@ -333,10 +350,7 @@ impl Expr {
         });
         let call = |outputs: &mut Vec<EvalResult>| {
             let start = outputs.len();
-            if let Err(error) = crate::functions::call_batch(*id, arguments.rows(), &arguments.values, outputs) {
-                outputs.truncate(start);
-                outputs.extend(std::iter::repeat_n(Err(error), arguments.rows()));
-            }
+            function.call_batch(arguments.rows(), &arguments.values, outputs);
             debug_assert_eq!(outputs.len(), start + arguments.rows(), "one result per called row");
         };
         if called.len() == chunk.rows() {
@@ -349,6 +363,61 @@ impl Expr {
         call(&mut outputs);
         for (position, output) in called.into_iter().zip(outputs) {
             results[position] = output;
+        }
+    }
+
+    /// Binds every call of a user-defined function in the expression to the function `registry`
+    /// has under its id; an error names a function the registry does not have.
+    pub fn bind_functions(&mut self, registry: &FunctionRegistry) -> Result<(), EvalError> {
+        let mut missing = None;
+        self.visit_mut(&mut |expr| {
+            if let Expr::Udf { id, name, function, .. } = expr {
+                match registry.get(*id) {
+                    Some(callable) => *function = Some(BoundFunction(callable)),
+                    None => missing = Some(format!("function {name} (id {id}) is not defined")),
+                }
+            }
+        });
+        missing.map_or(Ok(()), |message| Err(EvalError(message)))
+    }
+
+    /// Calls `visit` on this expression and every expression inside it, outermost first.
+    pub fn visit_mut(&mut self, visit: &mut dyn FnMut(&mut Expr)) {
+        visit(self);
+        match self {
+            Expr::Column(_) | Expr::Literal(_) => {}
+            Expr::Unary { expr, .. } | Expr::Cast { expr, .. } => expr.visit_mut(visit),
+            Expr::Binary { left, right, .. } => {
+                left.visit_mut(visit);
+                right.visit_mut(visit);
+            }
+            Expr::Like { expr, pattern, .. } => {
+                expr.visit_mut(visit);
+                pattern.visit_mut(visit);
+            }
+            Expr::Case { operand, when_then, otherwise } => {
+                if let Some(operand) = operand {
+                    operand.visit_mut(visit);
+                }
+                for (when, then) in when_then {
+                    when.visit_mut(visit);
+                    then.visit_mut(visit);
+                }
+                if let Some(otherwise) = otherwise {
+                    otherwise.visit_mut(visit);
+                }
+            }
+            Expr::InList { expr, list, .. } => {
+                expr.visit_mut(visit);
+                for item in list {
+                    item.visit_mut(visit);
+                }
+            }
+            Expr::Call { args, .. } | Expr::Udf { args, .. } => {
+                for arg in args {
+                    arg.visit_mut(visit);
+                }
+            }
         }
     }
 
@@ -421,6 +490,14 @@ impl Expr {
                 }
             }
         }
+    }
+}
+
+/// The function a call is bound to, or the error of calling an unbound one.
+fn bound(id: FunctionId, function: &Option<BoundFunction>) -> Result<&dyn Callable, EvalError> {
+    match function {
+        Some(BoundFunction(callable)) => Ok(callable.as_ref()),
+        None => Err(EvalError(format!("function {id} is not bound to a registry"))),
     }
 }
 
@@ -960,11 +1037,14 @@ mod tests {
     #[test]
     fn a_function_is_called_once_per_chunk_on_the_rows_whose_arguments_evaluated() {
         let doubling = std::sync::Arc::new(Doubling::default());
-        let id = crate::functions::register(doubling.clone());
+        let registry = FunctionRegistry::default();
+        let id = registry.register(doubling.clone());
         let column = |index| Box::new(Expr::Column(index));
         // double(a / b) + 1 per row, and a projection of it beside b.
         let quotient = Expr::Binary { op: BinaryOp::Divide, left: column(0), right: column(1) };
-        let doubled = Expr::Udf { id, name: "double".into(), args: vec![quotient] };
+        let unbound = Expr::Udf { id, name: "double".into(), args: vec![quotient], function: None };
+        let mut doubled = unbound.clone();
+        doubled.bind_functions(&registry).unwrap();
         let plus_one = Expr::Binary {
             op: BinaryOp::Add,
             left: Box::new(doubled.clone()),
@@ -999,10 +1079,13 @@ mod tests {
         assert_eq!(projected.row(0), &[Value::Int(2), Value::Int(11)]);
         assert_eq!(projected.row(1), &[Value::Int(3), Value::Int(7)]);
         assert_eq!(*doubling.batches.lock().unwrap(), vec![1, 1, 1]);
-        crate::functions::unregister(id);
+        // Unbound, the call is an error on every row; bound to a registry without it, binding is.
         let mut results = Vec::new();
-        doubled.eval_chunk(&chunk, &mut results);
-        assert!(results[0].as_ref().unwrap_err().0.contains("no longer defined"), "{:?}", results[0]);
+        unbound.eval_chunk(&chunk, &mut results);
+        assert!(results.iter().all(|result| result.as_ref().unwrap_err().0.contains("not bound")), "{results:?}");
+        registry.unregister(id);
+        let error = unbound.clone().bind_functions(&registry).unwrap_err();
+        assert!(error.0.contains("double") && error.0.contains("not defined"), "{error:?}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod error;
 pub mod expr;
 pub mod functions;
 pub mod plan;
+pub mod transform;
 pub mod value;
 
 pub use expr::{EvalError, Expr, RowChunk};

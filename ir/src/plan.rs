@@ -4,7 +4,9 @@
 //! timely / differential-dataflow operators and never sees a DataFusion type. Every node works on
 //! rows addressed by column position; `EXPLAIN` prints this tree.
 
+use crate::error::EvalError;
 use crate::expr::Expr;
+use crate::functions::FunctionRegistry;
 use crate::value::Row;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -143,6 +145,52 @@ impl Plan {
             Plan::Union { inputs } => inputs.iter().any(|input| input.any_expr(test)),
             Plan::TopK { input, order, .. } => order.iter().any(|key| key.expr.any(test)) || input.any_expr(test),
         }
+    }
+
+    /// Calls `visit` on every expression of the plan (each outermost expression; see
+    /// [`Expr::visit_mut`] for the ones inside it).
+    pub fn exprs_mut(&mut self, visit: &mut dyn FnMut(&mut Expr)) {
+        match self {
+            Plan::Get { .. } | Plan::Constant { .. } => {}
+            Plan::Project { input, exprs } => {
+                exprs.iter_mut().for_each(&mut *visit);
+                input.exprs_mut(visit);
+            }
+            Plan::Filter { input, predicate } => {
+                visit(predicate);
+                input.exprs_mut(visit);
+            }
+            Plan::Join { left, right, left_keys, right_keys, residual, .. } => {
+                left_keys.iter_mut().chain(right_keys.iter_mut()).chain(residual.iter_mut()).for_each(&mut *visit);
+                left.exprs_mut(visit);
+                right.exprs_mut(visit);
+            }
+            Plan::Reduce { input, group, aggregates } => {
+                group
+                    .iter_mut()
+                    .chain(aggregates.iter_mut().filter_map(|aggregate| aggregate.arg.as_mut()))
+                    .for_each(&mut *visit);
+                input.exprs_mut(visit);
+            }
+            Plan::Distinct { input } => input.exprs_mut(visit),
+            Plan::Union { inputs } => inputs.iter_mut().for_each(|input| input.exprs_mut(visit)),
+            Plan::TopK { input, order, .. } => {
+                order.iter_mut().for_each(|key| visit(&mut key.expr));
+                input.exprs_mut(visit);
+            }
+        }
+    }
+
+    /// Binds every call of a user-defined function in the plan to the function `registry` has
+    /// under its id (see [`Expr::bind_functions`]); an error names one the registry lacks.
+    pub fn bind_functions(&mut self, registry: &FunctionRegistry) -> Result<(), EvalError> {
+        let mut result = Ok(());
+        self.exprs_mut(&mut |expr| {
+            if let Err(error) = expr.bind_functions(registry) {
+                result = Err(error);
+            }
+        });
+        result
     }
 
     fn collect_dependencies(&self, ids: &mut Vec<RelationId>) {

@@ -414,6 +414,7 @@ pub fn lower_expr(expr: &DfExpr, schema: &DFSchema) -> Result<Expr, LowerError> 
                     id: udf.id,
                     name: udf.name.clone(),
                     args: args.iter().map(|arg| lower_expr(arg, schema)).collect::<Result<_, _>>()?,
+                    function: None,
                 });
             }
             let Some(function) = Function::from_name(func.name()) else {
