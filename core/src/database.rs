@@ -12,7 +12,6 @@ mod effectful;
 mod reading;
 
 use crate::catalog::{CatalogObserver, ListedRelation, Relation, RelationKind, TableData, ViewSource};
-use crate::fastpath;
 use crate::functions::{FunctionCatalog, FunctionDefinition, FunctionStatement, Memo, StoredReceipt, WasmFunction};
 use crate::identity::Identity;
 use crate::signer::Signer;
@@ -35,6 +34,7 @@ use weft_engine::{
 use weft_ipvm::content::Outcome;
 use weft_ir::transform::{point_lookup::point_lookup, row_local::row_local};
 use weft_sql::convert::{batch_rows, column_type, schema_of};
+use weft_sql::fastpath;
 use weft_sql::statement::WeftStatement;
 use weft_sql::{lower_plan, ConvertError, Planner, RelationProvider, RowSource, SqlError};
 

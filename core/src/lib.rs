@@ -7,7 +7,6 @@ pub mod catalog;
 pub mod database;
 pub mod effects;
 pub mod executor;
-pub mod fastpath;
 pub mod functions;
 pub mod identity;
 pub mod reads;

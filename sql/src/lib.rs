@@ -3,9 +3,12 @@
 //! [`Plan`](weft_ir::Plan). The same DataFusion session also executes ad-hoc queries (and
 //! `COPY`) over weft's tables and views through [`RelationProvider`].
 //!
-//! This crate never depends on the Wasm runtime; the engine never depends on this crate.
+//! It is the only path from SQL text to the IR: [`lower`] for planned statements, [`fastpath`]
+//! for the simple DML expressions that skip planning. This crate never depends on the Wasm
+//! runtime; the engine never depends on this crate.
 
 pub mod convert;
+pub mod fastpath;
 pub mod lower;
 pub mod provider;
 pub mod statement;

@@ -8,8 +8,8 @@
 //! paths give the same answers.
 
 use datafusion::sql::sqlparser::ast::{self, BinaryOperator, UnaryOperator};
-use weft_engine::expr::{BinaryOp, UnaryOp};
-use weft_engine::{ColumnType, Expr, Value};
+use weft_ir::expr::{BinaryOp, UnaryOp};
+use weft_ir::{ColumnType, Expr, Value};
 
 /// The static type of a translated expression: a column type, or NULL's "any".
 #[derive(Clone, Copy, PartialEq, Eq)]
