@@ -1,10 +1,10 @@
 //! Engine-level tests: plans built by hand, maintained across commits, on one and several workers.
 
 use weft_engine::plan::{Aggregate, AggregateFunction, JoinKind, SortKey};
-use weft_engine::{Change, Engine, Expr, Plan, Row, Value};
+use weft_engine::{Change, ColumnType, Engine, Expr, Plan, Row, Value};
 
 fn get(id: u64, arity: usize) -> Box<Plan> {
-    Box::new(Plan::Get { id, name: format!("t{id}"), arity })
+    Box::new(Plan::Get { id, name: format!("t{id}"), column_types: vec![ColumnType::BigInt; arity] })
 }
 
 fn sorted(mut rows: Vec<(Row, isize)>) -> Vec<(Row, isize)> {

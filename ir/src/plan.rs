@@ -7,7 +7,7 @@
 use crate::error::EvalError;
 use crate::expr::Expr;
 use crate::functions::FunctionRegistry;
-use crate::value::Row;
+use crate::value::{ColumnType, Row};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -17,8 +17,8 @@ pub type RelationId = u64;
 /// A relational operator tree, maintained incrementally once rendered.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Plan {
-    /// The current contents of a table or view.
-    Get { id: RelationId, name: String, arity: usize },
+    /// The current contents of a table or view, whose columns have these types.
+    Get { id: RelationId, name: String, column_types: Vec<ColumnType> },
     /// A fixed multiset of rows.
     Constant { rows: Vec<Row>, arity: usize },
     /// One output column per expression.
@@ -101,7 +101,8 @@ impl Plan {
     /// The number of columns the plan produces.
     pub fn arity(&self) -> usize {
         match self {
-            Plan::Get { arity, .. } | Plan::Constant { arity, .. } => *arity,
+            Plan::Get { column_types, .. } => column_types.len(),
+            Plan::Constant { arity, .. } => *arity,
             Plan::Project { exprs, .. } => exprs.len(),
             Plan::Filter { input, .. } | Plan::Distinct { input } | Plan::TopK { input, .. } => input.arity(),
             Plan::Join { left, right, kind, .. } => match kind {

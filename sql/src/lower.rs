@@ -66,8 +66,12 @@ pub fn lower_plan(plan: &LogicalPlan) -> Result<Plan, LowerError> {
                 return unsupported(format!("system table {} in a view (query it with SELECT)", scan.table_name));
             }
             let source_schema = scan.source.schema();
-            let mut lowered =
-                Plan::Get { id: relation.id, name: scan.table_name.to_string(), arity: source_schema.fields().len() };
+            let column_types = source_schema
+                .fields()
+                .iter()
+                .map(|field| crate::convert::column_type(field.data_type()))
+                .collect::<Result<_, _>>()?;
+            let mut lowered = Plan::Get { id: relation.id, name: scan.table_name.to_string(), column_types };
             if !scan.filters.is_empty() {
                 let schema = DFSchema::try_from_qualified_schema(scan.table_name.clone(), &source_schema)?;
                 for filter in &scan.filters {

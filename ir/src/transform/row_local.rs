@@ -36,11 +36,11 @@ pub fn row_local(plan: &Plan, id: RelationId) -> Option<(Option<Expr>, Vec<Expr>
 mod tests {
     use super::*;
     use crate::expr::BinaryOp;
-    use crate::value::Value;
+    use crate::value::{ColumnType, Value};
 
     #[test]
     fn filters_and_projections_of_one_table_compose_over_its_columns() {
-        let table = Plan::Get { id: 1, name: "t".into(), arity: 2 };
+        let table = Plan::Get { id: 1, name: "t".into(), column_types: vec![ColumnType::BigInt; 2] };
         let plus_one = |column| Expr::Binary {
             op: BinaryOp::Add,
             left: Box::new(Expr::Column(column)),
