@@ -338,7 +338,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 writeln!(out, "{}", weft_core::functions::dag_json(&ipld))?;
                 if verify {
                     let issuer = weft_ipvm::content::Receipt::from_ipld(&ipld)?.issuer;
-                    weft_core::identity::verify(&issuer, &cid.to_bytes(), &signed.signature)?;
+                    weft_ipvm::identity::verify(&issuer, &cid.to_bytes(), &signed.signature)?;
                     eprintln!("verified: signed by {issuer}");
                 }
                 return Ok(());
@@ -348,7 +348,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             writeln!(out, "{json}")?;
             if verify {
                 let proof = stored.signed_proof()?;
-                weft_core::identity::verify_proof(&stored.receipt.issuer, &stored.cid.to_bytes(), &proof)?;
+                weft_ipvm::identity::verify_proof(&stored.receipt.issuer, &stored.cid.to_bytes(), &proof)?;
                 eprintln!("verified: signed by {}", stored.receipt.issuer);
             }
             Ok(())

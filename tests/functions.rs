@@ -53,7 +53,7 @@ fn invocations_run_once_and_receipts_survive_restarts() {
         // Receipts signed by this process verify, and a checkpoint logs their proofs.
         let live = database.receipt(&first.stored.cid).unwrap();
         let proof = live.signed_proof().unwrap();
-        weft_core::identity::verify_proof(database.node_did(), &live.cid.to_bytes(), &proof).unwrap();
+        weft_ipvm::identity::verify_proof(database.node_did(), &live.cid.to_bytes(), &proof).unwrap();
         database.checkpoint().unwrap();
         (first.stored.cid, database.node_did().to_string())
     };
@@ -66,8 +66,8 @@ fn invocations_run_once_and_receipts_survive_restarts() {
     assert_eq!(database.memo_counts(), (3, 0), "nothing ran after the restart");
     let stored = database.receipt(&receipt_cid).expect("receipt by CID").clone();
     let proof = stored.signed_proof().expect("logged receipts are signed");
-    weft_core::identity::verify_proof(&stored.receipt.issuer, &stored.cid.to_bytes(), &proof).unwrap();
-    assert!(weft_core::identity::verify_proof(&stored.receipt.issuer, b"tampered", &proof).is_err());
+    weft_ipvm::identity::verify_proof(&stored.receipt.issuer, &stored.cid.to_bytes(), &proof).unwrap();
+    assert!(weft_ipvm::identity::verify_proof(&stored.receipt.issuer, b"tampered", &proof).is_err());
     database.checkpoint().unwrap();
     drop(database);
     let database = Database::open(Options { data_dir: directory.clone(), workers: 1, sync: true }).unwrap();
@@ -127,7 +127,7 @@ fn receipt_named(database: &Database, cell: &Value) -> weft_core::functions::Sto
 /// Checks a receipt's proof against its issuer's signature.
 fn verify_signed(stored: &weft_core::functions::StoredReceipt) {
     let proof = stored.signed_proof().unwrap();
-    weft_core::identity::verify_proof(&stored.receipt.issuer, &stored.cid.to_bytes(), &proof).unwrap();
+    weft_ipvm::identity::verify_proof(&stored.receipt.issuer, &stored.cid.to_bytes(), &proof).unwrap();
 }
 
 fn memo_counts(database: &mut Database) -> (i64, i64) {
@@ -350,7 +350,7 @@ fn receipts_logged_one_by_one_by_earlier_versions_still_replay() {
     std::fs::create_dir_all(&directory).unwrap();
     // A log as versions before receipt batches wrote it: the function's definition is not needed
     // for a receipt, which carries its invocation and its own proof.
-    let identity = weft_core::identity::Identity::load_or_create(&directory.join("node.key")).unwrap();
+    let identity = weft_ipvm::identity::Identity::load_or_create(&directory.join("node.key")).unwrap();
     let module = weft_core::functions::module_cid_of(MATH);
     let invocation = Invocation { module, function: "add_one".into(), args: vec![Value::Int(41)] };
     let receipt = Receipt {
@@ -377,7 +377,7 @@ fn receipts_logged_one_by_one_by_earlier_versions_still_replay() {
     let stored = database.receipt(&receipt_cid).expect("the old receipt by its CID");
     assert_eq!(stored.receipt, receipt);
     assert_eq!(stored.first_seen_ns, 7);
-    weft_core::identity::verify_proof(identity.did(), &receipt_cid.to_bytes(), &stored.signed_proof().unwrap())
+    weft_ipvm::identity::verify_proof(identity.did(), &receipt_cid.to_bytes(), &stored.signed_proof().unwrap())
         .unwrap();
     let again = database.invoke(MATH, "add_one", vec![Value::Int(41)], None, Limits::default()).unwrap();
     assert!(again.hit, "the old receipt answers the call");

@@ -13,8 +13,6 @@ mod reading;
 
 use crate::catalog::{CatalogObserver, ListedRelation, Relation, RelationKind, TableData, ViewSource};
 use crate::functions::{FunctionCatalog, FunctionDefinition, FunctionStatement, Memo, StoredReceipt, WasmFunction};
-use crate::identity::Identity;
-use crate::signer::Signer;
 use crate::wal::{Record, Wal, WalError};
 use datafusion::arrow::array::StringArray;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -32,6 +30,8 @@ use weft_engine::{
     Change, ColumnType, Engine, EngineError, Expr, Gate, Plan, RelationId, Row, Subscription, Value, ViewState,
 };
 use weft_ipvm::content::Outcome;
+use weft_ipvm::identity::Identity;
+use weft_ipvm::signer::Signer;
 use weft_ir::transform::{point_lookup::point_lookup, row_local::row_local};
 use weft_sql::convert::{batch_rows, column_type, schema_of};
 use weft_sql::fastpath;
@@ -148,7 +148,7 @@ pub enum Error {
     Content(#[from] weft_ipvm::content::ContentError),
     /// The node key failed.
     #[error(transparent)]
-    Identity(#[from] crate::identity::IdentityError),
+    Identity(#[from] weft_ipvm::identity::IdentityError),
     /// A call ran into its wall-clock limit (nothing was recorded).
     #[error("{0}")]
     Interrupted(String),
@@ -216,7 +216,7 @@ pub struct Database {
     functions: Arc<RwLock<FunctionCatalog>>,
     function_ids: HashMap<String, weft_engine::functions::FunctionId>,
     /// Signs the receipts of calls inside views and queries while they run (see
-    /// [`crate::signer`]); the statement's end logs them.
+    /// [`weft_ipvm::signer`]); the statement's end logs them.
     signer: Arc<Signer>,
     /// Held by the open transaction from its first change until it commits or rolls back.
     gate: Arc<Gate>,
@@ -410,7 +410,9 @@ impl Database {
         }
         let (wal, records) = Wal::open(&directory.join("wal"), options.sync)?;
         let identity = Arc::new(Identity::load_or_create(&directory.join("node.key"))?);
-        let signer = Signer::start(identity.clone())
+        let frame_of: weft_ipvm::signer::FrameEncoder =
+            Arc::new(|runs| crate::wal::encode_frame(&Record::ReceiptRuns(runs)).map_err(|error| error.to_string()));
+        let signer = Signer::start(identity.clone(), frame_of)
             .map_err(|error| Error::Catalog(format!("starting the receipt signer: {error}")))?;
         let executor = crate::executor::Executor::open(
             &directory.join("outbox"),
@@ -1000,7 +1002,7 @@ impl Database {
             return Ok(());
         }
         let mut signed = self.signer.finish()?;
-        let frames = crate::signer::take_frames(&mut signed);
+        let frames = weft_ipvm::signer::take_frames(&mut signed);
         // Writing the frames (about a second per ten million receipts) and attaching the
         // batches to the memo (about as long) need different things: do both at once.
         let (wal, memo) = (&mut self.wal, &self.memo);

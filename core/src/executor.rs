@@ -71,7 +71,7 @@ struct Shared {
     /// Resources wanted while a fresh observation existed (memo hits), and reads made.
     read_hits: AtomicU64,
     read_fetches: AtomicU64,
-    identity: Arc<crate::identity::Identity>,
+    identity: Arc<weft_ipvm::identity::Identity>,
     appended: AtomicU64,
     /// What sinks, sources and reads may reach.
     access: Access,
@@ -164,7 +164,7 @@ impl Executor {
     pub fn open(
         path: &Path,
         sync: bool,
-        identity: Arc<crate::identity::Identity>,
+        identity: Arc<weft_ipvm::identity::Identity>,
         access: Access,
     ) -> Result<Executor, ExecutorError> {
         let (mut log, records) = Log::<OutboxRecord>::open(path, sync)?;

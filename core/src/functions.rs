@@ -6,10 +6,6 @@
 //! Receipts are facts: nothing ever deletes one.
 
 pub use crate::catalog::{FunctionCatalog, FunctionDefinition};
-use crate::identity::Proof;
-use crate::receipts::{logged_function, logged_module};
-pub use crate::receipts::{CalledFunction, LoggedBatch, LoggedReceipt, LoggedRuns, Run, RECEIPTS_PER_BATCH};
-use crate::signer::{digests_of, runs_record, PendingReceipt, SignedReceipts, Signer};
 use crate::wal::Record;
 use cid::Cid;
 use ipld_core::ipld::Ipld;
@@ -20,6 +16,10 @@ use weft_engine::value::SmolStr;
 use weft_engine::Value;
 use weft_engine::{ColumnType, Row};
 use weft_ipvm::content::{self, ContentError, Digest, Invocation, Outcome, Receipt};
+use weft_ipvm::identity::Proof;
+use weft_ipvm::receipts::{logged_function, logged_module};
+pub use weft_ipvm::receipts::{CalledFunction, LoggedBatch, LoggedReceipt, LoggedRuns, Run, RECEIPTS_PER_BATCH};
+use weft_ipvm::signer::{digests_of, encoded_runs, PendingReceipt, SignedReceipts, Signer};
 use weft_sql::{RelationProvider, RowSource};
 
 /// A receipt as a caller sees it: its CID, its decoded form, its DAG-CBOR bytes, its invocation
@@ -45,7 +45,7 @@ pub enum ReceiptProof {
     /// A complete proof.
     Own(Box<Proof>),
     /// Leaf `index` of a signed batch.
-    InBatch { batch: Arc<crate::identity::SignedBatch>, index: u32 },
+    InBatch { batch: Arc<weft_ipvm::identity::SignedBatch>, index: u32 },
 }
 
 impl ReceiptProof {
@@ -117,7 +117,7 @@ struct MemoBatch {
 /// How a [`MemoBatch`] is signed.
 enum BatchProof {
     /// One signature over the Merkle root of the receipt CIDs.
-    Signed(Arc<crate::identity::SignedBatch>),
+    Signed(Arc<weft_ipvm::identity::SignedBatch>),
     /// A receipt signed on its own (a log written before receipts were signed in batches).
     Own(Box<Proof>),
 }
@@ -524,7 +524,7 @@ impl Memo {
     }
 
     /// Attaches signed batches: their digests and signatures (their frames are the caller's to
-    /// log, see [`crate::signer::take_frames`]).
+    /// log, see [`weft_ipvm::signer::take_frames`]).
     pub fn attach(&mut self, signed: Vec<SignedReceipts>) {
         for signed in signed {
             self.add_batch(signed.indices, signed.digests, BatchProof::Signed(signed.batch));
@@ -551,7 +551,7 @@ impl Memo {
         let issuer = self.issuer_index(&batch.issuer);
         let leaves: Vec<Vec<u8>> =
             digests.iter().map(|(_, receipt)| content::cid_of_digest(receipt).to_bytes()).collect();
-        let signed = Arc::new(crate::identity::SignedBatch::from_signature(&leaves, batch.signature));
+        let signed = Arc::new(weft_ipvm::identity::SignedBatch::from_signature(&leaves, batch.signature));
         let mut indices = Vec::with_capacity(batch.runs.len());
         for (function, run) in batch.runs {
             let function = *logged_function(&functions, function)?;
@@ -601,7 +601,7 @@ impl Memo {
             records.push(match &batch.proof {
                 BatchProof::Signed(signed) => {
                     let pending = batch.indices.iter().map(|index| self.pending(*index)).collect();
-                    runs_record(pending, signed.signature())?
+                    Record::ReceiptRuns(encoded_runs(pending, signed.signature())?)
                 }
                 BatchProof::Own(proof) => {
                     let index = batch.indices[0];

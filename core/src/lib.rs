@@ -8,10 +8,7 @@ pub mod database;
 pub mod effects;
 pub mod executor;
 pub mod functions;
-pub mod identity;
 pub mod reads;
-pub mod receipts;
-pub mod signer;
 pub mod wal;
 
 pub use database::copy;

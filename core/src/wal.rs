@@ -40,7 +40,13 @@ pub enum Record {
     Commit { changes: Vec<(RelationId, Row, i64)> },
     /// A receipt: the invocation's instruction and the receipt, both DAG-CBOR, and the proof of
     /// the node's signature over the receipt's CID (logs written before [`Record::Receipts`]).
-    Receipt { invocation: Vec<u8>, receipt: Vec<u8>, proof: crate::identity::Proof, first_seen_ns: i64, worker: u32 },
+    Receipt {
+        invocation: Vec<u8>,
+        receipt: Vec<u8>,
+        proof: weft_ipvm::identity::Proof,
+        first_seen_ns: i64,
+        worker: u32,
+    },
     /// `CREATE FUNCTION`, with the module's bytes.
     CreateFunction { definition: crate::catalog::FunctionDefinition },
     /// `DROP FUNCTION`.
@@ -55,13 +61,13 @@ pub enum Record {
     CreateReads { definition: crate::reads::ReadsDefinition },
     /// Receipts signed together: one signature over the Merkle root of their CIDs (logs written
     /// before [`Record::CompactReceipts`]).
-    Receipts(crate::receipts::LoggedBatch),
+    Receipts(weft_ipvm::receipts::LoggedBatch),
     /// Receipts signed together, the batch encoded with variable-length integers
-    /// ([`crate::receipts::LoggedBatch::encode`]): about 90 bytes per receipt instead of 130
+    /// ([`weft_ipvm::receipts::LoggedBatch::encode`]): about 90 bytes per receipt instead of 130
     /// (logs written before [`Record::ReceiptRuns`]).
     CompactReceipts(Vec<u8>),
     /// Receipts signed together, as their runs without their CIDs (computed again when read),
-    /// encoded with variable-length integers ([`crate::receipts::LoggedRuns::encode`]): about
+    /// encoded with variable-length integers ([`weft_ipvm::receipts::LoggedRuns::encode`]): about
     /// 27 bytes per receipt.
     ReceiptRuns(Vec<u8>),
 }

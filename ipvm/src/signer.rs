@@ -5,18 +5,18 @@
 //! signing threads (one per core), which compute the invocation and receipt CIDs (two sha3-256
 //! digests per receipt, three Keccak permutations: most of a receipt's cost, more than running a
 //! small call), sign the Merkle root of the batch's receipt CIDs and encode the batch's log record
-//! as a log frame, alongside the dataflow instead of after it. When the statement ends,
+//! as a log frame (by the [`FrameEncoder`] the database gives it), alongside the dataflow
+//! instead of after it. When the statement ends,
 //! [`Signer::finish`] queues what remains, signs waiting batches itself beside the threads until
 //! none is left, and returns the signed batches in order; `Database` attaches them to the memo
 //! and writes their frames to the log before the statement returns.
 
+use crate::content::{self, ContentError, Digest};
 use crate::identity::{Identity, SignedBatch};
 use crate::receipts::{CalledFunction, LoggedRuns, Run, RECEIPTS_PER_BATCH};
-use crate::wal::Record;
+use crate::sha3_lanes::sha3_256_many;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use weft_ipvm::content::{self, ContentError, Digest};
-use weft_ipvm::sha3_lanes::sha3_256_many;
 
 /// What signing one receipt needs, copied out of the memo so the signer never takes its lock.
 #[derive(Clone, Debug)]
@@ -37,6 +37,9 @@ pub struct SignedReceipts {
     pub batch: Arc<SignedBatch>,
     pub frame: Vec<u8>,
 }
+
+/// Turns a signed batch's encoded runs (see [`encoded_runs`]) into the frame its log stores.
+pub type FrameEncoder = Arc<dyn Fn(Vec<u8>) -> Result<Vec<u8>, String> + Send + Sync>;
 
 /// The log frames of signed batches, taken out of them (in order).
 pub fn take_frames(signed: &mut [SignedReceipts]) -> Vec<Vec<u8>> {
@@ -60,19 +63,22 @@ pub fn digests_of(receipts: &[PendingReceipt]) -> Result<Vec<(Digest, Digest)>, 
 }
 
 /// Signs a batch: computes its CIDs, signs the root of its receipt CIDs and makes its log frame.
-pub fn sign_batch(identity: &Identity, receipts: Vec<PendingReceipt>) -> Result<SignedReceipts, ContentError> {
+pub fn sign_batch(
+    identity: &Identity,
+    frame_of: &FrameEncoder,
+    receipts: Vec<PendingReceipt>,
+) -> Result<SignedReceipts, ContentError> {
     let digests = digests_of(&receipts)?;
     let leaves: Vec<Vec<u8>> = digests.iter().map(|(_, receipt)| content::cid_of_digest(receipt).to_bytes()).collect();
     let batch = identity.sign_tree(&leaves).ok_or_else(|| ContentError::Encoding("an empty receipt batch".into()))?;
     let indices = receipts.iter().map(|pending| pending.index).collect();
-    let record = runs_record(receipts, batch.signature())?;
-    let frame = crate::wal::encode_frame(&record).map_err(|error| ContentError::Encoding(error.to_string()))?;
+    let frame = frame_of(encoded_runs(receipts, batch.signature())?).map_err(ContentError::Encoding)?;
     Ok(SignedReceipts { indices, digests, batch, frame })
 }
 
-/// The log record of a signed batch: the runs of `receipts` (in leaf order) and the batch's
-/// signature (see [`LoggedRuns`]).
-pub fn runs_record(receipts: Vec<PendingReceipt>, signature: &[u8]) -> Result<Record, ContentError> {
+/// A signed batch as its log keeps it, encoded: the runs of `receipts` (in leaf order) and the
+/// batch's signature (see [`LoggedRuns`]).
+pub fn encoded_runs(receipts: Vec<PendingReceipt>, signature: &[u8]) -> Result<Vec<u8>, ContentError> {
     let issuer = receipts.first().map(|pending| pending.issuer.to_string()).unwrap_or_default();
     let mut functions: Vec<Arc<CalledFunction>> = Vec::new();
     let mut runs = Vec::with_capacity(receipts.len());
@@ -88,7 +94,7 @@ pub fn runs_record(receipts: Vec<PendingReceipt>, signature: &[u8]) -> Result<Re
     }
     let functions = functions.iter().map(|function| (function.module.to_bytes(), function.export.clone())).collect();
     let batch = LoggedRuns { issuer, signature: signature.to_vec(), functions, runs };
-    Ok(Record::ReceiptRuns(batch.encode()?))
+    batch.encode()
 }
 
 /// The work shared by the signing threads: batches waiting, in order, and batches signed.
@@ -125,10 +131,11 @@ impl Shared {
 
     /// Signs a taken batch (without the lock) and files the outcome (an error if signing
     /// panicked: the statement waiting for it then fails instead of waiting forever).
-    fn sign(&self, identity: &Identity, (sequence, receipts): (u64, Vec<PendingReceipt>)) {
+    fn sign(&self, identity: &Identity, frame_of: &FrameEncoder, (sequence, receipts): (u64, Vec<PendingReceipt>)) {
         let count = receipts.len();
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sign_batch(identity, receipts)))
-            .unwrap_or_else(|_| Err(ContentError::Encoding("signing a batch of receipts panicked".into())));
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sign_batch(identity, frame_of, receipts)))
+                .unwrap_or_else(|_| Err(ContentError::Encoding("signing a batch of receipts panicked".into())));
         let mut work = self.work.lock().expect("signer work");
         work.signing -= 1;
         work.signed.push((sequence, count, outcome));
@@ -143,6 +150,7 @@ pub struct Signer {
     unsigned: AtomicUsize,
     shared: Arc<Shared>,
     identity: Arc<Identity>,
+    frame_of: FrameEncoder,
 }
 
 impl std::fmt::Debug for Signer {
@@ -152,16 +160,19 @@ impl std::fmt::Debug for Signer {
 }
 
 impl Signer {
-    /// Starts the signing threads (one per core), signing with `identity`; they stop when the
-    /// handle is dropped.
-    pub fn start(identity: Arc<Identity>) -> std::io::Result<Arc<Signer>> {
+    /// Starts the signing threads (one per core), signing with `identity` and making each
+    /// batch's log frame with `frame_of`; they stop when the handle is dropped.
+    pub fn start(identity: Arc<Identity>, frame_of: FrameEncoder) -> std::io::Result<Arc<Signer>> {
         let shared = Arc::new(Shared::default());
         // Built first, so that a failure to start a thread drops it and stops those started.
-        let signer = Signer { pending: Mutex::default(), unsigned: AtomicUsize::new(0), shared, identity };
+        let signer = Signer { pending: Mutex::default(), unsigned: AtomicUsize::new(0), shared, identity, frame_of };
         let threads = std::thread::available_parallelism().map_or(1, |cores| cores.get()).min(8);
         for number in 0..threads {
-            let (shared, identity) = (signer.shared.clone(), signer.identity.clone());
-            std::thread::Builder::new().name(format!("weft-signer-{number}")).spawn(move || run(&identity, &shared))?;
+            let (shared, identity, frame_of) =
+                (signer.shared.clone(), signer.identity.clone(), signer.frame_of.clone());
+            std::thread::Builder::new()
+                .name(format!("weft-signer-{number}"))
+                .spawn(move || run(&identity, &frame_of, &shared))?;
         }
         Ok(Arc::new(signer))
     }
@@ -198,7 +209,7 @@ impl Signer {
         loop {
             if let Some(batch) = Shared::take(&mut work) {
                 drop(work);
-                self.shared.sign(&self.identity, batch);
+                self.shared.sign(&self.identity, &self.frame_of, batch);
                 work = self.shared.work.lock().expect("signer work");
             } else if work.signing > 0 {
                 work = self.shared.changed.wait(work).expect("signer work");
@@ -230,7 +241,7 @@ impl Drop for Signer {
 }
 
 /// A signing thread: signs waiting batches until the handle is dropped.
-fn run(identity: &Identity, shared: &Shared) {
+fn run(identity: &Identity, frame_of: &FrameEncoder, shared: &Shared) {
     let mut work = shared.work.lock().expect("signer work");
     loop {
         if work.stopping {
@@ -239,7 +250,7 @@ fn run(identity: &Identity, shared: &Shared) {
         match Shared::take(&mut work) {
             Some(batch) => {
                 drop(work);
-                shared.sign(identity, batch);
+                shared.sign(identity, frame_of, batch);
                 work = shared.work.lock().expect("signer work");
             }
             None => work = shared.changed.wait(work).expect("signer work"),

@@ -3,9 +3,9 @@
 //! [`LoggedBatch`]), encoded compactly. Plain data: the memo, the signer and the log all use it,
 //! and it uses none of them.
 
+use crate::content::{self, ContentError, Digest, Outcome, Receipt};
 use cid::Cid;
-use weft_engine::Value;
-use weft_ipvm::content::{self, ContentError, Digest, Outcome, Receipt};
+use weft_ir::Value;
 
 /// One call as it ran: its arguments and outcome, the fuel and time it took, when and where.
 /// The memo's entries, the signer's pending receipts and the log's receipts all carry one.
@@ -43,13 +43,13 @@ pub struct CalledFunction {
 }
 
 /// A logged module CID.
-pub(crate) fn logged_module(bytes: &[u8]) -> Result<Cid, ContentError> {
+pub fn logged_module(bytes: &[u8]) -> Result<Cid, ContentError> {
     Cid::try_from(bytes)
         .map_err(|error| ContentError::InvalidCid { text: format!("{bytes:02x?}"), message: error.to_string() })
 }
 
 /// A logged receipt's function: `position` in its batch's `functions`.
-pub(crate) fn logged_function<T>(functions: &[T], position: u32) -> Result<&T, ContentError> {
+pub fn logged_function<T>(functions: &[T], position: u32) -> Result<&T, ContentError> {
     functions
         .get(position as usize)
         .ok_or_else(|| ContentError::Encoding(format!("logged receipt names function {position}")))
@@ -71,7 +71,7 @@ pub struct LoggedBatch {
 }
 
 impl LoggedBatch {
-    /// The batch as bincode with variable-length integers (see [`crate::wal::Record::CompactReceipts`]).
+    /// The batch as bincode with variable-length integers (see the log's compact receipts record).
     pub fn encode(&self) -> Result<Vec<u8>, ContentError> {
         compact_encode(self)
     }
@@ -98,7 +98,7 @@ fn compact_decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Con
         .map_err(|error| ContentError::Encoding(format!("a logged receipt batch: {error}")))
 }
 
-/// One signed batch of receipts as logged now ([`crate::wal::Record::ReceiptRuns`]): the signature over the
+/// One signed batch of receipts as logged now (the log's receipt runs record): the signature over the
 /// Merkle root of the receipt CIDs (in order), the functions called, and each receipt's run
 /// with the position of its function. The CIDs are not logged: they follow from the runs (the
 /// receipt's bytes are canonical), so reading the log computes them again, and a batch costs
