@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use weft_core::{ColumnType, Database, Options, Value};
-use weft_server::output::{write_output, Format};
+use weft_server::output::{write_output, OutputFormat};
 
 /// mimalloc: dataflow batches allocate and free many small rows, where glibc's malloc spends
 /// a large share of the time (measured with `cargo bench --bench incremental`).
@@ -46,7 +46,7 @@ enum Command {
         command: Option<String>,
         /// Output format.
         #[arg(long, value_parser = format_parser(), default_value = "table")]
-        format: Format,
+        format: OutputFormat,
         /// A file of SQL statements to run.
         file: Option<PathBuf>,
     },
@@ -137,7 +137,7 @@ enum Command {
         file: PathBuf,
         /// Output format.
         #[arg(long, value_parser = format_parser(), default_value = "table")]
-        format: Format,
+        format: OutputFormat,
     },
 }
 
@@ -155,7 +155,7 @@ enum EffectsAction {
     List {
         /// Output format.
         #[arg(long, value_parser = format_parser(), default_value = "table")]
-        format: Format,
+        format: OutputFormat,
     },
 }
 
@@ -275,7 +275,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     database.report_load_progress(std::sync::Arc::new(LoadBar::default()));
     if !matches!(cli.command, Command::Serve { .. }) {
         // The shell answers psql-style catalog queries as the server does (which attaches its own).
-        weft_server::catalog::attach_pg_catalog(&mut database)?;
+        weft_server::pg_catalog::attach_pg_catalog(&mut database)?;
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -332,19 +332,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Receipt { cid, verify } => {
-            let cid = weft_ipvm::content::parse_cid(&cid)?;
+            let cid = weft_ipvm::invocation::parse_cid(&cid)?;
             if let Some(signed) = database.effect_receipt(&cid.to_string()) {
-                let ipld = weft_ipvm::content::decode(&signed.encoded)?;
+                let ipld = weft_ipvm::invocation::decode(&signed.encoded)?;
                 writeln!(out, "{}", weft_core::functions::dag_json(&ipld))?;
                 if verify {
-                    let issuer = weft_ipvm::content::Receipt::from_ipld(&ipld)?.issuer;
+                    let issuer = weft_ipvm::invocation::Receipt::from_ipld(&ipld)?.issuer;
                     weft_ipvm::identity::verify(&issuer, &cid.to_bytes(), &signed.signature)?;
                     eprintln!("verified: signed by {issuer}");
                 }
                 return Ok(());
             }
             let stored = database.receipt(&cid).with_context(|| format!("no receipt {cid} in this data directory"))?;
-            let json = weft_core::functions::dag_json(&weft_ipvm::content::decode(&stored.encoded)?);
+            let json = weft_core::functions::dag_json(&weft_ipvm::invocation::decode(&stored.encoded)?);
             writeln!(out, "{json}")?;
             if verify {
                 let proof = stored.signed_proof()?;
@@ -394,10 +394,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Parses `--format`.
-fn format_parser() -> impl clap::builder::TypedValueParser<Value = Format> {
+fn format_parser() -> impl clap::builder::TypedValueParser<Value = OutputFormat> {
     use clap::builder::TypedValueParser;
-    clap::builder::PossibleValuesParser::new(Format::NAMES)
-        .map(|name| Format::from_name(&name).expect("the parser admits only listed names"))
+    clap::builder::PossibleValuesParser::new(OutputFormat::NAMES)
+        .map(|name| OutputFormat::from_name(&name).expect("the parser admits only listed names"))
 }
 
 /// Parses a SQL type name for `--returns`.
@@ -431,7 +431,7 @@ fn parse_argument(text: &str) -> Value {
 fn run_script(
     database: &mut Database,
     sql: &str,
-    format: Format,
+    format: OutputFormat,
     echo: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
@@ -452,7 +452,7 @@ fn run_script(
 
 /// The interactive shell: statements end with `;`; `\q` quits. Errors are printed and the shell
 /// goes on.
-fn shell(database: &mut Database, format: Format, out: &mut dyn Write) -> anyhow::Result<()> {
+fn shell(database: &mut Database, format: OutputFormat, out: &mut dyn Write) -> anyhow::Result<()> {
     let interactive = std::io::stdin().is_terminal();
     let mut buffer = String::new();
     let stdin = std::io::stdin();
@@ -484,7 +484,12 @@ fn shell(database: &mut Database, format: Format, out: &mut dyn Write) -> anyhow
 }
 
 /// Runs `sql` in the shell: results are printed, and an error is printed without stopping.
-fn execute_and_print(database: &mut Database, sql: &str, format: Format, out: &mut dyn Write) -> anyhow::Result<()> {
+fn execute_and_print(
+    database: &mut Database,
+    sql: &str,
+    format: OutputFormat,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     match database.execute(sql) {
         Ok(outputs) => {
             for output in &outputs {

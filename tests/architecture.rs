@@ -266,3 +266,41 @@ fn the_cycle_check_sees_a_cycle() {
     assert_eq!(find_cycle(&module_imports(&folder)), None);
     let _ = std::fs::remove_dir_all(&folder);
 }
+
+/// Type names (structs, enums, traits, aliases) defined at the top level of a library crate's
+/// files, and the files' names, with where each is defined.
+fn defined_names() -> BTreeMap<String, BTreeSet<String>> {
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut names: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for crate_folder in ["ir", "ipvm", "engine", "sql", "wasm", "effects", "connectors", "core", "server", "."] {
+        for (path, text) in modules(&workspace.join(crate_folder).join("src")) {
+            let place = format!("{crate_folder}/{}", if path.is_empty() { "lib".to_string() } else { path.join("/") });
+            if let Some(file) = path.last() {
+                names.entry(format!("{file}.rs")).or_default().insert(place.clone());
+            }
+            for line in importing_code(&text, false).lines() {
+                let line = line.strip_prefix("pub ").or_else(|| line.strip_prefix("pub(crate) ")).unwrap_or(line);
+                for keyword in ["struct ", "enum ", "trait ", "type "] {
+                    if let Some(rest) = line.strip_prefix(keyword) {
+                        let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                        names.entry(name).or_default().insert(place.clone());
+                    }
+                }
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn one_name_per_concept() {
+    // Names two crates use for the same concept (ARCHITECTURE.md's glossary): a row's change with
+    // its multiplicity, user-defined functions (abstract in ir, Wasm in core), and the HTTP side
+    // of a crate (the connector's requests, the server's API).
+    let shared = ["Change", "functions.rs", "http.rs"];
+    for (name, places) in defined_names() {
+        if places.len() > 1 && !shared.contains(&name.as_str()) {
+            panic!("{name} is defined in {places:?}: give each concept its own name");
+        }
+    }
+}

@@ -2,7 +2,7 @@
 //! outcome (also a failure) a signed receipt in the log.
 
 use weft_core::{Database, Options, Value};
-use weft_ipvm::content::Outcome;
+use weft_ipvm::invocation::Outcome;
 use weft_wasm::Limits;
 
 const MATH: &[u8] = include_bytes!("../examples/wasm/math.wat");
@@ -118,9 +118,9 @@ fn fresh_directory(label: &str) -> std::path::PathBuf {
 /// The receipt a `weft.receipts` cid cell names, checked to be addressed by its own bytes.
 fn receipt_named(database: &Database, cell: &Value) -> weft_core::functions::StoredReceipt {
     let Value::Text(cid) = cell else { panic!("receipt CIDs are text") };
-    let stored = database.receipt(&weft_ipvm::content::parse_cid(cid).unwrap()).expect("receipt by CID");
+    let stored = database.receipt(&weft_ipvm::invocation::parse_cid(cid).unwrap()).expect("receipt by CID");
     assert_eq!(stored.cid.to_string(), cid.as_str());
-    assert_eq!(weft_ipvm::content::dag_cbor_cid(&stored.encoded), stored.cid, "bytes match the CID");
+    assert_eq!(weft_ipvm::invocation::dag_cbor_cid(&stored.encoded), stored.cid, "bytes match the CID");
     stored
 }
 
@@ -345,7 +345,7 @@ fn receipts_of_many_calls_are_signed_in_batches_while_the_view_builds() {
 #[test]
 fn receipts_logged_one_by_one_by_earlier_versions_still_replay() {
     use weft_core::wal::{Record, Wal};
-    use weft_ipvm::content::{Invocation, Receipt};
+    use weft_ipvm::invocation::{Invocation, Receipt};
     let directory = fresh_directory("weft-functions-legacy");
     std::fs::create_dir_all(&directory).unwrap();
     // A log as versions before receipt batches wrote it: the function's definition is not needed
@@ -394,7 +394,7 @@ fn receipts_logged_one_by_one_by_earlier_versions_still_replay() {
 /// A batch logged as runs ([`Record::ReceiptRuns`]) in the form versions before it logged:
 /// with each receipt's two digests.
 fn with_digests(bytes: &[u8]) -> weft_core::functions::LoggedBatch {
-    use weft_ipvm::content::{dag_cbor_cid, digest_of, Invocation};
+    use weft_ipvm::invocation::{dag_cbor_cid, digest_of, Invocation};
     let runs = weft_core::functions::LoggedRuns::decode(bytes).unwrap();
     let receipts = runs
         .runs

@@ -44,7 +44,7 @@ const SEQUENCE_KEY: &str = "weft.sequence";
 
 /// A file format, told by the extension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
+pub enum FileFormat {
     /// JSON objects, one per line.
     JsonLines,
     /// Comma-separated values with a header line.
@@ -53,17 +53,31 @@ pub enum Format {
     Parquet,
 }
 
+impl FileFormat {
+    /// The format called `name` (`csv`, `parquet`, or `json`, `jsonl`, `ndjson`), in any case.
+    pub fn from_name(name: &str) -> Option<FileFormat> {
+        match name.to_ascii_lowercase().as_str() {
+            "jsonl" | "ndjson" | "json" => Some(FileFormat::JsonLines),
+            "csv" => Some(FileFormat::Csv),
+            "parquet" => Some(FileFormat::Parquet),
+            _ => None,
+        }
+    }
+
+    /// The format named by a file's extension.
+    pub fn from_path(path: &Path) -> Option<FileFormat> {
+        FileFormat::from_name(path.extension()?.to_str()?)
+    }
+}
+
 /// The format of `path`, from its extension.
-pub fn format_of(path: &Path) -> Result<Format, ConnectorError> {
-    match path.extension().and_then(|extension| extension.to_str()).map(str::to_ascii_lowercase).as_deref() {
-        Some("jsonl" | "ndjson" | "json") => Ok(Format::JsonLines),
-        Some("csv") => Ok(Format::Csv),
-        Some("parquet") => Ok(Format::Parquet),
-        _ => Err(ConnectorError::Permanent(format!(
+pub fn format_of(path: &Path) -> Result<FileFormat, ConnectorError> {
+    FileFormat::from_path(path).ok_or_else(|| {
+        ConnectorError::Permanent(format!(
             "{}: cannot tell the file format; use a .jsonl, .csv or .parquet name",
             path.display()
-        ))),
-    }
+        ))
+    })
 }
 
 fn io_error(path: &Path, error: impl std::fmt::Display) -> ConnectorError {
@@ -103,7 +117,7 @@ fn replace_file(
 /// Writes a view's changes to one file.
 pub struct FileSink {
     path: PathBuf,
-    format: Format,
+    format: FileFormat,
     columns: Vec<Column>,
 }
 
@@ -117,7 +131,7 @@ impl FileSink {
 
     fn line(&self, effect: &Effect, diff: i64, row: &[Datum]) -> Result<Vec<u8>, ConnectorError> {
         Ok(match self.format {
-            Format::JsonLines => {
+            FileFormat::JsonLines => {
                 let mut line = serde_json::json!({
                     "effect": effect.cid().to_string(),
                     "sequence": effect.payload.sequence,
@@ -156,7 +170,7 @@ impl FileSink {
             return Ok(Delivery { applied: 0, duplicates: effects.len() });
         };
         let mut bytes = Vec::new();
-        if marker.length == 0 && self.format == Format::Csv {
+        if marker.length == 0 && self.format == FileFormat::Csv {
             let mut writer = csv::Writer::from_writer(Vec::new());
             let header = std::iter::once("diff").chain(self.columns.iter().map(|column| column.name.as_str()));
             writer.write_record(header).map_err(|error| io_error(&self.path, error))?;
@@ -239,7 +253,7 @@ impl Sink for FileSink {
             std::fs::create_dir_all(parent).map_err(|error| io_error(parent, error))?;
         }
         match self.format {
-            Format::Parquet => self.rewrite_parquet(effects),
+            FileFormat::Parquet => self.rewrite_parquet(effects),
             _ => self.append(effects),
         }
     }
@@ -466,8 +480,8 @@ fn matching(pattern: &str) -> Result<Vec<PathBuf>, ConnectorError> {
 /// Columns suggested by the first readable record of `path`.
 fn infer_columns(path: &Path) -> Result<Option<Vec<Column>>, ConnectorError> {
     match format_of(path)? {
-        Format::Parquet => Ok(Some(read_parquet(path, None)?.columns)),
-        Format::JsonLines => {
+        FileFormat::Parquet => Ok(Some(read_parquet(path, None)?.columns)),
+        FileFormat::JsonLines => {
             let text = std::fs::read_to_string(path).map_err(|error| io_error(path, error))?;
             for line in text.lines().filter(|line| !line.trim().is_empty()) {
                 if let Ok(serde_json::Value::Object(object)) = serde_json::from_str::<serde_json::Value>(line) {
@@ -481,7 +495,7 @@ fn infer_columns(path: &Path) -> Result<Option<Vec<Column>>, ConnectorError> {
             }
             Ok(None)
         }
-        Format::Csv => {
+        FileFormat::Csv => {
             let mut reader = csv::Reader::from_path(path).map_err(|error| io_error(path, error))?;
             let header: Vec<String> =
                 reader.headers().map_err(|error| io_error(path, error))?.iter().map(str::to_string).collect();
@@ -554,7 +568,7 @@ impl FileSource {
     }
 
     /// Reads the whole lines after the file's offset: the rows, and the lines it had to skip.
-    fn read_lines(&self, path: &Path, state: &mut FileState, format: Format) -> (Vec<Vec<Datum>>, Vec<String>) {
+    fn read_lines(&self, path: &Path, state: &mut FileState, format: FileFormat) -> (Vec<Vec<Datum>>, Vec<String>) {
         let mut problems = Vec::new();
         let mut bytes = Vec::new();
         let read = File::open(path)
@@ -574,7 +588,7 @@ impl FileSource {
                 continue;
             }
             let parsed = match format {
-                Format::JsonLines => self.json_row(line).map(Some),
+                FileFormat::JsonLines => self.json_row(line).map(Some),
                 _ => self.csv_row(line, state),
             };
             match parsed {
@@ -630,7 +644,7 @@ impl FileSource {
             let mut state = self.files.remove(path).unwrap_or_default();
             let Ok(metadata) = std::fs::metadata(path) else { continue };
             let seen = (metadata.len(), metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH));
-            if format == Format::Parquet {
+            if format == FileFormat::Parquet {
                 if state.seen != Some(seen) {
                     state.seen = Some(seen);
                     state.rows = match read_parquet(path, Some(&self.columns)) {

@@ -29,8 +29,8 @@ use weft_engine::expr::cast;
 use weft_engine::{
     Change, ColumnType, Engine, EngineError, Expr, Gate, Plan, RelationId, Row, Subscription, Value, ViewState,
 };
-use weft_ipvm::content::Outcome;
 use weft_ipvm::identity::Identity;
+use weft_ipvm::invocation::Outcome;
 use weft_ipvm::signer::Signer;
 use weft_ir::transform::{point_lookup::point_lookup, row_local::row_local};
 use weft_sql::convert::{batch_rows, column_type, schema_of};
@@ -145,7 +145,7 @@ pub enum Error {
     Wasm(#[from] weft_wasm::LoadError),
     /// Content addressing failed.
     #[error(transparent)]
-    Content(#[from] weft_ipvm::content::ContentError),
+    Content(#[from] weft_ipvm::invocation::ContentError),
     /// The node key failed.
     #[error(transparent)]
     Identity(#[from] weft_ipvm::identity::IdentityError),
@@ -507,9 +507,9 @@ impl Database {
         // Consecutive commits are applied to the engine as one timestamp: restart cost is then
         // proportional to the data, not to the number of past transactions.
         let mut batch: Vec<Change> = Vec::new();
-        let mut sinks: BTreeMap<String, crate::effects::SinkDefinition> = BTreeMap::new();
-        let mut sources: BTreeMap<String, crate::effects::SourceDefinition> = BTreeMap::new();
-        let mut reads: BTreeMap<String, crate::reads::ReadsDefinition> = BTreeMap::new();
+        let mut sinks: BTreeMap<String, crate::connections::SinkDefinition> = BTreeMap::new();
+        let mut sources: BTreeMap<String, crate::connections::SourceDefinition> = BTreeMap::new();
+        let mut reads: BTreeMap<String, crate::reading_views::ReadsDefinition> = BTreeMap::new();
         for record in records {
             if !matches!(record, Record::Commit { .. }) && !batch.is_empty() {
                 self.engine.commit(std::mem::take(&mut batch))?;
@@ -682,7 +682,7 @@ impl Database {
             let mut memo = self.memo_mut();
             memo.count_miss();
             let issuer = memo.issuer_index(self.identity.did());
-            let (index, recorded) = memo.record(crate::functions::Entry::new(function_index, issuer, run));
+            let (index, recorded) = memo.record(crate::functions::MemoEntry::new(function_index, issuer, run));
             // A view's call may have recorded it meanwhile: that receipt stays (and is with the
             // signer already).
             if recorded {
@@ -696,7 +696,7 @@ impl Database {
     }
 
     /// A receipt by its CID.
-    pub fn receipt(&self, cid: &weft_ipvm::content::Cid) -> Option<StoredReceipt> {
+    pub fn receipt(&self, cid: &weft_ipvm::invocation::Cid) -> Option<StoredReceipt> {
         self.memo.read().expect("memo lock").receipt(cid).and_then(Result::ok)
     }
 
@@ -898,7 +898,7 @@ impl Database {
             WeftStatement::Subscribe { .. } => {
                 Err(Error::Unsupported("SUBSCRIBE outside weft serve (connect a client to weft serve)".into()))
             }
-            effect => match crate::effects::effect_statement(effect) {
+            effect => match crate::connections::effect_statement(effect) {
                 Some(statement) => self.execute_effect_statement(
                     statement.map_err(|message| Error::Catalog(format!("in sink/source statement: {message}")))?,
                 ),

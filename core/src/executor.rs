@@ -25,7 +25,7 @@ use weft_effects::{
     Status, Stream,
 };
 use weft_engine::Value;
-use weft_ipvm::content::{Outcome, Receipt};
+use weft_ipvm::invocation::{Outcome, Receipt};
 
 /// Rows per run of effects handed to a sink at once.
 const RUN_ROWS: u64 = 50_000;
@@ -62,7 +62,7 @@ pub struct Observation {
     pub observed_ns: i64,
 }
 
-struct Shared {
+struct ExecutorState {
     outbox: Mutex<Outbox>,
     log: Mutex<Log<OutboxRecord>>,
     sources: Mutex<BTreeMap<String, SourceStatus>>,
@@ -85,7 +85,7 @@ struct Task {
 /// Delivers effects and reads sources.
 pub struct Executor {
     runtime: tokio::runtime::Runtime,
-    shared: Arc<Shared>,
+    shared: Arc<ExecutorState>,
     sinks: HashMap<String, Task>,
     sources: HashMap<String, Task>,
     readers: HashMap<String, Task>,
@@ -108,7 +108,7 @@ pub enum ExecutorError {
     Connector(#[from] ConnectorError),
 }
 
-impl Shared {
+impl ExecutorState {
     /// Logs `records`, then applies them. The log lock is held until they are applied, so a
     /// compaction never rewrites the log without them.
     fn record(&self, records: Vec<OutboxRecord>) -> Result<(), WalError> {
@@ -125,7 +125,7 @@ impl Shared {
     /// The receipt of an effect's delivery or failure: its CID and its signed encoding.
     fn receipt(
         &self,
-        ran: weft_ipvm::content::Cid,
+        ran: weft_ipvm::invocation::Cid,
         out: Outcome,
         duration: Duration,
     ) -> Option<(String, SignedReceipt)> {
@@ -137,7 +137,7 @@ impl Shared {
             issuer: self.identity.did().to_string(),
         };
         let encoded = receipt.encode().ok()?;
-        let cid = weft_ipvm::content::dag_cbor_cid(&encoded);
+        let cid = weft_ipvm::invocation::dag_cbor_cid(&encoded);
         let signature = self.identity.sign(&cid.to_bytes());
         Some((cid.to_string(), SignedReceipt { encoded, signature }))
     }
@@ -182,7 +182,7 @@ impl Executor {
             .enable_all()
             .build()
             .map_err(|error| ExecutorError::Runtime(error.to_string()))?;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(ExecutorState {
             outbox: Mutex::new(outbox),
             log: Mutex::new(log),
             sources: Mutex::default(),
@@ -429,7 +429,7 @@ pub const EFFECTS_COLUMNS: [(&str, weft_engine::ColumnType); 11] = {
 };
 
 /// `weft.effects`: every mutation effect in the outbox and every source's reads.
-struct EffectsTable(Arc<Shared>);
+struct EffectsTable(Arc<ExecutorState>);
 
 impl std::fmt::Debug for EffectsTable {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -443,7 +443,7 @@ impl weft_sql::provider::RowSource for EffectsTable {
     }
 }
 
-impl Shared {
+impl ExecutorState {
     /// The rows of `weft.effects`, in the order of [`EFFECTS_COLUMNS`].
     fn effect_rows(&self) -> Vec<Vec<Value>> {
         let text = |text: &str| Value::Text(text.into());
@@ -549,7 +549,7 @@ fn jitter_seed(name: &str) -> u64 {
 }
 
 async fn deliver(
-    shared: Arc<Shared>,
+    shared: Arc<ExecutorState>,
     name: String,
     target: Target,
     columns: Vec<Column>,
@@ -626,7 +626,7 @@ struct Opening {
 }
 
 async fn follow(
-    shared: Arc<Shared>,
+    shared: Arc<ExecutorState>,
     name: String,
     mut opening: Opening,
     sender: Sender<SourceRead>,
@@ -705,7 +705,7 @@ fn now_ns() -> i64 {
 /// Reads the wanted resources that have no fresh observation, at most `concurrency` at a time;
 /// sends each observation to the database and records the query effect's status.
 async fn read_resources(
-    shared: Arc<Shared>,
+    shared: Arc<ExecutorState>,
     plan: ReadPlan,
     mut wanted_changes: tokio::sync::mpsc::UnboundedReceiver<Vec<(String, i64)>>,
     observations: Sender<Observation>,

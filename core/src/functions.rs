@@ -15,8 +15,8 @@ use weft_engine::hashed_row::HashedRow;
 use weft_engine::value::SmolStr;
 use weft_engine::Value;
 use weft_engine::{ColumnType, Row};
-use weft_ipvm::content::{self, ContentError, Digest, Invocation, Outcome, Receipt};
 use weft_ipvm::identity::Proof;
+use weft_ipvm::invocation::{self, ContentError, Digest, Invocation, Outcome, Receipt};
 use weft_ipvm::receipts::{logged_function, logged_module};
 pub use weft_ipvm::receipts::{CalledFunction, LoggedBatch, LoggedReceipt, LoggedRuns, Run, RECEIPTS_PER_BATCH};
 use weft_ipvm::signer::{digests_of, encoded_runs, PendingReceipt, SignedReceipts, Signer};
@@ -24,7 +24,7 @@ use weft_sql::{RelationProvider, RowSource};
 
 /// A receipt as a caller sees it: its CID, its decoded form, its DAG-CBOR bytes, its invocation
 /// and, once the statement that issued it ends, the node's signature proof. Built on demand
-/// from the memo's compact [`Entry`].
+/// from the memo's compact [`MemoEntry`].
 #[derive(Clone, Debug)]
 pub struct StoredReceipt {
     pub cid: Cid,
@@ -78,30 +78,30 @@ pub fn now_ns() -> i64 {
 /// of its two CIDs (their only variable part) and its proof. The receipt's bytes are not kept:
 /// they are canonical, so they are written again whenever someone asks for them.
 #[derive(Clone, Debug)]
-pub struct Entry {
+pub struct MemoEntry {
     /// Index of the module and export in the memo's functions.
     pub function: u32,
     /// Index of the issuer's did in the memo's issuers.
     pub issuer: u32,
-    /// The memo's signed batch holding this entry's receipt, or [`Entry::UNSIGNED`].
+    /// The memo's signed batch holding this entry's receipt, or [`MemoEntry::UNSIGNED`].
     batch: u32,
     /// The receipt's leaf in that batch.
     leaf: u32,
     pub run: Run,
 }
 
-impl Entry {
+impl MemoEntry {
     /// The batch of an entry whose receipt is not signed yet.
     const UNSIGNED: u32 = u32::MAX;
 
     /// An entry for `run` of `function`, issued by `issuer`, not signed yet.
-    pub fn new(function: u32, issuer: u32, run: Run) -> Entry {
-        Entry { function, issuer, batch: Entry::UNSIGNED, leaf: 0, run }
+    pub fn new(function: u32, issuer: u32, run: Run) -> MemoEntry {
+        MemoEntry { function, issuer, batch: MemoEntry::UNSIGNED, leaf: 0, run }
     }
 
     /// Whether the entry's receipt is signed.
     pub fn is_signed(&self) -> bool {
-        self.batch != Entry::UNSIGNED
+        self.batch != MemoEntry::UNSIGNED
     }
 }
 
@@ -283,7 +283,7 @@ impl<'a> CallKey<'a> {
 /// ever appended: an entry's index names it for good.
 #[derive(Default)]
 pub struct Memo {
-    chunks: Vec<Vec<Entry>>,
+    chunks: Vec<Vec<MemoEntry>>,
     entry_count: usize,
     by_call: EntryIndex,
     /// Every signed batch, in the order signed (or replayed).
@@ -304,7 +304,7 @@ impl Memo {
         if let Some(index) = self.find_function(&module, export) {
             return Ok(index);
         }
-        let template = content::InvocationTemplate::new(module, export)?;
+        let template = invocation::InvocationTemplate::new(module, export)?;
         self.functions.push(Arc::new(CalledFunction { module, export: export.to_string(), template }));
         Ok((self.functions.len() - 1) as u32)
     }
@@ -365,7 +365,7 @@ impl Memo {
 
     /// A receipt by its own CID.
     pub fn receipt(&self, cid: &Cid) -> Option<Result<StoredReceipt, ContentError>> {
-        Some(self.stored(self.find_receipt(&content::digest_of(cid)?)?))
+        Some(self.stored(self.find_receipt(&invocation::digest_of(cid)?)?))
     }
 
     /// Counts `hits` calls answered from recorded receipts.
@@ -380,7 +380,7 @@ impl Memo {
 
     /// Records an entry, returning its index and whether it is new (if the call is already
     /// recorded, the existing entry: receipts are facts, the first one stays).
-    pub fn record(&mut self, entry: Entry) -> (u32, bool) {
+    pub fn record(&mut self, entry: MemoEntry) -> (u32, bool) {
         let hash = call_hash(entry.function, &entry.run.args);
         self.record_hashed(entry, hash, None)
     }
@@ -388,12 +388,12 @@ impl Memo {
     /// Records the entry of a call with key `call` (see [`CallKey`]) that was not in the memo
     /// when it held `absent_at` entries: the memo is only searched again if entries were
     /// recorded since. Returns the entry's index and whether it is new.
-    pub fn record_missed(&mut self, entry: Entry, call: &CallKey, absent_at: usize) -> (u32, bool) {
+    pub fn record_missed(&mut self, entry: MemoEntry, call: &CallKey, absent_at: usize) -> (u32, bool) {
         debug_assert!(call.function == entry.function && *call.args == *entry.run.args);
         self.record_hashed(entry, call.hash, Some(absent_at))
     }
 
-    fn record_hashed(&mut self, entry: Entry, hash: u64, absent_at: Option<usize>) -> (u32, bool) {
+    fn record_hashed(&mut self, entry: MemoEntry, hash: u64, absent_at: Option<usize>) -> (u32, bool) {
         if absent_at != Some(self.entry_count) {
             if let Some(index) = self.find_call(&CallKey { function: entry.function, args: &entry.run.args, hash }) {
                 return (index, false);
@@ -423,27 +423,27 @@ impl Memo {
         self.batches.push(MemoBatch { indices, digests, proof });
     }
 
-    /// Entry `index`.
-    pub fn entry(&self, index: u32) -> &Entry {
+    /// MemoEntry `index`.
+    pub fn entry(&self, index: u32) -> &MemoEntry {
         &self.chunks[index as usize / CHUNK_ENTRIES][index as usize % CHUNK_ENTRIES]
     }
 
-    fn entry_mut(&mut self, index: u32) -> &mut Entry {
+    fn entry_mut(&mut self, index: u32) -> &mut MemoEntry {
         &mut self.chunks[index as usize / CHUNK_ENTRIES][index as usize % CHUNK_ENTRIES]
     }
 
     /// Every entry, in the order recorded.
-    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+    pub fn entries(&self) -> impl Iterator<Item = &MemoEntry> {
         self.chunks.iter().flatten()
     }
 
     /// The digests of an entry's invocation and receipt CIDs, once it is signed.
-    pub fn digests(&self, entry: &Entry) -> Option<&(Digest, Digest)> {
+    pub fn digests(&self, entry: &MemoEntry) -> Option<&(Digest, Digest)> {
         entry.is_signed().then(|| &self.batches[entry.batch as usize].digests[entry.leaf as usize])
     }
 
     /// An entry's signature proof, once it is signed.
-    pub fn proof_of(&self, entry: &Entry) -> Option<ReceiptProof> {
+    pub fn proof_of(&self, entry: &MemoEntry) -> Option<ReceiptProof> {
         if !entry.is_signed() {
             return None;
         }
@@ -454,45 +454,45 @@ impl Memo {
     }
 
     /// The invocation CID of an entry (computed if it is not signed yet).
-    pub fn invocation_cid_of(&self, entry: &Entry) -> Result<Cid, ContentError> {
+    pub fn invocation_cid_of(&self, entry: &MemoEntry) -> Result<Cid, ContentError> {
         match self.digests(entry) {
-            Some((invocation, _)) => Ok(content::cid_of_digest(invocation)),
+            Some((invocation, _)) => Ok(invocation::cid_of_digest(invocation)),
             None => self.functions[entry.function as usize].template.cid(&entry.run.args),
         }
     }
 
     /// The module and export an entry calls.
-    pub fn function_of(&self, entry: &Entry) -> (&Cid, &str) {
+    pub fn function_of(&self, entry: &MemoEntry) -> (&Cid, &str) {
         let called = &self.functions[entry.function as usize];
         (&called.module, &called.export)
     }
 
     /// The did that issued an entry's receipt.
-    pub fn issuer_of(&self, entry: &Entry) -> &str {
+    pub fn issuer_of(&self, entry: &MemoEntry) -> &str {
         &self.issuers[entry.issuer as usize]
     }
 
     /// The receipt of an entry.
-    pub fn receipt_of(&self, entry: &Entry) -> Result<Receipt, ContentError> {
+    pub fn receipt_of(&self, entry: &MemoEntry) -> Result<Receipt, ContentError> {
         Ok(entry.run.receipt(self.invocation_cid_of(entry)?, self.issuer_of(entry)))
     }
 
     /// The receipt CID of an entry (computed if it is not signed yet).
-    pub fn receipt_cid_of(&self, entry: &Entry) -> Result<Cid, ContentError> {
+    pub fn receipt_cid_of(&self, entry: &MemoEntry) -> Result<Cid, ContentError> {
         match self.digests(entry) {
-            Some((_, receipt)) => Ok(content::cid_of_digest(receipt)),
-            None => Ok(content::dag_cbor_cid(&self.receipt_of(entry)?.encode()?)),
+            Some((_, receipt)) => Ok(invocation::cid_of_digest(receipt)),
+            None => Ok(invocation::dag_cbor_cid(&self.receipt_of(entry)?.encode()?)),
         }
     }
 
-    /// Entry `index` as a [`StoredReceipt`].
+    /// MemoEntry `index` as a [`StoredReceipt`].
     pub fn stored(&self, index: u32) -> Result<StoredReceipt, ContentError> {
         let entry = self.entry(index);
         let receipt = self.receipt_of(entry)?;
         let encoded = receipt.encode()?;
         let (module, function) = self.function_of(entry);
         Ok(StoredReceipt {
-            cid: content::dag_cbor_cid(&encoded),
+            cid: invocation::dag_cbor_cid(&encoded),
             invocation: Invocation { module: *module, function: function.to_string(), args: entry.run.args.to_vec() },
             receipt,
             encoded,
@@ -550,12 +550,12 @@ impl Memo {
         let functions = self.logged_functions(&batch.functions)?;
         let issuer = self.issuer_index(&batch.issuer);
         let leaves: Vec<Vec<u8>> =
-            digests.iter().map(|(_, receipt)| content::cid_of_digest(receipt).to_bytes()).collect();
+            digests.iter().map(|(_, receipt)| invocation::cid_of_digest(receipt).to_bytes()).collect();
         let signed = Arc::new(weft_ipvm::identity::SignedBatch::from_signature(&leaves, batch.signature));
         let mut indices = Vec::with_capacity(batch.runs.len());
         for (function, run) in batch.runs {
             let function = *logged_function(&functions, function)?;
-            indices.push(self.record(Entry::new(function, issuer, run)).0);
+            indices.push(self.record(MemoEntry::new(function, issuer, run)).0);
         }
         self.add_batch(indices, digests, BatchProof::Signed(signed));
         Ok(())
@@ -575,8 +575,8 @@ impl Memo {
         first_seen_ns: i64,
         worker: u32,
     ) -> Result<(), ContentError> {
-        let decoded_invocation = Invocation::from_ipld(&content::decode(invocation)?)?;
-        let decoded = Receipt::from_ipld(&content::decode(receipt)?)?;
+        let decoded_invocation = Invocation::from_ipld(&invocation::decode(invocation)?)?;
+        let decoded = Receipt::from_ipld(&invocation::decode(receipt)?)?;
         let function = self.function_index(decoded_invocation.module, &decoded_invocation.function)?;
         let issuer = self.issuer_index(&decoded.issuer);
         let run = Run {
@@ -587,8 +587,8 @@ impl Memo {
             first_seen_ns,
             worker,
         };
-        let (index, _) = self.record(Entry::new(function, issuer, run));
-        let digests = (content::sha3_digest(invocation), content::sha3_digest(receipt));
+        let (index, _) = self.record(MemoEntry::new(function, issuer, run));
+        let digests = (invocation::sha3_digest(invocation), invocation::sha3_digest(receipt));
         self.add_batch(vec![index], vec![digests], BatchProof::Own(Box::new(proof)));
         Ok(())
     }
@@ -646,7 +646,7 @@ impl ReplayedRuns {
             .iter()
             .map(|(module, export)| {
                 let module = logged_module(module)?;
-                let template = content::InvocationTemplate::new(module, export)?;
+                let template = invocation::InvocationTemplate::new(module, export)?;
                 Ok(Arc::new(CalledFunction { module, export: export.clone(), template }))
             })
             .collect::<Result<Vec<_>, ContentError>>()?;
@@ -874,8 +874,8 @@ pub fn register_system_tables(
 /// The module CID of WAT or Wasm source (of the binary; the CID of the text if it is not WAT).
 pub fn module_cid_of(source: &[u8]) -> Cid {
     match wat::parse_bytes(source) {
-        Ok(binary) => content::module_cid(&binary),
-        Err(_) => content::module_cid(source),
+        Ok(binary) => invocation::module_cid(&binary),
+        Err(_) => invocation::module_cid(source),
     }
 }
 
@@ -1039,8 +1039,11 @@ impl WasmFunction {
             // waiting in the signer, so `Database::invoke` can have it signed by finishing it.
             let mut memo = self.memo.write().expect("memo lock");
             memo.count_miss();
-            let (index, recorded) =
-                memo.record_missed(Entry::new(self.function_index, self.issuer_index, run.clone()), call, absent_at);
+            let (index, recorded) = memo.record_missed(
+                MemoEntry::new(self.function_index, self.issuer_index, run.clone()),
+                call,
+                absent_at,
+            );
             // Recorded meanwhile by `Database::invoke` (which holds no running lock): that
             // first receipt stays, and is already with the signer.
             if recorded {

@@ -4,11 +4,11 @@
 //! `weft-wasm`. Front ends (the `weft` CLI, `weft-server`) build on it; it imports none of them.
 
 pub mod catalog;
+pub mod connections;
 pub mod database;
-pub mod effects;
 pub mod executor;
 pub mod functions;
-pub mod reads;
+pub mod reading_views;
 pub mod wal;
 
 pub use database::copy;

@@ -52,13 +52,13 @@ pub enum Record {
     /// `DROP FUNCTION`.
     DropFunction { name: String },
     /// `CREATE SINK`.
-    CreateSink { definition: crate::effects::SinkDefinition },
+    CreateSink { definition: crate::connections::SinkDefinition },
     /// `CREATE SOURCE`, with the columns the source was found to have.
-    CreateSource { definition: crate::effects::SourceDefinition },
+    CreateSource { definition: crate::connections::SourceDefinition },
     /// `DROP SINK` / `DROP SOURCE`, or the drop of a reading view's query effects.
     DropEffectful { name: String },
     /// A view that reads the world (`http_get`): its query effects.
-    CreateReads { definition: crate::reads::ReadsDefinition },
+    CreateReads { definition: crate::reading_views::ReadsDefinition },
     /// Receipts signed together: one signature over the Merkle root of their CIDs (logs written
     /// before [`Record::CompactReceipts`]).
     Receipts(weft_ipvm::receipts::LoggedBatch),

@@ -341,7 +341,7 @@ impl ViewState {
     }
 }
 
-enum Command {
+enum WorkerCommand {
     CreateTable {
         id: RelationId,
     },
@@ -370,7 +370,7 @@ enum Command {
 /// [`Engine::withdraw`] (both cancel out within the timestamp, so no view ever sees them).
 /// Nothing else may reach the engine in between.
 pub struct Stager {
-    commands: Vec<Sender<Command>>,
+    commands: Vec<Sender<WorkerCommand>>,
 }
 
 impl Stager {
@@ -387,7 +387,7 @@ impl Stager {
             shares[index % workers].push((change.table, HashedRow::from_values(&change.row), sign * change.diff));
         }
         for (sender, rows) in self.commands.iter().zip(shares) {
-            sender.send(Command::Stage { rows }).map_err(|_| EngineError::WorkerDied)?;
+            sender.send(WorkerCommand::Stage { rows }).map_err(|_| EngineError::WorkerDied)?;
         }
         Ok(())
     }
@@ -395,7 +395,7 @@ impl Stager {
 
 /// A running set of timely workers holding the tables and views.
 pub struct Engine {
-    commands: Vec<Sender<Command>>,
+    commands: Vec<Sender<WorkerCommand>>,
     replies: Receiver<()>,
     guards: Option<timely::communication::WorkerGuards<()>>,
     time: Time,
@@ -457,7 +457,7 @@ impl Engine {
         self.commands.len()
     }
 
-    fn broadcast(&self, mut make: impl FnMut(usize) -> Command) -> Result<(), EngineError> {
+    fn broadcast(&self, mut make: impl FnMut(usize) -> WorkerCommand) -> Result<(), EngineError> {
         for (worker, sender) in self.commands.iter().enumerate() {
             sender.send(make(worker)).map_err(|_| EngineError::WorkerDied)?;
         }
@@ -469,7 +469,7 @@ impl Engine {
 
     /// Adds an empty table.
     pub fn create_table(&mut self, id: RelationId) -> Result<(), EngineError> {
-        self.broadcast(|_| Command::CreateTable { id })?;
+        self.broadcast(|_| WorkerCommand::CreateTable { id })?;
         self.relations.insert(id, None);
         Ok(())
     }
@@ -482,7 +482,7 @@ impl Engine {
         plan.bind_functions(&self.functions).map_err(|error| EngineError::UnknownFunction(error.0))?;
         let state = Arc::new(ViewState::new(name, self.time));
         let plan = Arc::new(plan);
-        self.broadcast(|_| Command::CreateView { id, plan: plan.clone(), state: state.clone() })?;
+        self.broadcast(|_| WorkerCommand::CreateView { id, plan: plan.clone(), state: state.clone() })?;
         // Building the view closed the current timestamp (see `advance`).
         self.publish(self.time);
         self.time += 1;
@@ -497,7 +497,7 @@ impl Engine {
             Some(Some(view)) => view.close(),
             Some(None) => {}
         }
-        self.broadcast(|_| Command::Drop { id })
+        self.broadcast(|_| WorkerCommand::Drop { id })
     }
 
     /// Applies `changes` as one timestamp and waits until every view reflects them.
@@ -513,7 +513,7 @@ impl Engine {
         for (index, change) in changes.into_iter().enumerate() {
             shares[index % workers].push(change);
         }
-        self.broadcast(|worker| Command::Commit { time, changes: std::mem::take(&mut shares[worker]) })?;
+        self.broadcast(|worker| WorkerCommand::Commit { time, changes: std::mem::take(&mut shares[worker]) })?;
         self.publish(time);
         self.time += 1;
         Ok(time)
@@ -582,12 +582,12 @@ pub fn current_worker() -> Option<usize> {
     CURRENT_WORKER.with(|worker| worker.get())
 }
 
-fn run_worker(worker: &mut Worker, commands: Receiver<Command>, replies: Sender<()>, spins: u32) {
+fn run_worker(worker: &mut Worker, commands: Receiver<WorkerCommand>, replies: Sender<()>, spins: u32) {
     CURRENT_WORKER.with(|current| current.set(Some(worker.index())));
     let mut state = WorkerState::default();
     while let Some(command) = receive_soon(&commands, spins) {
         match command {
-            Command::CreateTable { id } => {
+            WorkerCommand::CreateTable { id } => {
                 let dataflow = worker.next_dataflow_index();
                 let (mut input, trace, probe) = worker.dataflow::<Time, _, _>(|scope| {
                     let (input, rows) = scope.new_collection::<(HashedRow, ()), isize>();
@@ -601,7 +601,7 @@ fn run_worker(worker: &mut Worker, commands: Receiver<Command>, replies: Sender<
                 state.probes.insert(id, probe);
                 state.dataflows.insert(id, dataflow);
             }
-            Command::CreateView { id, plan, state: view } => {
+            WorkerCommand::CreateView { id, plan, state: view } => {
                 let dataflow = worker.next_dataflow_index();
                 let traces = &mut state.traces;
                 let (trace, probe) = worker.dataflow::<Time, _, _>(|scope| {
@@ -631,7 +631,7 @@ fn run_worker(worker: &mut Worker, commands: Receiver<Command>, replies: Sender<
                 let time = state.time;
                 advance(worker, &mut state, time);
             }
-            Command::Drop { id } => {
+            WorkerCommand::Drop { id } => {
                 state.inputs.remove(&id);
                 state.traces.remove(&id);
                 state.probes.remove(&id);
@@ -639,7 +639,7 @@ fn run_worker(worker: &mut Worker, commands: Receiver<Command>, replies: Sender<
                     worker.drop_dataflow(dataflow);
                 }
             }
-            Command::Commit { time, changes } => {
+            WorkerCommand::Commit { time, changes } => {
                 for change in changes {
                     if let Some(input) = state.inputs.get_mut(&change.table) {
                         input.update((HashedRow::new(change.row), ()), change.diff);
@@ -647,7 +647,7 @@ fn run_worker(worker: &mut Worker, commands: Receiver<Command>, replies: Sender<
                 }
                 advance(worker, &mut state, time);
             }
-            Command::Stage { rows } => {
+            WorkerCommand::Stage { rows } => {
                 for (table, row, diff) in rows {
                     if let Some(input) = state.inputs.get_mut(&table) {
                         input.update((row, ()), diff);
@@ -775,7 +775,7 @@ fn render_mapped<'scope>(
         }
     }
     let source = match base {
-        Plan::Get { id, .. } => Source::Imported(
+        Plan::Get { id, .. } => MappedInput::Imported(
             traces
                 .get_mut(id)
                 .expect("dependencies are checked before rendering")
@@ -783,7 +783,7 @@ fn render_mapped<'scope>(
                 .0
                 .stream,
         ),
-        _ => Source::Rows(render(base, scope, traces, view)),
+        _ => MappedInput::Rows(render(base, scope, traces, view)),
     };
     Mapped { source, map }
 }
@@ -795,7 +795,7 @@ fn render_join_plan<'scope>(
     scope: Scope<'scope, Time>,
     traces: &mut HashMap<RelationId, RowTrace>,
     view: &Arc<ViewState>,
-) -> Source<'scope> {
+) -> MappedInput<'scope> {
     let Plan::Join { left, right, kind, left_keys, right_keys, nulls_equal, residual } = plan else {
         unreachable!("render_join_plan renders joins only")
     };
@@ -882,7 +882,7 @@ impl RowMap {
 }
 
 /// Where a [`Mapped`] input's rows come from.
-enum Source<'scope> {
+enum MappedInput<'scope> {
     /// A rendered collection.
     Rows(Collection<'scope>),
     /// A rendered collection of packed rows (an inner join's output: built by copying the
@@ -895,7 +895,7 @@ enum Source<'scope> {
 
 /// A rendered input with a row map still to apply (in its consumer's operator).
 struct Mapped<'scope> {
-    source: Source<'scope>,
+    source: MappedInput<'scope>,
     map: RowMap,
 }
 
@@ -960,22 +960,26 @@ impl<'scope> Mapped<'scope> {
             };
         }
         let stream = match &self.source {
-            Source::Rows(rows) if map.is_identity() => rows.inner.clone().unary(Pipeline, "Mapped", move |_, _| {
-                move |input, output| {
-                    input.for_each(|capability, data| {
-                        let mut session = output.session(&capability);
-                        combiner.hold(&capability);
-                        for (row, time, diff) in data.drain(..) {
-                            let outcome = logic(Cow::Owned(row), diff);
-                            combiner.offer(outcome, time, diff, &view, |update| session.give(update));
-                        }
-                    });
-                    combiner.flush(|capability, updates| output.session(capability).give_iterator(updates));
-                }
-            }),
-            Source::Rows(rows) => one_row_per_update!(rows, "Mapped", |row, values| values.extend(row)),
-            Source::Packed(rows) => one_row_per_update!(rows, "PackedMapped", |row, values| row.decode_into(values)),
-            Source::Imported(stream) => stream.clone().unary(Pipeline, "ImportMapped", move |_, _| {
+            MappedInput::Rows(rows) if map.is_identity() => {
+                rows.inner.clone().unary(Pipeline, "Mapped", move |_, _| {
+                    move |input, output| {
+                        input.for_each(|capability, data| {
+                            let mut session = output.session(&capability);
+                            combiner.hold(&capability);
+                            for (row, time, diff) in data.drain(..) {
+                                let outcome = logic(Cow::Owned(row), diff);
+                                combiner.offer(outcome, time, diff, &view, |update| session.give(update));
+                            }
+                        });
+                        combiner.flush(|capability, updates| output.session(capability).give_iterator(updates));
+                    }
+                })
+            }
+            MappedInput::Rows(rows) => one_row_per_update!(rows, "Mapped", |row, values| values.extend(row)),
+            MappedInput::Packed(rows) => {
+                one_row_per_update!(rows, "PackedMapped", |row, values| row.decode_into(values))
+            }
+            MappedInput::Imported(stream) => stream.clone().unary(Pipeline, "ImportMapped", move |_, _| {
                 let mut times: Vec<(Time, isize)> = Vec::new();
                 move |input, output| {
                     input.for_each(|capability, data| {
@@ -1125,14 +1129,14 @@ impl<D: Hash + Eq, R: Semigroup> Combiner<D, R> {
 }
 
 /// The rows of a rendered source.
-fn rows_of<'scope>(source: Source<'scope>, view: &Arc<ViewState>) -> Collection<'scope> {
+fn rows_of<'scope>(source: MappedInput<'scope>, view: &Arc<ViewState>) -> Collection<'scope> {
     apply_map(&Mapped { source, map: RowMap::default() }, view)
 }
 
 /// The rows of a mapped input.
 fn apply_map<'scope>(input: &Mapped<'scope>, view: &Arc<ViewState>) -> Collection<'scope> {
     match &input.source {
-        Source::Rows(rows) if input.map.is_identity() => rows.clone(),
+        MappedInput::Rows(rows) if input.map.is_identity() => rows.clone(),
         _ => input.evaluate(view, false, |row, diff| Ok(Some((row.into_owned(), diff)))),
     }
 }
@@ -1164,7 +1168,7 @@ fn keyed_in_place<'scope>(
     keys: &[Expr],
     nulls_equal: bool,
 ) -> Option<VecCollection<'scope, Time, (HashedRow, HashedRow), isize>> {
-    let Source::Imported(stream) = &input.source else { return None };
+    let MappedInput::Imported(stream) = &input.source else { return None };
     // The stored row's columns the mapped row is made of (`None`: all of them, unchanged).
     let columns: Option<Vec<usize>> = match input.map.steps.as_slice() {
         [] => None,
@@ -1266,7 +1270,7 @@ fn render_join<'scope>(
     right: Mapped<'scope>,
     spec: JoinSpec,
     view: &Arc<ViewState>,
-) -> Source<'scope> {
+) -> MappedInput<'scope> {
     let left_keyed = keyed(&left, spec.left_keys, spec.nulls_equal, view);
     let right_keyed = keyed(&right, spec.right_keys, spec.nulls_equal, view);
     // Outer, semi and anti joins also need the whole (mapped) inputs.
@@ -1276,7 +1280,7 @@ fn render_join<'scope>(
     if semi_without_residual {
         let keys = right_keyed.map(|(key, _)| key).distinct();
         let matched = left_keyed.semijoin(keys).map(|(_, row)| row.into_row());
-        return Source::Rows(match spec.kind {
+        return MappedInput::Rows(match spec.kind {
             JoinKind::LeftSemi => matched,
             _ => left().concat(matched.negate()),
         });
@@ -1297,7 +1301,7 @@ fn render_join<'scope>(
             }
             Some(packer.finish())
         });
-        return Source::Packed(joined);
+        return MappedInput::Packed(joined);
     }
     let mut joined = arrange_pairs(left_keyed).join_core(arrange_pairs(right_keyed), |_, left_row, right_row| {
         let mut row = left_row.to_row();
@@ -1305,7 +1309,8 @@ fn render_join<'scope>(
         Some(row)
     });
     if let Some(residual) = spec.residual {
-        let filtered = Mapped { source: Source::Rows(joined), map: RowMap { steps: vec![MapStep::Filter(residual)] } };
+        let filtered =
+            Mapped { source: MappedInput::Rows(joined), map: RowMap { steps: vec![MapStep::Filter(residual)] } };
         joined = apply_map(&filtered, view);
     }
     let left_arity = spec.left_arity;
@@ -1313,7 +1318,7 @@ fn render_join<'scope>(
     let matched_right = || distinct(joined.clone().map(move |row| row[left_arity..].to_vec()));
     let unmatched =
         |all: Collection<'scope>, matched: Collection<'scope>| all.clone().concat(rows_in(all, matched).negate());
-    Source::Rows(match spec.kind {
+    MappedInput::Rows(match spec.kind {
         JoinKind::Inner => joined,
         JoinKind::LeftSemi => rows_in(left(), matched_left()),
         JoinKind::LeftAnti => unmatched(left(), matched_left()),

@@ -5,8 +5,8 @@
 //!
 //! It depends only on `weft-ir` (for the values arguments and results are made of).
 
-pub mod content;
 pub mod identity;
+pub mod invocation;
 pub mod receipts;
 pub mod sha3_lanes;
 pub mod signer;

@@ -3,7 +3,7 @@
 //! [`LoggedBatch`]), encoded compactly. Plain data: the memo, the signer and the log all use it,
 //! and it uses none of them.
 
-use crate::content::{self, ContentError, Digest, Outcome, Receipt};
+use crate::invocation::{self, ContentError, Digest, Outcome, Receipt};
 use cid::Cid;
 use weft_ir::Value;
 
@@ -39,7 +39,7 @@ impl Run {
 pub struct CalledFunction {
     pub module: Cid,
     pub export: String,
-    pub template: content::InvocationTemplate,
+    pub template: invocation::InvocationTemplate,
 }
 
 /// A logged module CID.

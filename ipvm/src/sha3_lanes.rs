@@ -9,7 +9,7 @@
 //! `sha3` crate instead; a test checks both agree on messages of every length up to a few
 //! blocks.
 
-use crate::content::Digest;
+use crate::invocation::Digest;
 
 /// Bytes absorbed per permutation by SHA3-256 (its rate).
 const RATE_BYTES: usize = 136;
@@ -26,7 +26,7 @@ pub fn sha3_256_many(messages: &[&[u8]]) -> Vec<Digest> {
         }
         return digests;
     }
-    messages.iter().map(|message| crate::content::sha3_digest(message)).collect()
+    messages.iter().map(|message| crate::invocation::sha3_digest(message)).collect()
 }
 
 /// Pads `message` into `blocks` (reused): the message, the SHA3 domain bits `0x06`, zeros,
@@ -43,7 +43,7 @@ fn pad_into(message: &[u8], blocks: &mut Vec<u8>) {
 #[cfg(target_arch = "x86_64")]
 mod x8 {
     use super::{pad_into, RATE_BYTES};
-    use crate::content::Digest;
+    use crate::invocation::Digest;
     use std::arch::x86_64::*;
 
     /// Keccak's round constants.
@@ -191,7 +191,7 @@ mod tests {
         let digests = sha3_256_many(&borrowed);
         assert_eq!(digests.len(), messages.len());
         for (message, digest) in messages.iter().zip(&digests) {
-            assert_eq!(*digest, crate::content::sha3_digest(message), "a message of {} bytes", message.len());
+            assert_eq!(*digest, crate::invocation::sha3_digest(message), "a message of {} bytes", message.len());
         }
         // The empty message's digest, as FIPS 202 gives it.
         assert_eq!(

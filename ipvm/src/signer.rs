@@ -11,8 +11,8 @@
 //! none is left, and returns the signed batches in order; `Database` attaches them to the memo
 //! and writes their frames to the log before the statement returns.
 
-use crate::content::{self, ContentError, Digest};
 use crate::identity::{Identity, SignedBatch};
+use crate::invocation::{self, ContentError, Digest};
 use crate::receipts::{CalledFunction, LoggedRuns, Run, RECEIPTS_PER_BATCH};
 use crate::sha3_lanes::sha3_256_many;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -56,7 +56,9 @@ pub fn digests_of(receipts: &[PendingReceipt]) -> Result<Vec<(Digest, Digest)>, 
     let encoded: Vec<Vec<u8>> = receipts
         .iter()
         .zip(&invocations)
-        .map(|(pending, invocation)| pending.run.receipt(content::cid_of_digest(invocation), &pending.issuer).encode())
+        .map(|(pending, invocation)| {
+            pending.run.receipt(invocation::cid_of_digest(invocation), &pending.issuer).encode()
+        })
         .collect::<Result<_, _>>()?;
     let receipts = sha3_256_many(&encoded.iter().map(Vec::as_slice).collect::<Vec<_>>());
     Ok(invocations.into_iter().zip(receipts).collect())
@@ -69,7 +71,8 @@ pub fn sign_batch(
     receipts: Vec<PendingReceipt>,
 ) -> Result<SignedReceipts, ContentError> {
     let digests = digests_of(&receipts)?;
-    let leaves: Vec<Vec<u8>> = digests.iter().map(|(_, receipt)| content::cid_of_digest(receipt).to_bytes()).collect();
+    let leaves: Vec<Vec<u8>> =
+        digests.iter().map(|(_, receipt)| invocation::cid_of_digest(receipt).to_bytes()).collect();
     let batch = identity.sign_tree(&leaves).ok_or_else(|| ContentError::Encoding("an empty receipt batch".into()))?;
     let indices = receipts.iter().map(|pending| pending.index).collect();
     let frame = frame_of(encoded_runs(receipts, batch.signature())?).map_err(ContentError::Encoding)?;
@@ -115,13 +118,13 @@ struct Work {
 
 /// The state the handle and its threads share.
 #[derive(Default)]
-struct Shared {
+struct SigningQueue {
     work: Mutex<Work>,
     /// Signalled when a batch arrives, a batch is signed, or the threads must stop.
     changed: Condvar,
 }
 
-impl Shared {
+impl SigningQueue {
     /// Takes the next waiting batch, marking it as being signed.
     fn take(work: &mut Work) -> Option<(u64, Vec<PendingReceipt>)> {
         let batch = work.waiting.pop_front()?;
@@ -148,7 +151,7 @@ pub struct Signer {
     pending: Mutex<Vec<PendingReceipt>>,
     /// Receipts handed in and not yet returned by [`Signer::finish`].
     unsigned: AtomicUsize,
-    shared: Arc<Shared>,
+    shared: Arc<SigningQueue>,
     identity: Arc<Identity>,
     frame_of: FrameEncoder,
 }
@@ -163,7 +166,7 @@ impl Signer {
     /// Starts the signing threads (one per core), signing with `identity` and making each
     /// batch's log frame with `frame_of`; they stop when the handle is dropped.
     pub fn start(identity: Arc<Identity>, frame_of: FrameEncoder) -> std::io::Result<Arc<Signer>> {
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(SigningQueue::default());
         // Built first, so that a failure to start a thread drops it and stops those started.
         let signer = Signer { pending: Mutex::default(), unsigned: AtomicUsize::new(0), shared, identity, frame_of };
         let threads = std::thread::available_parallelism().map_or(1, |cores| cores.get()).min(8);
@@ -207,7 +210,7 @@ impl Signer {
         }
         let mut work = self.shared.work.lock().expect("signer work");
         loop {
-            if let Some(batch) = Shared::take(&mut work) {
+            if let Some(batch) = SigningQueue::take(&mut work) {
                 drop(work);
                 self.shared.sign(&self.identity, &self.frame_of, batch);
                 work = self.shared.work.lock().expect("signer work");
@@ -241,13 +244,13 @@ impl Drop for Signer {
 }
 
 /// A signing thread: signs waiting batches until the handle is dropped.
-fn run(identity: &Identity, frame_of: &FrameEncoder, shared: &Shared) {
+fn run(identity: &Identity, frame_of: &FrameEncoder, shared: &SigningQueue) {
     let mut work = shared.work.lock().expect("signer work");
     loop {
         if work.stopping {
             return;
         }
-        match Shared::take(&mut work) {
+        match SigningQueue::take(&mut work) {
             Some(batch) => {
                 drop(work);
                 shared.sign(identity, frame_of, batch);

@@ -5,7 +5,7 @@
 //! preparation, DAG-CBOR invocations and receipts, logged receipt runs, and the PostgreSQL
 //! protocol's start-up and query messages.
 
-use crate::statement;
+use crate::prepared;
 use datafusion::sql::sqlparser::ast;
 
 /// A log file's bytes: its frames read as `open` reads them, each whole payload decoded as a
@@ -33,18 +33,18 @@ pub fn statement_text(text: &str) {
                 let _ = weft_core::functions::function_statement(spec);
             }
             Some(Ok(statement)) => {
-                let _ = weft_core::effects::effect_statement(statement);
+                let _ = weft_core::connections::effect_statement(statement);
             }
             _ => {}
         }
-        let Ok(prepared) = statement::prepare(&piece) else {
+        let Ok(prepared) = prepared::prepare(&piece) else {
             continue;
         };
         let count = prepared.parameter_count().min(64);
         let values: Vec<ast::Expr> = (0..count)
             .map(|index| ast::Expr::value(ast::Value::SingleQuotedString(format!("'); DROP TABLE t; -- {index}"))))
             .collect();
-        if let statement::Prepared::Sql(bound) = prepared.bind(&values) {
+        if let prepared::Prepared::Sql(bound) = prepared.bind(&values) {
             let _ = weft_sql::parse(&bound.to_string());
         }
     }
@@ -52,9 +52,9 @@ pub fn statement_text(text: &str) {
 
 /// DAG-CBOR bytes read as an invocation, a receipt, a logged receipt batch and logged runs.
 pub fn receipt_bytes(bytes: &[u8]) {
-    if let Ok(ipld) = weft_ipvm::content::decode(bytes) {
-        let _ = weft_ipvm::content::Invocation::from_ipld(&ipld);
-        let _ = weft_ipvm::content::Receipt::from_ipld(&ipld);
+    if let Ok(ipld) = weft_ipvm::invocation::decode(bytes) {
+        let _ = weft_ipvm::invocation::Invocation::from_ipld(&ipld);
+        let _ = weft_ipvm::invocation::Receipt::from_ipld(&ipld);
     }
     let _ = weft_core::functions::LoggedBatch::decode(bytes);
     let _ = weft_core::functions::LoggedRuns::decode(bytes);

@@ -14,8 +14,8 @@
 //! that is not it), and a request whose `Origin` is another site's is refused (no CORS).
 
 use crate::metrics::DatabaseFigures;
-use crate::output::{write_output, Format};
-use crate::service::{changes_at, RowChange, Shared};
+use crate::output::{write_output, OutputFormat};
+use crate::service::{changes_at, RowChange, Service};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Frame, Incoming};
@@ -48,7 +48,7 @@ type Body = Either<Full<Bytes>, Lines>;
 
 /// Serves connections until the listener fails; `listen` is the address it listens on, `tls`
 /// the acceptor every connection must first pass through, if the server has a certificate.
-pub async fn run(listener: TcpListener, shared: Arc<Shared>, tls: Option<tokio_rustls::TlsAcceptor>) {
+pub async fn run(listener: TcpListener, shared: Arc<Service>, tls: Option<tokio_rustls::TlsAcceptor>) {
     let Ok(listen) = listener.local_addr() else { return };
     loop {
         let (socket, peer) = match listener.accept().await {
@@ -76,7 +76,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, tls: Option<tokio_r
 }
 
 /// Serves the requests of one connection.
-async fn serve_connection<I>(io: I, shared: Arc<Shared>, peer: SocketAddr, listen: SocketAddr, scheme: &'static str)
+async fn serve_connection<I>(io: I, shared: Arc<Service>, peer: SocketAddr, listen: SocketAddr, scheme: &'static str)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -118,7 +118,7 @@ fn header_value(request: &Request<Incoming>, name: hyper::header::HeaderName) ->
 
 /// Whether the request carries the server's password (or none is needed). Waits first, longer
 /// and longer, if its address keeps failing.
-async fn authorized(request: &Request<Incoming>, shared: &Shared, peer: SocketAddr) -> bool {
+async fn authorized(request: &Request<Incoming>, shared: &Service, peer: SocketAddr) -> bool {
     if !shared.passwords.required() {
         return true;
     }
@@ -194,7 +194,7 @@ fn decode_base64(text: &str) -> Option<Vec<u8>> {
 
 async fn handle(
     request: Request<Incoming>,
-    shared: Arc<Shared>,
+    shared: Arc<Service>,
     peer: SocketAddr,
     listen: SocketAddr,
     scheme: &'static str,
@@ -252,7 +252,7 @@ async fn handle(
     }
 }
 
-fn run_query(shared: &Shared, sql: &str) -> Response<Body> {
+fn run_query(shared: &Service, sql: &str) -> Response<Body> {
     // HTTP requests have no session state: each one is its own session.
     let session = match shared.open_session() {
         Ok((session, _)) => session,
@@ -266,7 +266,7 @@ fn run_query(shared: &Shared, sql: &str) -> Response<Body> {
     let mut body = Vec::new();
     match outputs.pop() {
         Some(output @ Output::Rows { .. }) => {
-            if let Err(error) = write_output(&mut body, &output, Format::Json) {
+            if let Err(error) = write_output(&mut body, &output, OutputFormat::Json) {
                 return json_error(500, "XX000", &error.to_string());
             }
         }
@@ -311,7 +311,7 @@ impl hyper::body::Body for Lines {
 /// Streams a subscription as chunked NDJSON, each timestamp's changes as they commit, until the
 /// view is dropped or the client goes away. Waiting holds no thread: the engine wakes the
 /// stream's task.
-async fn stream_subscription(shared: Arc<Shared>, view: String, snapshot: bool) -> Response<Body> {
+async fn stream_subscription(shared: Arc<Service>, view: String, snapshot: bool) -> Response<Body> {
     let arrivals = Arc::new(tokio::sync::Notify::new());
     let notify = arrivals.clone();
     let wake: weft_engine::Wake = Arc::new(move || notify.notify_one());

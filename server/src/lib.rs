@@ -1,7 +1,7 @@
 //! `weft serve`: one database shared by many clients over the PostgreSQL wire protocol
 //! ([`pg`]) and HTTP ([`http`]).
 //!
-//! [`service::Shared`] is the one place statements from either front end are executed. Queries
+//! [`service::Service`] is the one place statements from either front end are executed. Queries
 //! run on a [`weft_core::Reader`] without the database's lock, so readers and writers do not wait
 //! for each other's planning or execution; each query copies the rows of one complete timestamp
 //! (the commit gate). Writes are serialized; a connection that opens `BEGIN` owns the writer until
@@ -9,11 +9,10 @@
 //! snapshot and a stream of its changes.
 //!
 //! Modules, lowest first (each uses only those before it): [`output`], [`auth`], [`metrics`],
-//! [`options`], [`sessions`], [`catalog`], [`statement`], [`service`], [`pg`], [`http`]; this file
+//! [`options`], [`sessions`], [`pg_catalog`], [`prepared`], [`service`], [`pg`], [`http`]; this file
 //! starts them ([`serve`]).
 
 pub mod auth;
-pub mod catalog;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
@@ -21,13 +20,14 @@ pub mod metrics;
 pub mod options;
 pub mod output;
 pub mod pg;
+pub mod pg_catalog;
+pub mod prepared;
 pub mod service;
 pub mod sessions;
-pub mod statement;
 
 pub use options::{ServeError, ServeOptions};
 
-use service::{Shared, STATEMENT_STACK_BYTES};
+use service::{Service, STATEMENT_STACK_BYTES};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use weft_core::database::Database;
@@ -64,8 +64,8 @@ const INGEST_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50
 /// Runs the server until the process is stopped.
 pub fn serve(mut database: Database, options: ServeOptions) -> Result<(), ServeError> {
     options.check()?;
-    catalog::attach_pg_catalog(&mut database)?;
-    let shared = Arc::new(Shared::new(database, &options));
+    pg_catalog::attach_pg_catalog(&mut database)?;
+    let shared = Arc::new(Service::new(database, &options));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .thread_name("weft-serve")
         // Parsing, planning and dropping a deeply nested statement recurse once per level: a

@@ -6,7 +6,7 @@ use weft_core::database::Output;
 
 /// How results are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
+pub enum OutputFormat {
     /// An aligned text table.
     Table,
     /// CSV with a header row.
@@ -15,16 +15,16 @@ pub enum Format {
     Json,
 }
 
-impl Format {
+impl OutputFormat {
     /// Every format's name, as `from_name` takes it.
     pub const NAMES: [&'static str; 3] = ["table", "csv", "json"];
 
-    /// The format called `name` (one of [`Format::NAMES`]).
-    pub fn from_name(name: &str) -> Option<Format> {
+    /// The format called `name` (one of [`OutputFormat::NAMES`]).
+    pub fn from_name(name: &str) -> Option<OutputFormat> {
         match name {
-            "table" => Some(Format::Table),
-            "csv" => Some(Format::Csv),
-            "json" => Some(Format::Json),
+            "table" => Some(OutputFormat::Table),
+            "csv" => Some(OutputFormat::Csv),
+            "json" => Some(OutputFormat::Json),
             _ => None,
         }
     }
@@ -40,21 +40,21 @@ pub enum OutputError {
 }
 
 /// Writes one statement's output.
-pub fn write_output(out: &mut dyn Write, output: &Output, format: Format) -> Result<(), OutputError> {
+pub fn write_output(out: &mut dyn Write, output: &Output, format: OutputFormat) -> Result<(), OutputError> {
     match output {
         Output::Status(tag) => {
-            if format == Format::Table {
+            if format == OutputFormat::Table {
                 writeln!(out, "{tag}")?;
             }
         }
         Output::Rows { schema, batches } => match format {
-            Format::Table => {
+            OutputFormat::Table => {
                 let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
                 let text = datafusion::arrow::util::pretty::pretty_format_batches_with_schema(schema.clone(), batches)?;
                 writeln!(out, "{text}")?;
                 writeln!(out, "({rows} row{})", if rows == 1 { "" } else { "s" })?;
             }
-            Format::Csv => {
+            OutputFormat::Csv => {
                 let mut writer = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(&mut *out);
                 if batches.is_empty() {
                     writer.write(&RecordBatch::new_empty(schema.clone()))?;
@@ -63,7 +63,7 @@ pub fn write_output(out: &mut dyn Write, output: &Output, format: Format) -> Res
                     writer.write(batch)?;
                 }
             }
-            Format::Json => {
+            OutputFormat::Json => {
                 let mut writer = datafusion::arrow::json::ArrayWriter::new(&mut *out);
                 for batch in batches {
                     writer.write(batch)?;

@@ -7,10 +7,10 @@
 //! queries) accepts them the same way. `SUBSCRIBE` streams rows until the view is dropped or the
 //! client cancels.
 
-use crate::catalog::text_rows;
-use crate::service::{changes_at, RowChange, Shared, ViewSubscription};
+use crate::pg_catalog::text_rows;
+use crate::prepared::{self, parse_subscribe, Prepared, SubscribeStatement};
+use crate::service::{changes_at, RowChange, Service, ViewSubscription};
 use crate::sessions::SessionId;
-use crate::statement::{self, parse_subscribe, Prepared, SubscribeStatement};
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use datafusion::arrow::array::{
@@ -50,7 +50,7 @@ use weft_engine::{ColumnType, Row, Value};
 
 /// Accepts connections until the listener fails; with `tls`, clients may (and with
 /// `sslmode=require` do) encrypt their connection.
-pub async fn run(listener: TcpListener, shared: Arc<Shared>, tls: Option<tokio_rustls::TlsAcceptor>) {
+pub async fn run(listener: TcpListener, shared: Arc<Service>, tls: Option<tokio_rustls::TlsAcceptor>) {
     let manager = Arc::new(ConnectionManager::new());
     loop {
         let socket = match listener.accept().await {
@@ -82,7 +82,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, tls: Option<tokio_r
 /// Closes its session when dropped: rolls back what its transaction left and releases the
 /// writer, on a blocking thread when a runtime is there to give one.
 struct SessionGuard {
-    shared: Arc<Shared>,
+    shared: Arc<Service>,
     session: SessionId,
 }
 
@@ -137,7 +137,7 @@ async fn refuse(mut socket: tokio::net::TcpStream, error: &Error) {
 
 /// The handlers of one client connection.
 pub struct Connection {
-    shared: Arc<Shared>,
+    shared: Arc<Service>,
     session: SessionId,
     manager: Arc<ConnectionManager>,
     startup: Arc<Startup>,
@@ -147,7 +147,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn new(shared: Arc<Shared>, manager: Arc<ConnectionManager>, session: SessionId) -> Connection {
+    fn new(shared: Arc<Service>, manager: Arc<ConnectionManager>, session: SessionId) -> Connection {
         let startup = Arc::new(if shared.passwords.required() {
             let mut scram = ScramAuth::new(Arc::new(PasswordSource(shared.clone())));
             scram.set_iterations(crate::auth::SCRAM_ITERATIONS);
@@ -169,7 +169,7 @@ impl Connection {
     async fn execute(&self, sql: String) -> Vec<Response> {
         let mut responses = Vec::new();
         for text in weft_core::functions::split_statements(&sql) {
-            let output = match statement::prepare(&text) {
+            let output = match prepared::prepare(&text) {
                 Ok(prepared) => self.run(prepared).await,
                 Err(error) => Err(error),
             };
@@ -618,7 +618,7 @@ impl QueryParser for WeftQueryParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        let prepared = statement::prepare(sql).map_err(|error| user_error(&error))?;
+        let prepared = prepared::prepare(sql).map_err(|error| user_error(&error))?;
         Ok(Some(ParsedSql { text: sql.to_string(), prepared }))
     }
 
@@ -884,13 +884,13 @@ impl ExtendedQueryHandler for Connection {
 
 /// Start-up: SCRAM-SHA-256 when the server has a password, else none.
 pub enum Startup {
-    Password { handler: Box<SASLAuthStartupHandler<DefaultServerParameterProvider>>, shared: Arc<Shared> },
+    Password { handler: Box<SASLAuthStartupHandler<DefaultServerParameterProvider>>, shared: Arc<Service> },
     Open(OpenStartup),
 }
 
 /// The one password of the server, as the SCRAM secret (salt and salted password) SCRAM-SHA-256
 /// checks the client's proof against: the password itself never crosses the wire.
-pub struct PasswordSource(Arc<Shared>);
+pub struct PasswordSource(Arc<Service>);
 
 impl Debug for PasswordSource {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -996,7 +996,7 @@ impl Connection {
 }
 
 /// The columns `prepared` returns, or `None` for a statement without rows.
-pub fn result_schema(shared: &Shared, prepared: &Prepared) -> Result<Option<SchemaRef>, Error> {
+pub fn result_schema(shared: &Service, prepared: &Prepared) -> Result<Option<SchemaRef>, Error> {
     let rows_schema = |output: Output| match output {
         Output::Rows { schema, .. } => Some(schema),
         Output::Status(_) => None,
@@ -1014,7 +1014,7 @@ pub fn result_schema(shared: &Shared, prepared: &Prepared) -> Result<Option<Sche
 }
 
 /// The types of the `count` parameters of `prepared`, where weft can tell them.
-pub fn parameter_types(shared: &Shared, prepared: &Prepared, count: usize) -> Vec<Option<Type>> {
+pub fn parameter_types(shared: &Service, prepared: &Prepared, count: usize) -> Vec<Option<Type>> {
     let mut types = vec![None; count];
     let Prepared::Sql(statement) = prepared else {
         return types;
@@ -1110,6 +1110,6 @@ pub fn parameter_types(shared: &Shared, prepared: &Prepared, count: usize) -> Ve
 fn parameter_in(expr: &ast::Expr) -> Option<usize> {
     match expr {
         ast::Expr::Cast { expr, .. } | ast::Expr::Nested(expr) => parameter_in(expr),
-        expr => statement::placeholder_index(expr),
+        expr => prepared::placeholder_index(expr),
     }
 }

@@ -1,11 +1,11 @@
-//! The database as the server's connections share it ([`Shared`]): statements from pgwire and
+//! The database as the server's connections share it ([`Service`]): statements from pgwire and
 //! HTTP alike are executed here, queries on the shared reader, writes through the one writer
 //! that [`crate::sessions`] hands out; and view subscriptions as streams of [`RowChange`]s.
 
 use crate::metrics::Metrics;
 use crate::options::ServeOptions;
+use crate::prepared::{self, Prepared};
 use crate::sessions::SessionId;
-use crate::statement::{self, Prepared};
 use crate::{auth, sessions};
 use datafusion::sql::sqlparser::ast::Statement;
 use std::sync::atomic::Ordering;
@@ -47,7 +47,7 @@ pub fn changes_at(time: Time, updates: &[(Row, isize)]) -> Vec<RowChange> {
 }
 
 /// The database as the server's connections share it.
-pub struct Shared {
+pub struct Service {
     database: Mutex<Database>,
     pub(crate) reader: Reader,
     /// Sessions, their transactions and the writer.
@@ -62,11 +62,11 @@ pub struct Shared {
     tls_beyond_loopback: bool,
 }
 
-impl Shared {
+impl Service {
     /// Shares `database` as `options` say.
-    pub fn new(database: Database, options: &ServeOptions) -> Shared {
+    pub fn new(database: Database, options: &ServeOptions) -> Service {
         let reader = database.reader().with_row_limit(options.max_result_rows);
-        Shared {
+        Service {
             database: Mutex::new(database),
             reader,
             sessions: sessions::Sessions::new(
@@ -156,7 +156,7 @@ impl Shared {
         let started = Instant::now();
         let mut outputs = Vec::new();
         for text in weft_core::functions::split_statements(sql) {
-            match statement::prepare(&text).and_then(|prepared| self.run(session, prepared)) {
+            match prepared::prepare(&text).and_then(|prepared| self.run(session, prepared)) {
                 Ok(output) => outputs.push(output),
                 Err(error) => {
                     self.metrics.errors.fetch_add(1, Ordering::Relaxed);
@@ -286,7 +286,7 @@ pub const STATEMENT_STACK_BYTES: usize = 512 << 20;
 
 #[cfg(test)]
 mod tests {
-    use super::Shared;
+    use super::Service;
     use crate::options::ServeOptions;
 
     #[test]
@@ -295,14 +295,14 @@ mod tests {
         let database = weft_core::database::Database::open(weft_core::database::Options::new(&directory)).unwrap();
         let certificate = Some(("server.crt".into(), "server.key".into()));
         let (remote, local) = ("192.0.2.7".parse().unwrap(), "127.0.0.1".parse().unwrap());
-        let shared = Shared::new(database, &ServeOptions { tls: certificate.clone(), ..ServeOptions::default() });
+        let shared = Service::new(database, &ServeOptions { tls: certificate.clone(), ..ServeOptions::default() });
         assert!(shared.refuses_plain_connection(false, remote));
         assert!(!shared.refuses_plain_connection(true, remote));
         assert!(!shared.refuses_plain_connection(false, local));
         drop(shared);
         let database = weft_core::database::Database::open(weft_core::database::Options::new(&directory)).unwrap();
         let insecure = ServeOptions { tls: certificate, insecure: true, ..ServeOptions::default() };
-        assert!(!Shared::new(database, &insecure).refuses_plain_connection(false, remote));
+        assert!(!Service::new(database, &insecure).refuses_plain_connection(false, remote));
         let _ = std::fs::remove_dir_all(&directory);
     }
 }

@@ -13,17 +13,17 @@ use weft_ir::{ColumnType, Expr, Value};
 
 /// The static type of a translated expression: a column type, or NULL's "any".
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
+enum StaticType {
     Null,
     Of(ColumnType),
 }
 
-fn numeric(kind: Kind) -> bool {
-    matches!(kind, Kind::Null | Kind::Of(ColumnType::BigInt) | Kind::Of(ColumnType::Double))
+fn numeric(kind: StaticType) -> bool {
+    matches!(kind, StaticType::Null | StaticType::Of(ColumnType::BigInt) | StaticType::Of(ColumnType::Double))
 }
 
-fn comparable(left: Kind, right: Kind) -> bool {
-    left == right || left == Kind::Null || right == Kind::Null || (numeric(left) && numeric(right))
+fn comparable(left: StaticType, right: StaticType) -> bool {
+    left == right || left == StaticType::Null || right == StaticType::Null || (numeric(left) && numeric(right))
 }
 
 /// A literal value, if `expr` is one (including a negated number).
@@ -47,38 +47,38 @@ pub fn translate_expr(expr: &ast::Expr, columns: &[(String, ColumnType)]) -> Opt
 /// Translates a predicate (which must be BOOLEAN).
 pub fn translate_predicate(expr: &ast::Expr, columns: &[(String, ColumnType)]) -> Option<Expr> {
     match translate(expr, columns)? {
-        (expr, Kind::Of(ColumnType::Boolean) | Kind::Null) => Some(expr),
+        (expr, StaticType::Of(ColumnType::Boolean) | StaticType::Null) => Some(expr),
         _ => None,
     }
 }
 
-fn translate(expr: &ast::Expr, columns: &[(String, ColumnType)]) -> Option<(Expr, Kind)> {
+fn translate(expr: &ast::Expr, columns: &[(String, ColumnType)]) -> Option<(Expr, StaticType)> {
     Some(match expr {
         ast::Expr::Identifier(ident) => {
             let name = if ident.quote_style.is_some() { ident.value.clone() } else { ident.value.to_lowercase() };
             let index = columns.iter().position(|(column, _)| column == &name)?;
-            (Expr::Column(index), Kind::Of(columns[index].1))
+            (Expr::Column(index), StaticType::Of(columns[index].1))
         }
         ast::Expr::Nested(inner) => translate(inner, columns)?,
         ast::Expr::Value(value) => match &value.value {
             ast::Value::Number(text, false) => match text.parse::<i64>() {
-                Ok(int) => (Expr::Literal(Value::Int(int)), Kind::Of(ColumnType::BigInt)),
-                Err(_) => (Expr::Literal(Value::float(text.parse().ok()?)), Kind::Of(ColumnType::Double)),
+                Ok(int) => (Expr::Literal(Value::Int(int)), StaticType::Of(ColumnType::BigInt)),
+                Err(_) => (Expr::Literal(Value::float(text.parse().ok()?)), StaticType::Of(ColumnType::Double)),
             },
             ast::Value::SingleQuotedString(text) => {
-                (Expr::Literal(Value::Text(text.as_str().into())), Kind::Of(ColumnType::Text))
+                (Expr::Literal(Value::Text(text.as_str().into())), StaticType::Of(ColumnType::Text))
             }
-            ast::Value::Boolean(b) => (Expr::Literal(Value::Bool(*b)), Kind::Of(ColumnType::Boolean)),
-            ast::Value::Null => (Expr::Literal(Value::Null), Kind::Null),
+            ast::Value::Boolean(b) => (Expr::Literal(Value::Bool(*b)), StaticType::Of(ColumnType::Boolean)),
+            ast::Value::Null => (Expr::Literal(Value::Null), StaticType::Null),
             _ => return None,
         },
         ast::Expr::IsNull(inner) => (
             Expr::Unary { op: UnaryOp::IsNull, expr: Box::new(translate(inner, columns)?.0) },
-            Kind::Of(ColumnType::Boolean),
+            StaticType::Of(ColumnType::Boolean),
         ),
         ast::Expr::IsNotNull(inner) => (
             Expr::Unary { op: UnaryOp::IsNotNull, expr: Box::new(translate(inner, columns)?.0) },
-            Kind::Of(ColumnType::Boolean),
+            StaticType::Of(ColumnType::Boolean),
         ),
         ast::Expr::UnaryOp { op, expr } => {
             let (inner, kind) = translate(expr, columns)?;
@@ -87,8 +87,8 @@ fn translate(expr: &ast::Expr, columns: &[(String, ColumnType)]) -> Option<(Expr
                     (Expr::Unary { op: UnaryOp::Negate, expr: Box::new(inner) }, kind)
                 }
                 UnaryOperator::Plus if numeric(kind) => (inner, kind),
-                UnaryOperator::Not if matches!(kind, Kind::Null | Kind::Of(ColumnType::Boolean)) => {
-                    (Expr::Unary { op: UnaryOp::Not, expr: Box::new(inner) }, Kind::Of(ColumnType::Boolean))
+                UnaryOperator::Not if matches!(kind, StaticType::Null | StaticType::Of(ColumnType::Boolean)) => {
+                    (Expr::Unary { op: UnaryOp::Not, expr: Box::new(inner) }, StaticType::Of(ColumnType::Boolean))
                 }
                 _ => return None,
             }
@@ -105,14 +105,15 @@ fn translate(expr: &ast::Expr, columns: &[(String, ColumnType)]) -> Option<(Expr
                     if !numeric(left_kind) || !numeric(right_kind) {
                         return None;
                     }
-                    let kind =
-                        if left_kind == Kind::Of(ColumnType::Double) || right_kind == Kind::Of(ColumnType::Double) {
-                            Kind::Of(ColumnType::Double)
-                        } else if left_kind == Kind::Null || right_kind == Kind::Null {
-                            Kind::Null
-                        } else {
-                            Kind::Of(ColumnType::BigInt)
-                        };
+                    let kind = if left_kind == StaticType::Of(ColumnType::Double)
+                        || right_kind == StaticType::Of(ColumnType::Double)
+                    {
+                        StaticType::Of(ColumnType::Double)
+                    } else if left_kind == StaticType::Null || right_kind == StaticType::Null {
+                        StaticType::Null
+                    } else {
+                        StaticType::Of(ColumnType::BigInt)
+                    };
                     let op = match op {
                         BinaryOperator::Plus => BinaryOp::Add,
                         BinaryOperator::Minus => BinaryOp::Subtract,
@@ -121,8 +122,11 @@ fn translate(expr: &ast::Expr, columns: &[(String, ColumnType)]) -> Option<(Expr
                         _ => BinaryOp::Modulo,
                     };
                     // Integer arithmetic mixed with a double is done in doubles, as DataFusion does.
-                    let widen = |expr: Expr, kind: Kind| {
-                        if op != BinaryOp::Modulo && kind == Kind::Of(ColumnType::BigInt) && left_kind != right_kind {
+                    let widen = |expr: Expr, kind: StaticType| {
+                        if op != BinaryOp::Modulo
+                            && kind == StaticType::Of(ColumnType::BigInt)
+                            && left_kind != right_kind
+                        {
                             Expr::Cast { expr: Box::new(expr), to: ColumnType::Double, r#try: false }
                         } else {
                             expr
@@ -148,16 +152,16 @@ fn translate(expr: &ast::Expr, columns: &[(String, ColumnType)]) -> Option<(Expr
                         BinaryOperator::Gt => BinaryOp::Gt,
                         _ => BinaryOp::GtEq,
                     };
-                    (op, Kind::Of(ColumnType::Boolean))
+                    (op, StaticType::Of(ColumnType::Boolean))
                 }
                 BinaryOperator::And | BinaryOperator::Or => {
-                    let boolean = |kind| matches!(kind, Kind::Null | Kind::Of(ColumnType::Boolean));
+                    let boolean = |kind| matches!(kind, StaticType::Null | StaticType::Of(ColumnType::Boolean));
                     if !boolean(left_kind) || !boolean(right_kind) {
                         return None;
                     }
                     (
                         if *op == BinaryOperator::And { BinaryOp::And } else { BinaryOp::Or },
-                        Kind::Of(ColumnType::Boolean),
+                        StaticType::Of(ColumnType::Boolean),
                     )
                 }
                 _ => return None,

@@ -26,10 +26,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use wasmtime::{Config, Engine, Instance, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, Trap, Val, ValType};
-use weft_ipvm::content::{module_cid, Invocation};
+use weft_ipvm::invocation::{module_cid, Invocation};
 use weft_ir::{ColumnType, Value};
 
-pub use weft_ipvm::content::Cid;
+pub use weft_ipvm::invocation::Cid;
 
 /// Why a module could not be loaded.
 #[derive(Debug, thiserror::Error)]

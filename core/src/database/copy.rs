@@ -12,32 +12,9 @@ use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
 use datafusion::sql::sqlparser::ast::{CopyLegacyOption, CopyOption, CopySource, CopyTarget, Statement};
 use std::fs::File;
 use std::path::Path;
+use weft_connectors::files::FileFormat;
 use weft_engine::{Row, Value};
 use weft_sql::convert::batch_rows;
-
-/// File formats COPY reads and writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FileFormat {
-    Csv,
-    Parquet,
-    JsonLines,
-}
-
-impl FileFormat {
-    fn from_name(name: &str) -> Option<FileFormat> {
-        match name.to_ascii_lowercase().as_str() {
-            "csv" => Some(FileFormat::Csv),
-            "parquet" => Some(FileFormat::Parquet),
-            "json" | "jsonl" | "ndjson" => Some(FileFormat::JsonLines),
-            _ => None,
-        }
-    }
-
-    /// The format named by a file's extension.
-    pub fn from_path(path: &Path) -> Option<FileFormat> {
-        FileFormat::from_name(path.extension()?.to_str()?)
-    }
-}
 
 fn file_error(path: &Path, message: impl ToString) -> Error {
     Error::File { path: path.to_path_buf(), message: message.to_string() }

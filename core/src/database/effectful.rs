@@ -11,7 +11,7 @@
 //! the table's contents, so re-reading after a restart changes nothing that did not change.
 
 use super::*;
-use crate::effects::{column_type, columns_of, datum, value, EffectStatement, SinkDefinition, SourceDefinition};
+use crate::connections::{column_type, columns_of, datum, value, EffectStatement, SinkDefinition, SourceDefinition};
 use std::sync::mpsc::Receiver;
 use weft_effects::{Batch, Effect, SourceRead, Stream};
 
@@ -297,7 +297,7 @@ impl Database {
             changed += self.ingest_into(&name, deletes, inserts, &format!("source {name}"))?;
         }
         let (deletes, inserts) = self.observed_changes();
-        changed += self.ingest_into(crate::reads::READS_TABLE, deletes, inserts, "query effects")?;
+        changed += self.ingest_into(crate::reading_views::READS_TABLE, deletes, inserts, "query effects")?;
         self.commit_pending()?;
         Ok(changed)
     }
@@ -374,7 +374,7 @@ impl Database {
 
     /// Refuses statements that change a source's table or drop a sink's view.
     pub(super) fn check_not_managed(&self, name: &str, dropping_view: bool) -> Result<(), Error> {
-        if name == crate::reads::READS_TABLE && !self.ingesting {
+        if name == crate::reading_views::READS_TABLE && !self.ingesting {
             return Err(Error::Constraint(format!(
                 "{name} holds the observations of query effects; it is written only by them"
             )));

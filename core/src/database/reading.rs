@@ -1,9 +1,9 @@
 //! Views that read the world (`http_get`): installing their two halves, forwarding the wanted
 //! resources to the effect executor, and writing its observations into `weft_reads`.
-//! See [`crate::reads`] for the design.
+//! See [`crate::reading_views`] for the design.
 
 use super::*;
-use crate::reads::{split_reading_view, ReadingView, ReadsDefinition, READS_TABLE};
+use crate::reading_views::{split_reading_view, ReadingView, ReadsDefinition, READS_TABLE};
 use std::sync::mpsc::Receiver;
 
 /// A running reading view.

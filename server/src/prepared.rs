@@ -6,7 +6,7 @@
 //! never become SQL text, so no value a client sends can end a string, start a statement or be
 //! read as a keyword, and nothing rewrites the statement's text after binding.
 
-use crate::catalog;
+use crate::pg_catalog;
 use datafusion::sql::sqlparser::ast::{self, Statement};
 use std::ops::ControlFlow;
 use weft_core::database::{Error, Output};
@@ -28,7 +28,7 @@ pub enum Prepared {
 
 /// Prepares one statement's text (a client's whole statement, without the `;` that ends it).
 pub fn prepare(text: &str) -> Result<Prepared, Error> {
-    if let Some(output) = catalog::answer_session_statement(text) {
+    if let Some(output) = pg_catalog::answer_session_statement(text) {
         return Ok(Prepared::Answer(output));
     }
     if let Some(subscribe) = parse_subscribe(text, false) {
@@ -46,9 +46,9 @@ pub fn prepare(text: &str) -> Result<Prepared, Error> {
         1 => statements.pop().expect("one statement"),
         _ => return Err(Error::Unsupported("more than one statement in a prepared statement".into())),
     };
-    catalog::adapt_client_syntax(&mut statement);
-    if catalog::reads_absent_catalog_table(&statement) {
-        return Ok(Prepared::Answer(catalog::text_rows("?column?", &[])));
+    pg_catalog::adapt_client_syntax(&mut statement);
+    if pg_catalog::reads_absent_catalog_table(&statement) {
+        return Ok(Prepared::Answer(pg_catalog::text_rows("?column?", &[])));
     }
     Ok(Prepared::Sql(Box::new(statement)))
 }
