@@ -11,7 +11,7 @@ use cid::Cid;
 use ipld_core::ipld::Ipld;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use weft_engine::hashed_row::HashedRow;
+use weft_ir::hashed_row::HashedRow;
 use weft_engine::value::SmolStr;
 use weft_engine::Value;
 use weft_engine::{ColumnType, Row};

@@ -8,10 +8,9 @@
 pub mod batcher;
 pub mod dataflow;
 pub mod gate;
-pub mod hashed_row;
 pub mod row_counts;
 
-pub use weft_ir::{expr, functions, plan, value};
+pub use weft_ir::{expr, functions, hashed_row, plan, value};
 
 pub use dataflow::{Change, ChangeStream, Engine, EngineError, Subscription, ViewChanges, ViewState, Wake};
 pub use gate::Gate;

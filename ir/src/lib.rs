@@ -7,6 +7,7 @@
 pub mod error;
 pub mod expr;
 pub mod functions;
+pub mod hashed_row;
 pub mod plan;
 pub mod transform;
 pub mod value;
