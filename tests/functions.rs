@@ -116,7 +116,7 @@ fn fresh_directory(label: &str) -> std::path::PathBuf {
 }
 
 /// The receipt a `weft.receipts` cid cell names, checked to be addressed by its own bytes.
-fn receipt_named(database: &Database, cell: &Value) -> weft_core::functions::StoredReceipt {
+fn receipt_named(database: &Database, cell: &Value) -> weft_ipvm::memo::StoredReceipt {
     let Value::Text(cid) = cell else { panic!("receipt CIDs are text") };
     let stored = database.receipt(&weft_ipvm::invocation::parse_cid(cid).unwrap()).expect("receipt by CID");
     assert_eq!(stored.cid.to_string(), cid.as_str());
@@ -125,7 +125,7 @@ fn receipt_named(database: &Database, cell: &Value) -> weft_core::functions::Sto
 }
 
 /// Checks a receipt's proof against its issuer's signature.
-fn verify_signed(stored: &weft_core::functions::StoredReceipt) {
+fn verify_signed(stored: &weft_ipvm::memo::StoredReceipt) {
     let proof = stored.signed_proof().unwrap();
     weft_ipvm::identity::verify_proof(&stored.receipt.issuer, &stored.cid.to_bytes(), &proof).unwrap();
 }
@@ -301,7 +301,7 @@ fn receipts_of_many_calls_are_signed_in_batches_while_the_view_builds() {
     let options = Options { data_dir: directory.clone(), workers: 2, sync: false };
     let math = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/wasm/math.wat");
     // More than two full batches of 4,096 and a partial one.
-    let calls = 2 * weft_core::functions::RECEIPTS_PER_BATCH + 1000;
+    let calls = 2 * weft_ipvm::receipts::RECEIPTS_PER_BATCH + 1000;
     {
         let mut database = Database::open(options.clone()).unwrap();
         database
@@ -327,9 +327,7 @@ fn receipts_of_many_calls_are_signed_in_batches_while_the_view_builds() {
     for (position, row) in rows.iter().enumerate() {
         let stored = receipt_named(&database, &row[0]);
         match &stored.proof {
-            Some(weft_core::functions::ReceiptProof::InBatch { batch, .. }) => {
-                signatures.insert(batch.signature().to_vec())
-            }
+            Some(weft_ipvm::memo::ReceiptProof::InBatch { batch, .. }) => signatures.insert(batch.signature().to_vec()),
             other => panic!("a receipt read back from a batch record keeps its batch, not {other:?}"),
         };
         // Rebuilding a path hashes the whole batch (slow in a debug build): check a spread.
@@ -393,9 +391,9 @@ fn receipts_logged_one_by_one_by_earlier_versions_still_replay() {
 
 /// A batch logged as runs ([`Record::ReceiptRuns`]) in the form versions before it logged:
 /// with each receipt's two digests.
-fn with_digests(bytes: &[u8]) -> weft_core::functions::LoggedBatch {
+fn with_digests(bytes: &[u8]) -> weft_ipvm::receipts::LoggedBatch {
     use weft_ipvm::invocation::{dag_cbor_cid, digest_of, Invocation};
-    let runs = weft_core::functions::LoggedRuns::decode(bytes).unwrap();
+    let runs = weft_ipvm::receipts::LoggedRuns::decode(bytes).unwrap();
     let receipts = runs
         .runs
         .into_iter()
@@ -404,7 +402,7 @@ fn with_digests(bytes: &[u8]) -> weft_core::functions::LoggedBatch {
             let module = cid::Cid::try_from(module.as_slice()).unwrap();
             let invocation = Invocation { module, function: export.clone(), args: run.args.to_vec() }.cid().unwrap();
             let receipt = dag_cbor_cid(&run.receipt(invocation, &runs.issuer).encode().unwrap());
-            weft_core::functions::LoggedReceipt {
+            weft_ipvm::receipts::LoggedReceipt {
                 invocation: digest_of(&invocation).unwrap(),
                 receipt: digest_of(&receipt).unwrap(),
                 function,
@@ -412,7 +410,7 @@ fn with_digests(bytes: &[u8]) -> weft_core::functions::LoggedBatch {
             }
         })
         .collect();
-    weft_core::functions::LoggedBatch {
+    weft_ipvm::receipts::LoggedBatch {
         issuer: runs.issuer,
         signature: runs.signature,
         functions: runs.functions,
@@ -423,7 +421,7 @@ fn with_digests(bytes: &[u8]) -> weft_core::functions::LoggedBatch {
 #[test]
 fn receipt_batches_logged_in_earlier_forms_still_replay() {
     use weft_core::wal::{Record, Wal};
-    type Form = fn(weft_core::functions::LoggedBatch) -> Record;
+    type Form = fn(weft_ipvm::receipts::LoggedBatch) -> Record;
     let fixed_width: Form = Record::Receipts;
     let compact: Form = |batch| Record::CompactReceipts(batch.encode().unwrap());
     for (label, form) in [("fixed-width", fixed_width), ("compact", compact)] {

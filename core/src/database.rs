@@ -12,7 +12,8 @@ mod effectful;
 mod reading;
 
 use crate::catalog::{CatalogObserver, ListedRelation, Relation, RelationKind, TableData, ViewSource};
-use crate::functions::{FunctionCatalog, FunctionDefinition, FunctionStatement, Memo, StoredReceipt, WasmFunction};
+use crate::catalog::{FunctionCatalog, FunctionDefinition};
+use crate::functions::{FunctionStatement, WasmFunction};
 use crate::wal::{Record, Wal, WalError};
 use datafusion::arrow::array::StringArray;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -31,6 +32,7 @@ use weft_engine::{
 };
 use weft_ipvm::identity::Identity;
 use weft_ipvm::invocation::Outcome;
+use weft_ipvm::memo::{Memo, StoredReceipt};
 use weft_ipvm::signer::Signer;
 use weft_ir::transform::{point_lookup::point_lookup, row_local::row_local};
 use weft_sql::convert::{batch_rows, column_type, schema_of};
@@ -478,7 +480,7 @@ impl Database {
                 Record::Receipt { .. } | Record::Receipts(_) | Record::CompactReceipts(_) | Record::ReceiptRuns(_)
             )
         });
-        let runs = crate::functions::prepare_runs(
+        let runs = weft_ipvm::memo::prepare_runs(
             &receipts
                 .iter()
                 .filter_map(|record| match record {
@@ -495,7 +497,7 @@ impl Database {
                 }
                 Record::Receipts(batch) => self.memo_mut().replay_batch(batch)?,
                 Record::CompactReceipts(bytes) => {
-                    self.memo_mut().replay_batch(crate::functions::LoggedBatch::decode(&bytes)?)?
+                    self.memo_mut().replay_batch(weft_ipvm::receipts::LoggedBatch::decode(&bytes)?)?
                 }
                 Record::ReceiptRuns(_) => {
                     let replayed = runs.next().expect("one prepared batch per record of runs");
@@ -621,7 +623,7 @@ impl Database {
         for sink in self.sinks.values() {
             records.push(Record::CreateSink { definition: sink.definition.clone() });
         }
-        records.extend(self.memo.read().expect("memo lock").snapshot_records()?);
+        records.extend(self.memo.read().expect("memo lock").snapshot()?.into_iter().map(Record::from));
         self.wal.rewrite(&records)?;
         Ok(())
     }
@@ -648,7 +650,7 @@ impl Database {
         let invocation_cid = invocation.cid()?;
         let function_index = self.memo_mut().function_index(module.cid, function)?;
         let recorded =
-            self.memo.read().expect("memo lock").recall_entry(&crate::functions::CallKey::new(function_index, &args));
+            self.memo.read().expect("memo lock").recall_entry(&weft_ipvm::memo::CallKey::new(function_index, &args));
         if let Some(index) = recorded {
             // Signed by now unless a concurrent reader's statement ran it: its receipt then waits
             // in the signer (every unsigned entry does), which signs and logs it now.
@@ -666,9 +668,9 @@ impl Database {
             Ok(output) => (Outcome::Ok(output.value), output.fuel, output.duration_us, output.started_ns),
             // Not an outcome of the invocation: nothing is recorded.
             Err(error @ weft_wasm::CallError::Interrupted(_)) => return Err(Error::Interrupted(error.to_string())),
-            Err(error) => (Outcome::Error(error.to_string()), 0, 0, crate::functions::now_ns()),
+            Err(error) => (Outcome::Error(error.to_string()), 0, 0, weft_ipvm::memo::now_ns()),
         };
-        let run = crate::functions::Run {
+        let run = weft_ipvm::receipts::Run {
             args: invocation.args.into_boxed_slice(),
             out,
             fuel,
@@ -682,7 +684,7 @@ impl Database {
             let mut memo = self.memo_mut();
             memo.count_miss();
             let issuer = memo.issuer_index(self.identity.did());
-            let (index, recorded) = memo.record(crate::functions::MemoEntry::new(function_index, issuer, run));
+            let (index, recorded) = memo.record(weft_ipvm::memo::MemoEntry::new(function_index, issuer, run));
             // A view's call may have recorded it meanwhile: that receipt stays (and is with the
             // signer already).
             if recorded {

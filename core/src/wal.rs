@@ -72,6 +72,17 @@ pub enum Record {
     ReceiptRuns(Vec<u8>),
 }
 
+impl From<weft_ipvm::memo::SnapshotReceipts> for Record {
+    fn from(receipts: weft_ipvm::memo::SnapshotReceipts) -> Record {
+        match receipts {
+            weft_ipvm::memo::SnapshotReceipts::Runs(runs) => Record::ReceiptRuns(runs),
+            weft_ipvm::memo::SnapshotReceipts::Single { invocation, receipt, proof, first_seen_ns, worker } => {
+                Record::Receipt { invocation, receipt, proof, first_seen_ns, worker }
+            }
+        }
+    }
+}
+
 /// Errors of the log.
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {

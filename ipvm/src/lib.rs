@@ -7,6 +7,7 @@
 
 pub mod identity;
 pub mod invocation;
+pub mod memo;
 pub mod receipts;
 pub mod sha3_lanes;
 pub mod signer;

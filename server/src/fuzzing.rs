@@ -56,8 +56,8 @@ pub fn receipt_bytes(bytes: &[u8]) {
         let _ = weft_ipvm::invocation::Invocation::from_ipld(&ipld);
         let _ = weft_ipvm::invocation::Receipt::from_ipld(&ipld);
     }
-    let _ = weft_core::functions::LoggedBatch::decode(bytes);
-    let _ = weft_core::functions::LoggedRuns::decode(bytes);
+    let _ = weft_ipvm::receipts::LoggedBatch::decode(bytes);
+    let _ = weft_ipvm::receipts::LoggedRuns::decode(bytes);
 }
 
 /// Bytes a client sends over the PostgreSQL protocol: decoded as start-up messages, then as
