@@ -22,7 +22,12 @@ pub enum AccessError {
     NoFiles(String),
     /// The path leaves the files root (`..`, an absolute path elsewhere, a symbolic link out).
     #[error("permission denied for file {path:?}: it is outside the files root {root}")]
-    OutsideRoot { path: String, root: String },
+    OutsideRoot {
+        /// The path asked for.
+        path: String,
+        /// The files root.
+        root: String,
+    },
     /// The host is not among those allowed.
     #[error("permission denied for host {0:?}: not in this server's --allow-hosts")]
     HostNotAllowed(String),
@@ -57,7 +62,9 @@ pub enum Hosts {
 /// What statements may reach: files and hosts.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Access {
+    /// The files statements may read and write.
     pub files: Files,
+    /// The hosts statements may connect to.
     pub hosts: Hosts,
 }
 

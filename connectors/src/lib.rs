@@ -14,6 +14,8 @@
 //! - [`requested`]: a sink executing the effects a view's rows describe (as a Wasm function
 //!   returns them).
 
+#![warn(missing_docs)]
+
 pub mod access;
 pub mod files;
 pub mod http;

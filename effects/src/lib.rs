@@ -8,6 +8,8 @@
 //! status of pending effects (what may be delivered next, what failed), and [`backoff`] the retry
 //! schedule for transient failures.
 
+#![warn(missing_docs)]
+
 pub mod backoff;
 pub mod connector;
 pub mod model;

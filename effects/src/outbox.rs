@@ -69,22 +69,44 @@ pub struct SignedReceipt {
 pub enum OutboxRecord {
     /// A sink's starting point (after compaction): the next sequence number and the contents
     /// every effect not listed after this record adds up to.
-    Base { sink: String, next_sequence: u64, sent: Vec<(Vec<Datum>, i64)> },
+    Base {
+        /// The sink.
+        sink: String,
+        /// The sequence number its next effect takes.
+        next_sequence: u64,
+        /// The rows sent so far, with their multiplicities.
+        sent: Vec<(Vec<Datum>, i64)>,
+    },
     /// A new effect, pending.
-    Enqueued { effect: Effect },
+    Enqueued {
+        /// The effect.
+        effect: Effect,
+    },
     /// An attempt's outcome.
     Outcome {
+        /// The effect's CID.
         cid: String,
+        /// Its status after the attempt.
         status: Status,
+        /// Attempts so far.
         attempts: u32,
+        /// The connector's receipt, if it applied the effect.
         receipt: Option<String>,
+        /// Why the attempt failed, if it did.
         error: Option<String>,
+        /// The node's signed receipt of the effect, once applied.
         signed_receipt: Option<SignedReceipt>,
     },
     /// A finished effect kept for `weft.effects` (compaction writes these without changes).
-    Settled { entry: Entry },
+    Settled {
+        /// The effect and its outcome.
+        entry: Entry,
+    },
     /// `DROP SINK`: forget the sink's effects.
-    DropSink { sink: String },
+    DropSink {
+        /// The sink dropped.
+        sink: String,
+    },
 }
 
 #[derive(Default)]

@@ -84,7 +84,12 @@ fn arrange_pairs(pairs: VecCollection<'_, Time, (HashedRow, HashedRow), isize>) 
 pub enum EngineError {
     /// The timely runtime could not start.
     #[error("could not start {workers} timely worker(s): {message}")]
-    Start { workers: usize, message: String },
+    Start {
+        /// Workers asked for.
+        workers: usize,
+        /// Timely's error.
+        message: String,
+    },
     /// A worker thread stopped unexpectedly (a bug); the engine must be reopened.
     #[error("a dataflow worker stopped unexpectedly")]
     WorkerDied,
@@ -96,14 +101,22 @@ pub enum EngineError {
     UnknownFunction(String),
     /// Evaluating a view's expressions failed on some rows.
     #[error("view {view} cannot be read: {message}")]
-    ViewError { view: String, message: String },
+    ViewError {
+        /// The view.
+        view: String,
+        /// The first evaluation error.
+        message: String,
+    },
 }
 
 /// One row inserted (`diff > 0`) or deleted (`diff < 0`) in a table.
 #[derive(Clone, Debug)]
 pub struct Change {
+    /// The table.
     pub table: RelationId,
+    /// The row.
     pub row: Row,
+    /// Copies added (positive) or removed (negative).
     pub diff: isize,
 }
 
@@ -125,6 +138,7 @@ pub struct ViewState {
 /// The consolidated changes of one view at one timestamp, in the order timestamps commit.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ViewChanges {
+    /// The timestamp the changes happened at.
     pub time: Time,
     /// Rows with their change in multiplicity (never zero).
     pub updates: Vec<(Row, isize)>,

@@ -5,6 +5,8 @@
 //! The engine knows nothing of SQL text or DataFusion: `weft-sql` hands it [`Plan`]s. The IR
 //! modules are re-exported here for the crates that have not moved to `weft-ir` yet.
 
+#![warn(missing_docs)]
+
 pub mod batcher;
 pub mod dataflow;
 pub mod gate;

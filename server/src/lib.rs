@@ -12,6 +12,8 @@
 //! [`options`], [`sessions`], [`pg_catalog`], [`prepared`], [`service`], [`pg`], [`http`]; this file
 //! starts them ([`serve`]).
 
+#![warn(missing_docs)]
+
 pub mod auth;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -44,9 +44,13 @@ impl Histogram {
 /// Counters of the server's work.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// Statements executed.
     pub statements: AtomicU64,
+    /// Statements that failed.
     pub errors: AtomicU64,
+    /// Connections accepted.
     pub connections: AtomicU64,
+    /// Subscriptions started.
     pub subscriptions: AtomicU64,
     /// Time to execute a statement batch, reads and writes.
     pub statement_latency: Histogram,
@@ -58,8 +62,11 @@ pub struct Metrics {
 pub struct DatabaseFigures {
     /// (view, rows, subscribers)
     pub views: Vec<(String, usize, usize)>,
+    /// Tables.
     pub tables: usize,
+    /// Calls answered from the memo.
     pub memo_hits: u64,
+    /// Calls that ran.
     pub memo_misses: u64,
     /// Mutation effects by status (`pending`, `delivered`, `failed`).
     pub effects: Vec<(&'static str, u64)>,

@@ -64,22 +64,35 @@ impl ServeOptions {
 /// Errors starting the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// A listener beyond loopback, and no password.
     #[error("refusing to listen on {0} without a password: set --password (or WEFT_PASSWORD), or listen on loopback")]
     OpenListener(SocketAddr),
+    /// A listener beyond loopback, no TLS, and no `--insecure`.
     #[error(
         "refusing to listen on {0} without TLS: give --tls-cert and --tls-key, listen on loopback, or say --insecure"
     )]
     PlainListener(SocketAddr),
+    /// The certificate or key could not be used.
     #[error("TLS: {0}")]
     Tls(String),
+    /// An address could not be listened on.
     #[error("cannot listen on {address}: {message}")]
-    Bind { address: SocketAddr, message: String },
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// The operating system's error.
+        message: String,
+    },
+    /// `--password ''`.
     #[error("an empty password is no password: give a non-empty --password (or WEFT_PASSWORD), or none on loopback")]
     EmptyPassword,
+    /// Neither `--pg` nor `--http`.
     #[error("nothing to serve: give --pg and/or --http")]
     NoListener,
+    /// The runtime or a thread could not start.
     #[error("could not start the server's runtime: {0}")]
     Runtime(String),
+    /// The `pg_catalog` tables could not be registered.
     #[error("could not register pg_catalog: {0}")]
     Catalog(#[from] weft_sql::SqlError),
 }

@@ -33,8 +33,10 @@ impl OutputFormat {
 /// Why an output could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
+    /// Writing failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// Formatting the rows failed.
     #[error(transparent)]
     Arrow(#[from] datafusion::arrow::error::ArrowError),
 }

@@ -884,7 +884,14 @@ impl ExtendedQueryHandler for Connection {
 
 /// Start-up: SCRAM-SHA-256 when the server has a password, else none.
 pub enum Startup {
-    Password { handler: Box<SASLAuthStartupHandler<DefaultServerParameterProvider>>, shared: Arc<Service> },
+    /// SCRAM-SHA-256, and the service (to slow down failing addresses).
+    Password {
+        /// pgwire's SCRAM handler.
+        handler: Box<SASLAuthStartupHandler<DefaultServerParameterProvider>>,
+        /// The service.
+        shared: Arc<Service>,
+    },
+    /// No authentication (loopback without a password).
     Open(OpenStartup),
 }
 

@@ -141,7 +141,9 @@ fn placeholder_count(text: &str) -> usize {
 /// A `SUBSCRIBE` statement: `SUBSCRIBE [TO] view [WITH (SNAPSHOT = true|false)]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SubscribeStatement {
+    /// The view.
     pub view: String,
+    /// Whether the view's current rows come first.
     pub snapshot: bool,
 }
 

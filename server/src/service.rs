@@ -16,8 +16,11 @@ use weft_engine::{ColumnType, Row, Subscription, Time};
 
 /// A view's columns and a subscription to it.
 pub struct ViewSubscription {
+    /// The view.
     pub view: String,
+    /// Its columns.
     pub columns: Vec<(String, ColumnType)>,
+    /// The snapshot and the stream of changes.
     pub subscription: Subscription,
 }
 
@@ -25,8 +28,11 @@ pub struct ViewSubscription {
 /// (`diff` < 0) at logical timestamp `time`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RowChange {
+    /// The timestamp.
     pub time: Time,
+    /// Copies added (positive) or removed (negative).
     pub diff: i64,
+    /// The row.
     pub row: Row,
 }
 
@@ -52,6 +58,7 @@ pub struct Service {
     pub(crate) reader: Reader,
     /// Sessions, their transactions and the writer.
     pub sessions: sessions::Sessions,
+    /// Counters and latencies, for `/metrics`.
     pub metrics: Metrics,
     /// The password clients must give, if any.
     pub passwords: auth::PasswordCheck,

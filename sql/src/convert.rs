@@ -25,7 +25,14 @@ pub enum ConvertError {
     Arrow(#[from] datafusion::arrow::error::ArrowError),
     /// A value does not fit its column.
     #[error("column {column}: expected {expected}, got {value}")]
-    Mismatch { column: String, expected: ColumnType, value: Value },
+    Mismatch {
+        /// The column.
+        column: String,
+        /// Its type.
+        expected: ColumnType,
+        /// The value that does not fit.
+        value: Value,
+    },
 }
 
 /// The canonical Arrow type of a weft column type.

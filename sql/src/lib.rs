@@ -7,6 +7,8 @@
 //! for the simple DML expressions that skip planning. This crate never depends on the Wasm
 //! runtime; the engine never depends on this crate.
 
+#![warn(missing_docs)]
+
 pub mod convert;
 pub mod fastpath;
 pub mod lower;

@@ -22,34 +22,80 @@ pub enum WeftStatement {
     /// [EXPORT 'name'] [WITH (fuel = n, memory_mb = n)] [ON ERROR NULL]`.
     CreateFunction(FunctionSpec),
     /// `DROP FUNCTION [IF EXISTS] name`.
-    DropFunction { name: String, if_exists: bool },
+    DropFunction {
+        /// The function.
+        name: String,
+        /// `IF EXISTS`: a missing function is no error.
+        if_exists: bool,
+    },
     /// `CREATE SINK name FROM view INTO connector('argument', ...) [KEY (column, ...)]`.
-    CreateSink { name: String, view: String, target: TargetSpec, key: Vec<String> },
+    CreateSink {
+        /// The sink's name.
+        name: String,
+        /// The view whose changes it writes.
+        view: String,
+        /// Where it writes them.
+        target: TargetSpec,
+        /// `KEY (column, ...)`: the columns that identify a row at the target.
+        key: Vec<String>,
+    },
     /// `CREATE SOURCE name [(column type, ...)] FROM connector('argument', ...)
     /// [WITH (poll_ms = n)]`.
-    CreateSource { name: String, columns: Vec<(String, ColumnType)>, target: TargetSpec, poll_ms: Option<u64> },
+    CreateSource {
+        /// The source's name (and its table's).
+        name: String,
+        /// The columns, if declared (else found from the source).
+        columns: Vec<(String, ColumnType)>,
+        /// Where it reads.
+        target: TargetSpec,
+        /// `WITH (poll_ms = n)`: how often it reads.
+        poll_ms: Option<u64>,
+    },
     /// `DROP SINK|SOURCE [IF EXISTS] name`.
-    DropEffect { source: bool, name: String, if_exists: bool },
+    DropEffect {
+        /// A source (else a sink).
+        source: bool,
+        /// Its name.
+        name: String,
+        /// `IF EXISTS`: a missing one is no error.
+        if_exists: bool,
+    },
     /// `RETRY EFFECT 'cid'`.
-    RetryEffect { cid: String },
+    RetryEffect {
+        /// The failed effect's CID.
+        cid: String,
+    },
     /// `SUBSCRIBE [TO] view [WITH (SNAPSHOT = true|false)]`, or the same inside
     /// `COPY (...) TO STDOUT` (`copy`: the changes as a COPY stream, which psql prints as they
     /// arrive).
-    Subscribe { view: String, snapshot: bool, copy: bool },
+    Subscribe {
+        /// The view.
+        view: String,
+        /// Whether the view's current rows come first.
+        snapshot: bool,
+        /// Inside `COPY (...) TO STDOUT`.
+        copy: bool,
+    },
 }
 
 /// A function's declaration as written.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FunctionSpec {
+    /// The function's SQL name.
     pub name: String,
+    /// `OR REPLACE`.
     pub or_replace: bool,
+    /// The parameters' types.
     pub params: Vec<ColumnType>,
+    /// The result's type.
     pub returns: ColumnType,
     /// The module's path.
     pub path: String,
     /// The export to call, if not the function's name.
     pub export: Option<String>,
+    /// `WITH (fuel = n)`: fuel per call.
     pub fuel: Option<u64>,
+    /// `WITH (memory_mb = n)`: memory per call, in MiB.
     pub memory_mb: Option<u64>,
     /// `ON ERROR NULL`: a failing call yields NULL instead of failing the statement.
     pub on_error_null: bool,
@@ -58,7 +104,9 @@ pub struct FunctionSpec {
 /// A connector and its (string) arguments: `files('out.jsonl')`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TargetSpec {
+    /// The connector's name (`files`, `http`, `postgres`, `effects`).
     pub connector: String,
+    /// Its arguments.
     pub arguments: Vec<String>,
 }
 

@@ -17,9 +17,13 @@ use weft_ir::{ColumnType, Value};
 /// A registered weft function.
 #[derive(Debug)]
 pub struct WeftUdf {
+    /// The function's id in its database's registry.
     pub id: FunctionId,
+    /// Its SQL name.
     pub name: String,
+    /// Its parameters' types.
     pub params: Vec<ColumnType>,
+    /// Its result's type.
     pub result: ColumnType,
     signature: Signature,
     callable: Arc<dyn Callable>,

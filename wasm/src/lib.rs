@@ -22,6 +22,8 @@
 //!   guest's memory (TEXT must be UTF-8).
 //! - Functions are strict: a call with a NULL argument is not run and yields NULL.
 
+#![warn(missing_docs)]
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -45,16 +47,22 @@ pub enum LoadError {
 /// Why a call failed. Each becomes an error receipt.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
+    /// The module exports no function of that name.
     #[error("module has no exported function {0}")]
     MissingExport(String),
+    /// The export's parameter or result types are not the declared ones.
     #[error("signature mismatch: {0}")]
     Signature(String),
+    /// The call used up its fuel (an outcome of the invocation: memoised).
     #[error("fuel exhausted after {0} units")]
     OutOfFuel(u64),
+    /// The call grew its memory past the limit (an outcome: memoised).
     #[error("memory limit of {0} bytes exceeded")]
     OutOfMemory(usize),
+    /// The module trapped.
     #[error("trap: {0}")]
     Trap(String),
+    /// The result could not be read as the declared type.
     #[error("bad result: {0}")]
     Result(String),
     /// Stopped at the wall-clock limit. Not an outcome of the invocation (a faster machine or a
@@ -80,6 +88,7 @@ impl Default for Limits {
 
 /// A compiled module, pre-linked (with no imports) for fast instantiation, and its CID.
 pub struct LoadedModule {
+    /// The CID of the module's binary.
     pub cid: Cid,
     module: Module,
     pre: wasmtime::InstancePre<CallState>,
@@ -93,8 +102,11 @@ pub struct LoadedModule {
 /// What a successful call returned.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CallOutput {
+    /// The result.
     pub value: Value,
+    /// Fuel the call used.
     pub fuel: u64,
+    /// How long the call took, in microseconds.
     pub duration_us: u64,
     /// When the call started, in nanoseconds since the epoch.
     pub started_ns: i64,
@@ -103,7 +115,9 @@ pub struct CallOutput {
 /// The declared types of a function.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Signature {
+    /// The parameters' types.
     pub params: Vec<ColumnType>,
+    /// The result's type.
     pub result: ColumnType,
 }
 
