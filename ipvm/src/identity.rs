@@ -12,10 +12,18 @@ const ED25519_PUBLIC_KEY_PREFIX: [u8; 2] = [0xed, 0x01];
 /// Errors of key handling and signatures.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
+    /// The node's key file could not be read, written or parsed.
     #[error("node key {path}: {message}")]
-    Key { path: String, message: String },
+    Key {
+        /// The key file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A did that is not an Ed25519 did:key.
     #[error("{0} is not an ed25519 did:key")]
     NotDidKey(String),
+    /// A signature that the key does not verify.
     #[error("signature does not verify: {0}")]
     BadSignature(String),
 }

@@ -31,7 +31,12 @@ pub enum ContentError {
     Encoding(String),
     /// A CID string did not parse.
     #[error("invalid CID {text}: {message}")]
-    InvalidCid { text: String, message: String },
+    InvalidCid {
+        /// The text (or bytes) given.
+        text: String,
+        /// Why it is no CID.
+        message: String,
+    },
     /// An IPLD value has no weft counterpart.
     #[error("IPLD value of kind {0} has no weft type")]
     Unrepresentable(&'static str),
@@ -96,8 +101,11 @@ fn map(entries: impl IntoIterator<Item = (&'static str, Ipld)>) -> Ipld {
 /// One call of an exported function of a module on some arguments.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Invocation {
+    /// The module's CID.
     pub module: Cid,
+    /// The exported function called.
     pub function: String,
+    /// Its arguments.
     pub args: Vec<Value>,
 }
 
@@ -208,12 +216,19 @@ pub mod cbor {
     use super::{Cid, ContentError};
     use weft_ir::value::Value;
 
+    /// CBOR major type 0: an unsigned integer.
     pub const UNSIGNED: u8 = 0;
+    /// Major type 1: a negative integer.
     pub const NEGATIVE: u8 = 1;
+    /// Major type 2: a byte string.
     pub const BYTES: u8 = 2;
+    /// Major type 3: a text string.
     pub const TEXT: u8 = 3;
+    /// Major type 4: an array.
     pub const ARRAY: u8 = 4;
+    /// Major type 5: a map.
     pub const MAP: u8 = 5;
+    /// Major type 6: a tag (42 for CIDs).
     pub const TAG: u8 = 6;
 
     /// A head: major type and argument, in the shortest form.
@@ -287,7 +302,9 @@ pub mod cbor {
 /// The outcome of an invocation.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Outcome {
+    /// The function returned this value.
     Ok(Value),
+    /// The function failed (trap, fuel, memory), with this message.
     Error(String),
 }
 
@@ -296,6 +313,7 @@ pub enum Outcome {
 pub struct Receipt {
     /// The invocation's CID.
     pub ran: Cid,
+    /// What the invocation returned.
     pub out: Outcome,
     /// Wasm fuel consumed.
     pub fuel: u64,

@@ -5,6 +5,8 @@
 //!
 //! It depends only on `weft-ir` (for the values arguments and results are made of).
 
+#![warn(missing_docs)]
+
 pub mod identity;
 pub mod invocation;
 pub mod memo;

@@ -21,7 +21,18 @@ pub enum SnapshotReceipts {
     /// A signed batch's encoded runs (see [`LoggedRuns`]).
     Runs(Vec<u8>),
     /// A receipt with its own proof (logged so by versions before batches).
-    Single { invocation: Vec<u8>, receipt: Vec<u8>, proof: Proof, first_seen_ns: i64, worker: u32 },
+    Single {
+        /// The invocation's DAG-CBOR.
+        invocation: Vec<u8>,
+        /// The receipt's DAG-CBOR.
+        receipt: Vec<u8>,
+        /// The node's signature proof of the receipt.
+        proof: Proof,
+        /// When the invocation first ran (nanoseconds since the epoch).
+        first_seen_ns: i64,
+        /// The worker that ran it.
+        worker: u32,
+    },
 }
 
 /// A receipt as a caller sees it: its CID, its decoded form, its DAG-CBOR bytes, its invocation
@@ -29,10 +40,15 @@ pub enum SnapshotReceipts {
 /// from the memo's compact [`MemoEntry`].
 #[derive(Clone, Debug)]
 pub struct StoredReceipt {
+    /// The receipt's CID.
     pub cid: Cid,
+    /// The receipt.
     pub receipt: Receipt,
+    /// The invocation it is the receipt of.
     pub invocation: Invocation,
+    /// The receipt's DAG-CBOR.
     pub encoded: Vec<u8>,
+    /// The node's signature proof, once signed.
     pub proof: Option<ReceiptProof>,
     /// When this node first ran the invocation (nanoseconds since the epoch).
     pub first_seen_ns: i64,
@@ -47,7 +63,12 @@ pub enum ReceiptProof {
     /// A complete proof.
     Own(Box<Proof>),
     /// Leaf `index` of a signed batch.
-    InBatch { batch: Arc<crate::identity::SignedBatch>, index: u32 },
+    InBatch {
+        /// The batch.
+        batch: Arc<crate::identity::SignedBatch>,
+        /// The receipt's leaf.
+        index: u32,
+    },
 }
 
 impl ReceiptProof {
@@ -89,6 +110,7 @@ pub struct MemoEntry {
     batch: u32,
     /// The receipt's leaf in that batch.
     leaf: u32,
+    /// The call as it ran.
     pub run: Run,
 }
 
@@ -269,12 +291,15 @@ const CHUNK_ENTRIES: usize = 1 << 13;
 /// once per call, however often the memo is searched for it).
 #[derive(Clone, Copy, Debug)]
 pub struct CallKey<'a> {
+    /// The function's index in the memo.
     pub function: u32,
+    /// The arguments.
     pub args: &'a [Value],
     hash: u64,
 }
 
 impl<'a> CallKey<'a> {
+    /// The key of calling function `function` on `args`.
     pub fn new(function: u32, args: &'a [Value]) -> CallKey<'a> {
         CallKey { function, args, hash: call_hash(function, args) }
     }

@@ -11,9 +11,13 @@ use weft_ir::Value;
 /// The memo's entries, the signer's pending receipts and the log's receipts all carry one.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Run {
+    /// The arguments.
     pub args: Box<[Value]>,
+    /// What the call returned.
     pub out: Outcome,
+    /// Fuel it used.
     pub fuel: u64,
+    /// How long it took, in microseconds.
     pub duration_us: u64,
     /// When this node first ran the invocation (nanoseconds since the epoch).
     pub first_seen_ns: i64,
@@ -37,8 +41,11 @@ impl Run {
 /// A called function: its module and export, and the template of its invocations.
 #[derive(Debug)]
 pub struct CalledFunction {
+    /// The module's CID.
     pub module: Cid,
+    /// The exported function.
     pub export: String,
+    /// Its invocations, encoded but for their arguments.
     pub template: invocation::InvocationTemplate,
 }
 
@@ -63,10 +70,13 @@ pub const RECEIPTS_PER_BATCH: usize = 4096;
 /// are rebuilt from the receipts when the log is read.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LoggedBatch {
+    /// The did of the node that signed the batch.
     pub issuer: String,
+    /// Its signature over the Merkle root of the receipt CIDs.
     pub signature: Vec<u8>,
     /// `(module CID bytes, export)`.
     pub functions: Vec<(Vec<u8>, String)>,
+    /// The receipts, in leaf order.
     pub receipts: Vec<LoggedReceipt>,
 }
 
@@ -105,10 +115,13 @@ fn compact_decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Con
 /// about 27 bytes per receipt instead of 91.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LoggedRuns {
+    /// The did of the node that signed the batch.
     pub issuer: String,
+    /// Its signature over the Merkle root of the receipt CIDs.
     pub signature: Vec<u8>,
     /// `(module CID bytes, export)`.
     pub functions: Vec<(Vec<u8>, String)>,
+    /// Each receipt's run, with the position of its function, in leaf order.
     pub runs: Vec<(u32, Run)>,
 }
 
@@ -127,9 +140,12 @@ impl LoggedRuns {
 /// One receipt of a [`LoggedBatch`].
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LoggedReceipt {
+    /// The invocation CID's digest.
     pub invocation: Digest,
+    /// The receipt CID's digest.
     pub receipt: Digest,
     /// Index into the batch's functions.
     pub function: u32,
+    /// The call as it ran.
     pub run: Run,
 }

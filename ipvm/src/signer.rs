@@ -23,8 +23,11 @@ use std::sync::{Arc, Condvar, Mutex};
 pub struct PendingReceipt {
     /// The memo entry's index.
     pub index: u32,
+    /// The function called.
     pub function: Arc<CalledFunction>,
+    /// The did of the node issuing the receipt.
     pub issuer: Arc<str>,
+    /// The call as it ran.
     pub run: Run,
 }
 
@@ -32,9 +35,13 @@ pub struct PendingReceipt {
 /// signature and the batch's log record, already encoded as a log frame (on the signing thread,
 /// so the statement's end only writes it).
 pub struct SignedReceipts {
+    /// The memo entries signed, in leaf order.
     pub indices: Vec<u32>,
+    /// Their `(invocation, receipt)` digests.
     pub digests: Vec<(Digest, Digest)>,
+    /// The signature over their Merkle root.
     pub batch: Arc<SignedBatch>,
+    /// The batch's log frame.
     pub frame: Vec<u8>,
 }
 
