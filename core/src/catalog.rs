@@ -15,9 +15,13 @@ use weft_sql::RowSource;
 /// A table or a view as front ends list it (the server's `pg_catalog`, say).
 #[derive(Clone, Debug)]
 pub struct ListedRelation {
+    /// The relation's id.
     pub id: u64,
+    /// Its name.
     pub name: String,
+    /// A view (else a table).
     pub is_view: bool,
+    /// Its columns.
     pub columns: Vec<(String, ColumnType)>,
     /// A view's SQL.
     pub definition: Option<String>,
@@ -32,10 +36,15 @@ pub trait CatalogObserver: Send + Sync {
 
 /// A table or a view.
 pub struct Relation {
+    /// The relation's id in the engine.
     pub id: RelationId,
+    /// Its name.
     pub name: String,
+    /// Its columns.
     pub columns: Vec<(String, ColumnType)>,
+    /// Its columns as an Arrow schema.
     pub schema: SchemaRef,
+    /// A table or a view.
     pub kind: RelationKind,
 }
 
@@ -44,7 +53,14 @@ pub enum RelationKind {
     /// A base table and its rows.
     Table(Arc<TableData>),
     /// A view kept up to date incrementally.
-    View { sql: String, plan: Plan, state: Arc<ViewState> },
+    View {
+        /// The view's SQL.
+        sql: String,
+        /// Its plan.
+        plan: Plan,
+        /// Its maintained contents.
+        state: Arc<ViewState>,
+    },
 }
 
 impl Relation {
@@ -70,6 +86,7 @@ impl Relation {
 /// row itself, so a row is kept once, without a separate copy of its key.
 #[derive(Debug)]
 pub struct TableData {
+    /// The primary key's columns, if the table has one.
     pub primary_key: Option<Vec<usize>>,
     rows: RwLock<HashTable<(Row, usize)>>,
     hasher: ahash::RandomState,
@@ -226,13 +243,21 @@ pub type FunctionCatalog = std::collections::BTreeMap<String, FunctionDefinition
 /// needs no file).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FunctionDefinition {
+    /// The function's SQL name.
     pub name: String,
+    /// The module's bytes (WAT or Wasm).
     pub source: Vec<u8>,
+    /// The export called.
     pub export: String,
+    /// The parameters' types.
     pub params: Vec<ColumnType>,
+    /// The result's type.
     pub result: ColumnType,
+    /// Fuel per call.
     pub fuel: u64,
+    /// Memory per call, in bytes.
     pub memory_bytes: usize,
+    /// A failing call yields NULL instead of failing the statement.
     pub on_error_null: bool,
 }
 

@@ -60,9 +60,19 @@ pub enum EffectStatement {
     /// `CREATE SOURCE`; `columns` are empty when the source is to tell them.
     CreateSource(SourceDefinition),
     /// `DROP SINK` or `DROP SOURCE`.
-    Drop { source: bool, name: String, if_exists: bool },
+    Drop {
+        /// A source (else a sink).
+        source: bool,
+        /// Its name.
+        name: String,
+        /// A missing one is no error.
+        if_exists: bool,
+    },
     /// `RETRY EFFECT 'cid'`.
-    Retry { cid: String },
+    Retry {
+        /// The effect's CID.
+        cid: String,
+    },
 }
 
 /// The effect statement a parsed weft statement is, if it is one.

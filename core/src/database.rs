@@ -129,7 +129,12 @@ pub enum Error {
     Convert(#[from] ConvertError),
     /// A file could not be read or written.
     #[error("{path}: {message}")]
-    File { path: PathBuf, message: String },
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
     /// A name is unknown, taken, or of the wrong kind.
     #[error("{0}")]
     Catalog(String),
@@ -187,7 +192,12 @@ pub struct Invoked {
 #[derive(Clone, Debug)]
 pub enum Output {
     /// A result set.
-    Rows { schema: SchemaRef, batches: Vec<RecordBatch> },
+    Rows {
+        /// The columns.
+        schema: SchemaRef,
+        /// The rows.
+        batches: Vec<RecordBatch>,
+    },
     /// A command tag such as `INSERT 0 2` or `CREATE TABLE`.
     Status(String),
 }

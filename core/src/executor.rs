@@ -57,8 +57,11 @@ struct ReadStatus {
 /// A resource read by a query effect: what came back, and when (ns since the epoch).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Observation {
+    /// The resource (a URL).
     pub resource: String,
+    /// What came back.
     pub body: String,
+    /// When (nanoseconds since the epoch).
     pub observed_ns: i64,
 }
 

@@ -212,17 +212,23 @@ pub fn module_cid_of(source: &[u8]) -> Cid {
 /// A defined Wasm function, called from views and queries: each distinct invocation runs at
 /// most once; its receipt is recorded in the memo and queued for the log.
 pub struct WasmFunction {
+    /// The function as defined.
     pub definition: FunctionDefinition,
+    /// Its module, compiled.
     pub module: Arc<weft_wasm::LoadedModule>,
+    /// The runtime that runs it.
     pub runtime: Arc<weft_wasm::Runtime>,
+    /// The database's memo.
     pub memo: Arc<RwLock<Memo>>,
     /// Signs the receipts of the calls that run.
     pub signer: Arc<Signer>,
     /// This function's index in the memo's functions, and the function.
     pub function_index: u32,
+    /// The function as the memo and signer name it.
     pub function: Arc<CalledFunction>,
     /// This node's index in the memo's issuers, and its did.
     pub issuer_index: u32,
+    /// This node's did.
     pub issuer: Arc<str>,
     /// Held while a missed invocation runs, so two workers never run the same one.
     pub running: RunningLocks,
@@ -236,6 +242,7 @@ pub struct RunningLocks([Mutex<()>; RunningLocks::SHARES]);
 impl RunningLocks {
     const SHARES: usize = 64;
 
+    /// Unlocked locks.
     pub fn new() -> RunningLocks {
         RunningLocks(std::array::from_fn(|_| Mutex::new(())))
     }
@@ -447,8 +454,23 @@ pub fn split_statements(sql: &str) -> Vec<String> {
 
 /// A parsed function statement.
 pub enum FunctionStatement {
-    Create { definition: FunctionDefinition, path: String, or_replace: bool },
-    Drop { name: String, if_exists: bool },
+    /// `CREATE [OR REPLACE] FUNCTION`: the definition, but for the module's bytes, which the
+    /// database reads from `path`.
+    Create {
+        /// The definition (its `source` still empty).
+        definition: FunctionDefinition,
+        /// The module's path.
+        path: String,
+        /// `OR REPLACE`.
+        or_replace: bool,
+    },
+    /// `DROP FUNCTION [IF EXISTS]`.
+    Drop {
+        /// The function.
+        name: String,
+        /// A missing function is no error.
+        if_exists: bool,
+    },
 }
 
 /// The definition a parsed `CREATE FUNCTION` declares (its module not yet read).

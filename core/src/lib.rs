@@ -3,6 +3,8 @@
 //! executor and COPY; it plans with `weft-sql`, runs dataflows on `weft-engine` and functions on
 //! `weft-wasm`. Front ends (the `weft` CLI, `weft-server`) build on it; it imports none of them.
 
+#![warn(missing_docs)]
+
 pub mod catalog;
 pub mod connections;
 pub mod database;

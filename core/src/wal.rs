@@ -31,34 +31,79 @@ use weft_engine::{Change, ColumnType, RelationId, Row};
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub enum Record {
     /// `CREATE TABLE`.
-    CreateTable { id: RelationId, name: String, columns: Vec<(String, ColumnType)>, primary_key: Option<Vec<usize>> },
+    CreateTable {
+        /// The table's id.
+        id: RelationId,
+        /// Its name.
+        name: String,
+        /// Its columns.
+        columns: Vec<(String, ColumnType)>,
+        /// Its primary key's columns.
+        primary_key: Option<Vec<usize>>,
+    },
     /// `CREATE VIEW`, replayed by planning `sql` again.
-    CreateView { id: RelationId, name: String, sql: String },
+    CreateView {
+        /// The view's id.
+        id: RelationId,
+        /// Its name.
+        name: String,
+        /// Its SQL.
+        sql: String,
+    },
     /// `DROP TABLE` / `DROP VIEW`.
-    Drop { id: RelationId },
+    Drop {
+        /// The relation dropped.
+        id: RelationId,
+    },
     /// One committed transaction: rows inserted (`diff > 0`) and deleted (`diff < 0`).
-    Commit { changes: Vec<(RelationId, Row, i64)> },
+    Commit {
+        /// Each change: the table, the row, the change of its multiplicity.
+        changes: Vec<(RelationId, Row, i64)>,
+    },
     /// A receipt: the invocation's instruction and the receipt, both DAG-CBOR, and the proof of
     /// the node's signature over the receipt's CID (logs written before [`Record::Receipts`]).
     Receipt {
+        /// The invocation's DAG-CBOR.
         invocation: Vec<u8>,
+        /// The receipt's DAG-CBOR.
         receipt: Vec<u8>,
+        /// The node's signature proof.
         proof: weft_ipvm::identity::Proof,
+        /// When the invocation first ran (nanoseconds since the epoch).
         first_seen_ns: i64,
+        /// The worker that ran it.
         worker: u32,
     },
     /// `CREATE FUNCTION`, with the module's bytes.
-    CreateFunction { definition: crate::catalog::FunctionDefinition },
+    CreateFunction {
+        /// The function.
+        definition: crate::catalog::FunctionDefinition,
+    },
     /// `DROP FUNCTION`.
-    DropFunction { name: String },
+    DropFunction {
+        /// The function.
+        name: String,
+    },
     /// `CREATE SINK`.
-    CreateSink { definition: crate::connections::SinkDefinition },
+    CreateSink {
+        /// The sink.
+        definition: crate::connections::SinkDefinition,
+    },
     /// `CREATE SOURCE`, with the columns the source was found to have.
-    CreateSource { definition: crate::connections::SourceDefinition },
+    CreateSource {
+        /// The source.
+        definition: crate::connections::SourceDefinition,
+    },
     /// `DROP SINK` / `DROP SOURCE`, or the drop of a reading view's query effects.
-    DropEffectful { name: String },
+    DropEffectful {
+        /// The sink, source or reading view.
+        name: String,
+    },
     /// A view that reads the world (`http_get`): its query effects.
-    CreateReads { definition: crate::reading_views::ReadsDefinition },
+    CreateReads {
+        /// The reading view.
+        definition: crate::reading_views::ReadsDefinition,
+    },
     /// Receipts signed together: one signature over the Merkle root of their CIDs (logs written
     /// before [`Record::CompactReceipts`]).
     Receipts(weft_ipvm::receipts::LoggedBatch),
@@ -88,16 +133,40 @@ impl From<weft_ipvm::memo::SnapshotReceipts> for Record {
 pub enum WalError {
     /// Reading or writing the log file failed.
     #[error("write-ahead log {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The log file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
     /// A record could not be encoded, or a whole, checksummed frame did not decode.
     #[error("write-ahead log {path}: corrupt frame at byte {offset}: {message}")]
-    Corrupt { path: PathBuf, offset: u64, message: String },
+    Corrupt {
+        /// The log file.
+        path: PathBuf,
+        /// Where the frame starts.
+        offset: u64,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The log is damaged before its end: opening it would silently drop what follows.
     #[error("write-ahead log {path} is damaged at byte {offset} ({message}); `weft recover --data-dir DIR` keeps the {frames} frames before it and says what is lost")]
-    Damaged { path: PathBuf, offset: u64, frames: u64, message: String },
+    Damaged {
+        /// The log file.
+        path: PathBuf,
+        /// Where the damage starts.
+        offset: u64,
+        /// Whole frames before it.
+        frames: u64,
+        /// What is wrong.
+        message: String,
+    },
     /// An earlier append or sync failed; the log takes no more appends until it is reopened.
     #[error("write-ahead log {path}: an earlier write failed, so the log takes no more commits until the database is opened again")]
-    Failed { path: PathBuf },
+    Failed {
+        /// The log file.
+        path: PathBuf,
+    },
 }
 
 /// An open, append-only log file of records of type `R` (the outbox uses it too).
