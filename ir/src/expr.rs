@@ -76,26 +76,77 @@ pub enum Expr {
     /// A constant.
     Literal(Value),
     /// A unary operator.
-    Unary { op: UnaryOp, expr: Box<Expr> },
+    Unary {
+        /// The operator.
+        op: UnaryOp,
+        /// The operand.
+        expr: Box<Expr>,
+    },
     /// A binary operator.
-    Binary { op: BinaryOp, left: Box<Expr>, right: Box<Expr> },
+    Binary {
+        /// The operator.
+        op: BinaryOp,
+        /// The left operand.
+        left: Box<Expr>,
+        /// The right operand.
+        right: Box<Expr>,
+    },
     /// `CASE [operand] WHEN .. THEN .. ELSE .. END`.
-    Case { operand: Option<Box<Expr>>, when_then: Vec<(Expr, Expr)>, otherwise: Option<Box<Expr>> },
+    Case {
+        /// The value compared with each `WHEN` (else each `WHEN` is a condition).
+        operand: Option<Box<Expr>>,
+        /// The `WHEN ... THEN ...` pairs, in order.
+        when_then: Vec<(Expr, Expr)>,
+        /// The `ELSE` (NULL when absent).
+        otherwise: Option<Box<Expr>>,
+    },
     /// `CAST(expr AS type)`; `try` yields NULL instead of an error.
-    Cast { expr: Box<Expr>, to: ColumnType, r#try: bool },
+    Cast {
+        /// The value cast.
+        expr: Box<Expr>,
+        /// The type cast to.
+        to: ColumnType,
+        /// `TRY_CAST`: NULL instead of an error.
+        r#try: bool,
+    },
     /// `expr [NOT] [I]LIKE pattern`.
-    Like { expr: Box<Expr>, pattern: Box<Expr>, negated: bool, case_insensitive: bool },
+    Like {
+        /// The value matched.
+        expr: Box<Expr>,
+        /// The pattern (`%` and `_`).
+        pattern: Box<Expr>,
+        /// `NOT LIKE`.
+        negated: bool,
+        /// `ILIKE`.
+        case_insensitive: bool,
+    },
     /// `expr [NOT] IN (list)`.
-    InList { expr: Box<Expr>, list: Vec<Expr>, negated: bool },
+    InList {
+        /// The value looked for.
+        expr: Box<Expr>,
+        /// The list.
+        list: Vec<Expr>,
+        /// `NOT IN`.
+        negated: bool,
+    },
     /// A scalar function call.
-    Call { function: Function, args: Vec<Expr> },
+    Call {
+        /// The function.
+        function: Function,
+        /// Its arguments.
+        args: Vec<Expr>,
+    },
     /// A call of a user-defined function, by its id in a [`FunctionRegistry`]. `function` is the
     /// function itself once the expression is bound ([`Expr::bind_functions`]); an unbound call
     /// cannot be evaluated.
     Udf {
+        /// The function's id in its registry.
         id: FunctionId,
+        /// Its SQL name (for EXPLAIN and errors).
         name: String,
+        /// Its arguments.
         args: Vec<Expr>,
+        /// The function itself, once bound.
         #[serde(skip)]
         function: Option<BoundFunction>,
     },
@@ -104,67 +155,119 @@ pub enum Expr {
 /// Unary operators.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum UnaryOp {
+    /// `NOT x`.
     Not,
+    /// `-x`.
     Negate,
+    /// `x IS NULL`.
     IsNull,
+    /// `x IS NOT NULL`.
     IsNotNull,
+    /// `x IS TRUE`.
     IsTrue,
+    /// `x IS FALSE`.
     IsFalse,
+    /// `x IS NOT TRUE`.
     IsNotTrue,
+    /// `x IS NOT FALSE`.
     IsNotFalse,
 }
 
 /// Binary operators.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BinaryOp {
+    /// `+`.
     Add,
+    /// `-`.
     Subtract,
+    /// `*`.
     Multiply,
+    /// `/` (integer division of integers).
     Divide,
+    /// `%`.
     Modulo,
+    /// `=`.
     Eq,
+    /// `<>`.
     NotEq,
+    /// `<`.
     Lt,
+    /// `<=`.
     LtEq,
+    /// `>`.
     Gt,
+    /// `>=`.
     GtEq,
+    /// `AND` (three-valued).
     And,
+    /// `OR` (three-valued).
     Or,
+    /// `IS DISTINCT FROM` (NULL-safe `<>`).
     IsDistinctFrom,
+    /// `IS NOT DISTINCT FROM` (NULL-safe `=`).
     IsNotDistinctFrom,
+    /// `||`.
     Concat,
 }
 
 /// Scalar functions weft evaluates itself (named as in DataFusion).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Function {
+    /// `coalesce(...)`.
     Coalesce,
+    /// `nullif(...)`.
     NullIf,
+    /// `lower(...)`.
     Lower,
+    /// `upper(...)`.
     Upper,
+    /// `character_length(...)`.
     CharacterLength,
+    /// `octet_length(...)`.
     OctetLength,
+    /// `concat(...)`.
     Concat,
+    /// `substr(...)`.
     Substr,
+    /// `trim(...)`.
     Trim,
+    /// `ltrim(...)`.
     Ltrim,
+    /// `rtrim(...)`.
     Rtrim,
+    /// `replace(...)`.
     Replace,
+    /// `left(...)`.
     Left,
+    /// `right(...)`.
     Right,
+    /// `starts_with(...)`.
     StartsWith,
+    /// `strpos(...)`.
     Strpos,
+    /// `abs(...)`.
     Abs,
+    /// `round(...)`.
     Round,
+    /// `ceil(...)`.
     Ceil,
+    /// `floor(...)`.
     Floor,
+    /// `trunc(...)`.
     Trunc,
+    /// `sqrt(...)`.
     Sqrt,
+    /// `power(...)`.
     Power,
+    /// `ln(...)`.
     Ln,
+    /// `exp(...)`.
     Exp,
+    /// `signum(...)`.
     Signum,
+    /// `greatest(...)`.
     Greatest,
+    /// `least(...)`.
     Least,
 }
 

@@ -4,6 +4,8 @@
 //!
 //! It depends on no engine, parser or runtime: every other crate may depend on it.
 
+#![warn(missing_docs)]
+
 pub mod error;
 pub mod expr;
 pub mod functions;

@@ -18,49 +18,106 @@ pub type RelationId = u64;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Plan {
     /// The current contents of a table or view, whose columns have these types.
-    Get { id: RelationId, name: String, column_types: Vec<ColumnType> },
+    Get {
+        /// The relation's id.
+        id: RelationId,
+        /// Its name (for EXPLAIN).
+        name: String,
+        /// Its columns' types.
+        column_types: Vec<ColumnType>,
+    },
     /// A fixed multiset of rows.
-    Constant { rows: Vec<Row>, arity: usize },
+    Constant {
+        /// The rows.
+        rows: Vec<Row>,
+        /// Their number of columns.
+        arity: usize,
+    },
     /// One output column per expression.
-    Project { input: Box<Plan>, exprs: Vec<Expr> },
+    Project {
+        /// The input.
+        input: Box<Plan>,
+        /// The output columns, over the input's.
+        exprs: Vec<Expr>,
+    },
     /// Rows for which the predicate is TRUE.
-    Filter { input: Box<Plan>, predicate: Expr },
+    Filter {
+        /// The input.
+        input: Box<Plan>,
+        /// The condition, over the input's columns.
+        predicate: Expr,
+    },
     /// An equi-join on `left_keys[i] = right_keys[i]` with an optional residual predicate over
     /// the concatenated row (left columns, then right columns).
     Join {
+        /// The left input.
         left: Box<Plan>,
+        /// The right input.
         right: Box<Plan>,
+        /// Inner, outer, semi or anti.
         kind: JoinKind,
+        /// The keys, over the left input's columns.
         left_keys: Vec<Expr>,
+        /// The keys, over the right input's columns.
         right_keys: Vec<Expr>,
         /// Whether NULL keys match each other (set operations), rather than never matching.
         nulls_equal: bool,
+        /// A further condition on matched pairs.
         residual: Option<Expr>,
     },
     /// GROUP BY `group` computing `aggregates`; output is the group columns then the aggregates.
-    Reduce { input: Box<Plan>, group: Vec<Expr>, aggregates: Vec<Aggregate> },
+    Reduce {
+        /// The input.
+        input: Box<Plan>,
+        /// The grouping expressions.
+        group: Vec<Expr>,
+        /// The aggregates per group.
+        aggregates: Vec<Aggregate>,
+    },
     /// One copy of each distinct row.
-    Distinct { input: Box<Plan> },
+    Distinct {
+        /// The input.
+        input: Box<Plan>,
+    },
     /// Multiset union (`UNION ALL`).
-    Union { inputs: Vec<Plan> },
+    Union {
+        /// The inputs, all of one arity.
+        inputs: Vec<Plan>,
+    },
     /// `ORDER BY order LIMIT limit OFFSET offset`, maintained incrementally.
-    TopK { input: Box<Plan>, order: Vec<SortKey>, limit: Option<usize>, offset: usize },
+    TopK {
+        /// The input.
+        input: Box<Plan>,
+        /// The ordering.
+        order: Vec<SortKey>,
+        /// The most rows kept.
+        limit: Option<usize>,
+        /// Rows skipped first.
+        offset: usize,
+    },
 }
 
 /// Join kinds. Semi and anti joins output only the left columns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JoinKind {
+    /// Matched pairs.
     Inner,
+    /// Matched pairs, and unmatched left rows with NULLs.
     Left,
+    /// Matched pairs, and unmatched right rows with NULLs.
     Right,
+    /// Matched pairs, and unmatched rows of either side with NULLs.
     Full,
+    /// Left rows with a match.
     LeftSemi,
+    /// Left rows without a match.
     LeftAnti,
 }
 
 /// One aggregate of a [`Plan::Reduce`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Aggregate {
+    /// The function.
     pub function: AggregateFunction,
     /// The argument; `None` for `COUNT(*)`.
     pub arg: Option<Expr>,
@@ -73,10 +130,15 @@ pub struct Aggregate {
 /// Aggregate functions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AggregateFunction {
+    /// `COUNT`.
     Count,
+    /// `SUM`.
     Sum,
+    /// `MIN`.
     Min,
+    /// `MAX`.
     Max,
+    /// `AVG`.
     Avg,
 }
 
@@ -92,8 +154,11 @@ impl Aggregate {
 /// One ORDER BY key.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SortKey {
+    /// The value sorted by.
     pub expr: Expr,
+    /// `DESC`.
     pub descending: bool,
+    /// `NULLS FIRST`.
     pub nulls_first: bool,
 }
 
