@@ -10,7 +10,7 @@ pub mod connections;
 pub mod database;
 pub mod executor;
 pub mod functions;
-pub mod reading_views;
+pub(crate) mod reading_views;
 pub mod wal;
 
 pub use database::copy;

@@ -7,10 +7,10 @@
 
 #![warn(missing_docs)]
 
-pub mod batcher;
+pub(crate) mod batcher;
 pub mod dataflow;
-pub mod gate;
-pub mod row_counts;
+pub(crate) mod gate;
+pub(crate) mod row_counts;
 
 pub use weft_ir::{expr, functions, hashed_row, plan, value};
 

@@ -24,13 +24,9 @@ impl RowCounts {
     }
 
     /// The number of distinct rows.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.len
-    }
-
-    /// Whether there are no rows.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// The rows and their multiplicities, in hash order (up to collisions).
