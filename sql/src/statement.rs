@@ -113,6 +113,9 @@ pub struct TargetSpec {
 /// Parses `sql` (one statement, perhaps ending with `;`) as one of weft's own statements:
 /// `None` when it does not start like one.
 pub fn parse_weft_statement(sql: &str) -> Option<Result<WeftStatement, SqlError>> {
+    if !may_be_weft_statement(sql) {
+        return None;
+    }
     let dialect = GenericDialect {};
     let mut parser = Parser::new(&dialect).try_with_sql(sql).ok()?;
     let kind = statement_kind(&mut parser)?;
@@ -197,6 +200,21 @@ enum Kind {
     DropEffect { source: bool },
     RetryEffect,
     Subscribe { copy: bool },
+}
+
+/// Whether `sql` may be one of weft's statements: its first word, after whitespace and line
+/// comments, is one they start with (or the text starts in a way this does not look into). Most
+/// statements are not weft's, and this spares them tokenizing the whole text twice.
+fn may_be_weft_statement(sql: &str) -> bool {
+    let mut rest = sql.trim_start();
+    while let Some(comment) = rest.strip_prefix("--") {
+        rest = comment.split_once('\n').map_or("", |(_, after)| after).trim_start();
+    }
+    if rest.starts_with("/*") {
+        return true;
+    }
+    let end = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
+    ["CREATE", "DROP", "RETRY", "COPY", "SUBSCRIBE"].iter().any(|first| rest[..end].eq_ignore_ascii_case(first))
 }
 
 fn statement_kind(parser: &mut Parser) -> Option<Kind> {
@@ -424,6 +442,29 @@ mod tests {
 
     fn error(sql: &str) -> String {
         parsed(sql).expect("a weft statement").expect_err("an error")
+    }
+
+    #[test]
+    fn only_statements_starting_as_weft_statements_are_tokenized() {
+        for text in [
+            "CREATE FUNCTION f() RETURNS BIGINT LANGUAGE wasm AS 'm.wat'",
+            "  -- a comment\n\tdrop sink s",
+            "-- one\n-- two\nSubscribe v",
+            "/* a block */ RETRY EFFECT 'x'",
+            "copy (subscribe v) to stdout",
+        ] {
+            assert!(may_be_weft_statement(text), "{text}");
+        }
+        for text in ["UPDATE t SET a = 1", "SELECT 1", "INSERT INTO t VALUES (1)", "-- CREATE\nSELECT 1", "", "CREATED"]
+        {
+            assert!(!may_be_weft_statement(text), "{text}");
+            assert!(parse_weft_statement(text).is_none(), "{text}");
+        }
+        // Comments before a weft statement do not hide it.
+        assert!(matches!(
+            parse_weft_statement("-- drop it\nDROP FUNCTION f"),
+            Some(Ok(WeftStatement::DropFunction { .. }))
+        ));
     }
 
     #[test]
