@@ -52,6 +52,7 @@ enum Packed {
 }
 
 impl Packed {
+    #[inline]
     fn from_bytes(bytes: &[u8]) -> Packed {
         if bytes.len() <= INLINE_BYTES {
             let mut inline = [0; INLINE_BYTES];
@@ -62,6 +63,7 @@ impl Packed {
         }
     }
 
+    #[inline]
     fn as_bytes(&self) -> &[u8] {
         match self {
             Packed::Inline { len, bytes } => &bytes[..*len as usize],
@@ -90,6 +92,7 @@ impl RowPacker {
         RowPacker { len: 0, inline: [0; INLINE_BYTES], spilled: Vec::new(), has_null: false }
     }
 
+    #[inline]
     fn extend(&mut self, data: &[u8]) {
         if self.spilled.is_empty() {
             if self.len + data.len() <= INLINE_BYTES {
@@ -103,6 +106,7 @@ impl RowPacker {
         self.spilled.extend_from_slice(data);
     }
 
+    #[inline]
     fn varint(&mut self, mut value: u64) {
         let mut buffer = [0u8; 10];
         let mut length = 0;
@@ -120,11 +124,13 @@ impl RowPacker {
         self.extend(&buffer[..length]);
     }
 
+    #[inline]
     fn tagged_integer(&mut self, tag: u8, value: i64) {
         self.extend(&[tag]);
         self.varint(((value << 1) ^ (value >> 63)) as u64);
     }
 
+    #[inline]
     fn tagged_bytes(&mut self, tag: u8, data: &[u8]) {
         self.extend(&[tag]);
         self.varint(data.len() as u64);
@@ -132,6 +138,7 @@ impl RowPacker {
     }
 
     /// Appends one value.
+    #[inline]
     pub fn push(&mut self, value: &Value) {
         match value {
             Value::Null => {
@@ -153,6 +160,7 @@ impl RowPacker {
 
     /// Appends the value of `row` whose packed bytes lie at `span` (see
     /// [`HashedRow::value_spans`]), as bytes.
+    #[inline]
     pub fn push_packed(&mut self, row: &HashedRow, span: (usize, usize)) {
         let bytes = &row.packed.as_bytes()[span.0..span.1];
         self.has_null |= bytes[0] == tag::NULL;
@@ -164,6 +172,7 @@ impl RowPacker {
         self.has_null
     }
 
+    #[inline]
     fn bytes(&self) -> &[u8] {
         if self.spilled.is_empty() {
             &self.inline[..self.len]
@@ -173,11 +182,13 @@ impl RowPacker {
     }
 
     /// The packed row with its hash.
+    #[inline]
     pub fn finish(self) -> HashedRow {
         HashedRow::from_packed_bytes(self.bytes())
     }
 
     /// The hash the packed row will have, without building it.
+    #[inline]
     pub fn hash(&self) -> u64 {
         hash_of_packed(self.bytes())
     }
@@ -189,12 +200,14 @@ pub struct Values<'a> {
 }
 
 impl<'a> Values<'a> {
+    #[inline]
     fn byte(&mut self) -> Option<u8> {
         let (first, rest) = self.bytes.split_first()?;
         self.bytes = rest;
         Some(*first)
     }
 
+    #[inline]
     fn varint(&mut self) -> Option<u64> {
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
@@ -207,17 +220,20 @@ impl<'a> Values<'a> {
         None
     }
 
+    #[inline]
     fn integer(&mut self) -> Option<i64> {
         let zigzag = self.varint()?;
         Some(((zigzag >> 1) as i64) ^ -((zigzag & 1) as i64))
     }
 
+    #[inline]
     fn take(&mut self, length: usize) -> Option<&'a [u8]> {
         let (data, rest) = self.bytes.split_at_checked(length)?;
         self.bytes = rest;
         Some(data)
     }
 
+    #[inline]
     fn slice(&mut self) -> Option<&'a [u8]> {
         let length = usize::try_from(self.varint()?).ok()?;
         self.take(length)
@@ -225,6 +241,7 @@ impl<'a> Values<'a> {
 
     /// The next value, or `None` if the bytes are not a packed value (an unknown tag, a value
     /// cut short, text that is not UTF-8).
+    #[inline]
     fn decode(&mut self) -> Option<Value> {
         Some(match self.byte()? {
             tag::NULL => Value::Null,
@@ -240,6 +257,7 @@ impl<'a> Values<'a> {
     }
 
     /// Steps over the next value without decoding it.
+    #[inline]
     fn skip_value(&mut self) {
         let skipped = match self.byte() {
             Some(tag::INT | tag::TIMESTAMP) => self.varint().map(drop),
@@ -255,6 +273,7 @@ impl<'a> Values<'a> {
 impl Iterator for Values<'_> {
     type Item = Value;
 
+    #[inline]
     fn next(&mut self) -> Option<Value> {
         if self.bytes.is_empty() {
             return None;
@@ -265,6 +284,7 @@ impl Iterator for Values<'_> {
 }
 
 /// The hash of a packed row's bytes.
+#[inline]
 fn hash_of_packed(bytes: &[u8]) -> u64 {
     foldhash::quality::FixedState::with_seed(0x77ef7).hash_one(bytes)
 }
@@ -303,16 +323,19 @@ impl HashedRow {
     }
 
     /// The row's values, decoded one by one.
+    #[inline]
     pub fn values(&self) -> Values<'_> {
         Values { bytes: self.packed.as_bytes() }
     }
 
     /// The row, decoded.
+    #[inline]
     pub fn to_row(&self) -> Row {
         self.values().collect()
     }
 
     /// Decodes the row's values onto the end of `row`.
+    #[inline]
     pub fn decode_into(&self, row: &mut Row) {
         row.extend(self.values());
     }
@@ -358,6 +381,7 @@ impl std::fmt::Debug for HashedRow {
 }
 
 impl PartialEq for HashedRow {
+    #[inline]
     fn eq(&self, other: &HashedRow) -> bool {
         self.hash == other.hash && self.packed.as_bytes() == other.packed.as_bytes()
     }
@@ -366,12 +390,14 @@ impl PartialEq for HashedRow {
 impl Eq for HashedRow {}
 
 impl PartialOrd for HashedRow {
+    #[inline]
     fn partial_cmp(&self, other: &HashedRow) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
 
 impl Ord for HashedRow {
+    #[inline]
     fn cmp(&self, other: &HashedRow) -> Ordering {
         self.hash.cmp(&other.hash).then_with(|| self.packed.as_bytes().cmp(other.packed.as_bytes()))
     }
@@ -444,12 +470,14 @@ pub trait Prehashed {
 }
 
 impl Prehashed for HashedRow {
+    #[inline]
     fn prehash(&self) -> u64 {
         self.hash
     }
 }
 
 impl Prehashed for () {
+    #[inline]
     fn prehash(&self) -> u64 {
         0
     }
