@@ -212,6 +212,23 @@ pub struct Database {
     names: HashMap<RelationId, String>,
     next_id: RelationId,
     wal: Wal,
+    /// The statement or `BEGIN` block being executed: its changes on their way to a commit.
+    transaction: TransactionState,
+    /// Functions, their memo and the signing of their receipts.
+    function_service: FunctionService,
+    /// Front ends keeping their own listing of the relations (see [`Database::observe_catalog`]).
+    catalog_observers: Vec<Arc<dyn CatalogObserver>>,
+    /// Told how large COPY loads go (see [`Database::report_load_progress`]).
+    load_progress: Option<Arc<dyn copy::LoadProgress>>,
+    /// Sinks, sources and reading views, and the executor running their effects.
+    effects: EffectService,
+    _lock: File,
+}
+
+/// The database's part that carries changes to a commit: the changes of the statement or
+/// `BEGIN` block being executed, their log frame when encoded ahead, how many the engine holds
+/// already, and the commit gate the writer holds from its first change to its commit.
+struct TransactionState {
     /// Changes of the open `BEGIN` block, or of the statement being executed.
     pending: Vec<Change>,
     /// The log frame of the commit of `pending`, encoded while a large statement's changes were
@@ -220,7 +237,18 @@ pub struct Database {
     pending_frame: Option<(usize, Vec<u8>)>,
     /// How many of `pending`'s first changes the engine already holds (see [`weft_engine::dataflow::Stager`]).
     staged: usize,
+    /// Inside `BEGIN`.
     in_transaction: bool,
+    /// Held by the open transaction from its first change until it commits or rolls back.
+    gate: Arc<Gate>,
+    /// Whether this transaction holds the gate.
+    writing: bool,
+}
+
+/// The database's part that defines and calls functions: the Wasm runtime, the function
+/// catalog and the functions' ids in the engine's registry, the memo, and the signer of their
+/// receipts with the node's identity.
+struct FunctionService {
     identity: Arc<Identity>,
     runtime: Arc<weft_wasm::Runtime>,
     memo: Arc<RwLock<Memo>>,
@@ -230,13 +258,11 @@ pub struct Database {
     /// Signs the receipts of calls inside views and queries while they run (see
     /// [`weft_ipvm::signer`]); the statement's end logs them.
     signer: Arc<Signer>,
-    /// Held by the open transaction from its first change until it commits or rolls back.
-    gate: Arc<Gate>,
-    writing: bool,
-    /// Front ends keeping their own listing of the relations (see [`Database::observe_catalog`]).
-    catalog_observers: Vec<Arc<dyn CatalogObserver>>,
-    /// Told how large COPY loads go (see [`Database::report_load_progress`]).
-    load_progress: Option<Arc<dyn copy::LoadProgress>>,
+}
+
+/// The database's part that reaches the world: sinks, sources and reading views, and the
+/// executor (outbox and tasks) running their effects.
+struct EffectService {
     /// The outbox and the tasks delivering it to sinks and reading sources.
     executor: crate::executor::Executor,
     sinks: BTreeMap<String, effectful::SinkState>,
@@ -245,7 +271,6 @@ pub struct Database {
     reads: BTreeMap<String, reading::ReadsState>,
     /// Set while a source's reads are applied to its table.
     ingesting: bool,
-    _lock: File,
 }
 
 /// Runs queries on any thread, concurrently with the database's writer: each query reads one
@@ -432,10 +457,9 @@ impl Database {
             identity.clone(),
             policy.access.clone(),
         )?;
+        let runtime =
+            Arc::new(weft_wasm::Runtime::with_call_limit(std::time::Duration::from_millis(policy.max_call_ms)));
         let mut database = Database {
-            runtime: Arc::new(weft_wasm::Runtime::with_call_limit(std::time::Duration::from_millis(
-                policy.max_call_ms,
-            ))),
             policy,
             engine: Engine::start(options.workers)?,
             planner: Planner::new()?,
@@ -443,27 +467,38 @@ impl Database {
             names: HashMap::new(),
             next_id: 1,
             wal,
-            pending: Vec::new(),
-            pending_frame: None,
-            staged: 0,
-            in_transaction: false,
-            identity,
-            memo: Arc::new(RwLock::new(Memo::default())),
-            functions: Arc::default(),
-            function_ids: HashMap::new(),
-            signer,
-            gate: Arc::new(Gate::new()),
-            writing: false,
+            transaction: TransactionState {
+                pending: Vec::new(),
+                pending_frame: None,
+                staged: 0,
+                in_transaction: false,
+                gate: Arc::new(Gate::new()),
+                writing: false,
+            },
+            function_service: FunctionService {
+                identity,
+                runtime,
+                memo: Arc::new(RwLock::new(Memo::default())),
+                functions: Arc::default(),
+                function_ids: HashMap::new(),
+                signer,
+            },
             catalog_observers: Vec::new(),
             load_progress: None,
-            executor,
-            sinks: BTreeMap::new(),
-            sources: BTreeMap::new(),
-            reads: BTreeMap::new(),
-            ingesting: false,
+            effects: EffectService {
+                executor,
+                sinks: BTreeMap::new(),
+                sources: BTreeMap::new(),
+                reads: BTreeMap::new(),
+                ingesting: false,
+            },
             _lock: lock,
         };
-        crate::functions::register_system_tables(&database.planner, &database.memo, &database.functions)?;
+        crate::functions::register_system_tables(
+            &database.planner,
+            &database.function_service.memo,
+            &database.function_service.functions,
+        )?;
         let effects_columns: Columns = crate::executor::EFFECTS_COLUMNS
             .iter()
             .map(|(name, column_type)| (name.to_string(), *column_type))
@@ -474,7 +509,7 @@ impl Database {
                 RelationProvider::SYSTEM,
                 false,
                 schema_of(&effects_columns),
-                database.executor.table(),
+                database.effects.executor.table(),
             )),
         )?;
         database.replay(records)?;
@@ -590,12 +625,13 @@ impl Database {
 
     /// Rewrites the log as a snapshot: the live catalog and one commit per table's contents.
     pub fn checkpoint(&mut self) -> Result<(), Error> {
-        if self.in_transaction {
+        if self.transaction.in_transaction {
             return Err(Error::Constraint("cannot checkpoint inside a transaction".into()));
         }
         let mut relations: Vec<&Relation> = self.relations.values().collect();
         relations.sort_by_key(|relation| relation.id);
         let mut records: Vec<Record> = self
+            .function_service
             .functions
             .read()
             .expect("function catalog")
@@ -624,23 +660,23 @@ impl Database {
                 }
             }
         }
-        for source in self.sources.values() {
+        for source in self.effects.sources.values() {
             records.push(Record::CreateSource { definition: source.definition.clone() });
         }
-        for reading in self.reads.values() {
+        for reading in self.effects.reads.values() {
             records.push(Record::CreateReads { definition: reading.definition.clone() });
         }
-        for sink in self.sinks.values() {
+        for sink in self.effects.sinks.values() {
             records.push(Record::CreateSink { definition: sink.definition.clone() });
         }
-        records.extend(self.memo.read().expect("memo lock").snapshot()?.into_iter().map(Record::from));
+        records.extend(self.function_service.memo.read().expect("memo lock").snapshot()?.into_iter().map(Record::from));
         self.wal.rewrite(&records)?;
         Ok(())
     }
 
     /// The did:key of this node, which signs its receipts.
     pub fn node_did(&self) -> &str {
-        self.identity.did()
+        self.function_service.identity.did()
     }
 
     /// Calls `function` of the module in `source` (WAT or Wasm) on `args`, at most once per
@@ -655,31 +691,38 @@ impl Database {
         limits: weft_wasm::Limits,
     ) -> Result<Invoked, Error> {
         self.policy.check_limits(limits.fuel, limits.memory_bytes)?;
-        let module = self.runtime.load(source)?;
+        let module = self.function_service.runtime.load(source)?;
         let invocation = weft_wasm::Runtime::invocation(&module, function, &args);
         let invocation_cid = invocation.cid()?;
         let function_index = self.memo_mut().function_index(module.cid, function)?;
-        let recorded =
-            self.memo.read().expect("memo lock").recall_entry(&weft_ipvm::memo::CallKey::new(function_index, &args));
+        let recorded = self
+            .function_service
+            .memo
+            .read()
+            .expect("memo lock")
+            .recall_entry(&weft_ipvm::memo::CallKey::new(function_index, &args));
         if let Some(index) = recorded {
             // Signed by now unless a concurrent reader's statement ran it: its receipt then waits
             // in the signer (every unsigned entry does), which signs and logs it now.
-            if !self.memo.read().expect("memo lock").entry(index).is_signed() {
+            if !self.function_service.memo.read().expect("memo lock").entry(index).is_signed() {
                 self.log_issued_receipts()?;
             }
-            return Ok(Invoked { stored: self.memo.read().expect("memo lock").stored(index)?, hit: true });
+            return Ok(Invoked {
+                stored: self.function_service.memo.read().expect("memo lock").stored(index)?,
+                hit: true,
+            });
         }
         let params = args.iter().map(|arg| arg.column_type().unwrap_or(ColumnType::BigInt)).collect();
         let result =
             returns.or_else(|| weft_wasm::Runtime::result_type(&module, function)).unwrap_or(ColumnType::BigInt);
         let signature = weft_wasm::Signature { params, result };
-        let (out, fuel, duration_us, started_ns) = match self.runtime.call(&module, function, &signature, &args, limits)
-        {
-            Ok(output) => (Outcome::Ok(output.value), output.fuel, output.duration_us, output.started_ns),
-            // Not an outcome of the invocation: nothing is recorded.
-            Err(error @ weft_wasm::CallError::Interrupted(_)) => return Err(Error::Interrupted(error.to_string())),
-            Err(error) => (Outcome::Error(error.to_string()), 0, 0, weft_ipvm::memo::now_ns()),
-        };
+        let (out, fuel, duration_us, started_ns) =
+            match self.function_service.runtime.call(&module, function, &signature, &args, limits) {
+                Ok(output) => (Outcome::Ok(output.value), output.fuel, output.duration_us, output.started_ns),
+                // Not an outcome of the invocation: nothing is recorded.
+                Err(error @ weft_wasm::CallError::Interrupted(_)) => return Err(Error::Interrupted(error.to_string())),
+                Err(error) => (Outcome::Error(error.to_string()), 0, 0, weft_ipvm::memo::now_ns()),
+            };
         let run = weft_ipvm::receipts::Run {
             args: invocation.args.into_boxed_slice(),
             out,
@@ -689,36 +732,36 @@ impl Database {
             worker: 0,
         };
         // Checks the receipt encodes (DAG-CBOR has no NaN or infinity) before recording it.
-        run.receipt(invocation_cid, self.identity.did()).encode()?;
+        run.receipt(invocation_cid, self.function_service.identity.did()).encode()?;
         let index = {
             let mut memo = self.memo_mut();
             memo.count_miss();
-            let issuer = memo.issuer_index(self.identity.did());
+            let issuer = memo.issuer_index(self.function_service.identity.did());
             let (index, recorded) = memo.record(weft_ipvm::memo::MemoEntry::new(function_index, issuer, run));
             // A view's call may have recorded it meanwhile: that receipt stays (and is with the
             // signer already).
             if recorded {
-                self.signer.push(memo.pending(index));
+                self.function_service.signer.push(memo.pending(index));
             }
             index
         };
         self.log_issued_receipts()?;
-        let stored = self.memo.read().expect("memo lock").stored(index)?;
+        let stored = self.function_service.memo.read().expect("memo lock").stored(index)?;
         Ok(Invoked { stored, hit: false })
     }
 
     /// A receipt by its CID.
     pub fn receipt(&self, cid: &weft_ipvm::invocation::Cid) -> Option<StoredReceipt> {
-        self.memo.read().expect("memo lock").receipt(cid).and_then(Result::ok)
+        self.function_service.memo.read().expect("memo lock").receipt(cid).and_then(Result::ok)
     }
 
     fn memo_mut(&self) -> std::sync::RwLockWriteGuard<'_, Memo> {
-        self.memo.write().expect("memo lock")
+        self.function_service.memo.write().expect("memo lock")
     }
 
     /// Memo hits and misses of this process.
     pub fn memo_counts(&self) -> (u64, u64) {
-        let memo = self.memo.read().expect("memo lock");
+        let memo = self.function_service.memo.read().expect("memo lock");
         (memo.hits.load(std::sync::atomic::Ordering::Relaxed), memo.misses.load(std::sync::atomic::Ordering::Relaxed))
     }
 
@@ -882,7 +925,7 @@ impl Database {
     /// Applies what sources have read before a statement outside a transaction runs, so that
     /// it sees them.
     fn ingest_before_statement(&mut self) {
-        if self.has_inputs() && !self.in_transaction {
+        if self.has_inputs() && !self.transaction.in_transaction {
             if let Err(error) = self.ingest_sources() {
                 tracing::error!(%error, "could not apply what sources read");
             }
@@ -923,7 +966,7 @@ impl Database {
         self.refuse_ddl_in_transaction()?;
         match statement {
             FunctionStatement::Create { mut definition, path, or_replace } => {
-                let exists = self.function_ids.contains_key(&definition.name);
+                let exists = self.function_service.function_ids.contains_key(&definition.name);
                 if exists && !or_replace {
                     return catalog_error(format!("function {} already exists", definition.name));
                 }
@@ -946,7 +989,7 @@ impl Database {
     }
 
     fn drop_function(&mut self, name: &str, if_exists: bool) -> Result<(), Error> {
-        let Some(id) = self.function_ids.get(name).copied() else {
+        let Some(id) = self.function_service.function_ids.get(name).copied() else {
             if if_exists {
                 return Ok(());
             }
@@ -963,14 +1006,14 @@ impl Database {
     }
 
     fn install_function(&mut self, definition: FunctionDefinition) -> Result<(), Error> {
-        let module = self.runtime.load(&definition.source)?;
+        let module = self.function_service.runtime.load(&definition.source)?;
         if weft_wasm::Runtime::result_type(&module, &definition.export).is_none() {
             return catalog_error(format!("module has no exported function {} returning one value", definition.export));
         }
         let (function_index, function, issuer_index, issuer) = {
             let mut memo = self.memo_mut();
             let function_index = memo.function_index(module.cid, &definition.export)?;
-            let issuer_index = memo.issuer_index(self.identity.did());
+            let issuer_index = memo.issuer_index(self.function_service.identity.did());
             (function_index, memo.function(function_index).clone(), issuer_index, memo.issuer(issuer_index).clone())
         };
         let callable = Arc::new(WasmFunction {
@@ -980,9 +1023,9 @@ impl Database {
             issuer,
             definition: definition.clone(),
             module,
-            runtime: self.runtime.clone(),
-            memo: self.memo.clone(),
-            signer: self.signer.clone(),
+            runtime: self.function_service.runtime.clone(),
+            memo: self.function_service.memo.clone(),
+            signer: self.function_service.signer.clone(),
             running: crate::functions::RunningLocks::new(),
         });
         let id = self.engine.functions().register(callable.clone());
@@ -993,31 +1036,31 @@ impl Database {
             definition.result,
             callable,
         ));
-        self.function_ids.insert(definition.name.clone(), id);
-        self.functions.write().expect("function catalog").insert(definition.name.clone(), definition);
+        self.function_service.function_ids.insert(definition.name.clone(), id);
+        self.function_service.functions.write().expect("function catalog").insert(definition.name.clone(), definition);
         Ok(())
     }
 
     fn uninstall_function(&mut self, name: &str) -> Result<(), Error> {
-        let Some(id) = self.function_ids.remove(name) else {
+        let Some(id) = self.function_service.function_ids.remove(name) else {
             return catalog_error(format!("function {name} does not exist"));
         };
         self.planner.deregister_function(name);
         self.engine.functions().unregister(id);
-        self.functions.write().expect("function catalog").remove(name);
+        self.function_service.functions.write().expect("function catalog").remove(name);
         Ok(())
     }
 
     /// Logs the receipts that calls inside views and queries issued.
     pub fn log_issued_receipts(&mut self) -> Result<(), Error> {
-        if !self.signer.has_unsigned() {
+        if !self.function_service.signer.has_unsigned() {
             return Ok(());
         }
-        let mut signed = self.signer.finish()?;
+        let mut signed = self.function_service.signer.finish()?;
         let frames = weft_ipvm::signer::take_frames(&mut signed);
         // Writing the frames (about a second per ten million receipts) and attaching the
         // batches to the memo (about as long) need different things: do both at once.
-        let (wal, memo) = (&mut self.wal, &self.memo);
+        let (wal, memo) = (&mut self.wal, &self.function_service.memo);
         let written = std::thread::scope(|scope| {
             let writer = scope.spawn(|| wal.append_frames(&frames));
             memo.write().expect("memo lock").attach(signed);
@@ -1060,7 +1103,7 @@ impl Database {
     }
 
     fn refuse_ddl_in_transaction(&self) -> Result<(), Error> {
-        if self.in_transaction {
+        if self.transaction.in_transaction {
             return Err(Error::Unsupported("CREATE and DROP inside BEGIN ... COMMIT".into()));
         }
         Ok(())
@@ -1069,7 +1112,7 @@ impl Database {
     /// Outside `BEGIN`, commits the changes of a statement that succeeded and undoes those of
     /// one that failed. The outer error is a failed commit; the inner result is the statement's.
     fn autocommit<T>(&mut self, result: Result<T, Error>) -> Result<Result<T, Error>, Error> {
-        if !self.in_transaction {
+        if !self.transaction.in_transaction {
             match &result {
                 Ok(_) => self.commit_pending()?,
                 Err(_) => self.rollback_pending(),
@@ -1089,19 +1132,19 @@ impl Database {
             Statement::Update(update) => self.update(update),
             Statement::Delete(delete) => self.delete(delete),
             Statement::StartTransaction { .. } => {
-                if self.in_transaction {
+                if self.transaction.in_transaction {
                     return Err(Error::Constraint("a transaction is already open".into()));
                 }
-                self.in_transaction = true;
+                self.transaction.in_transaction = true;
                 Ok(Output::Status("BEGIN".into()))
             }
             Statement::Commit { .. } => {
-                self.in_transaction = false;
+                self.transaction.in_transaction = false;
                 self.commit_pending()?;
                 Ok(Output::Status("COMMIT".into()))
             }
             Statement::Rollback { .. } => {
-                self.in_transaction = false;
+                self.transaction.in_transaction = false;
                 self.rollback_pending();
                 Ok(Output::Status("ROLLBACK".into()))
             }
@@ -1129,12 +1172,17 @@ impl Database {
     /// The gate a read must pass: none inside this database's own open write, which already
     /// excludes every other writer and must see its own changes.
     fn read_gate(&self) -> Option<&Gate> {
-        (!self.writing).then_some(&*self.gate)
+        (!self.transaction.writing).then_some(&*self.transaction.gate)
     }
 
     /// A handle that runs queries on other threads while this database goes on writing.
     pub fn reader(&self) -> Reader {
-        Reader { planner: self.planner.clone(), gate: self.gate.clone(), signer: self.signer.clone(), row_limit: None }
+        Reader {
+            planner: self.planner.clone(),
+            gate: self.transaction.gate.clone(),
+            signer: self.function_service.signer.clone(),
+            row_limit: None,
+        }
     }
 
     /// What statements may reach outside the database.
@@ -1144,7 +1192,7 @@ impl Database {
 
     /// Whether a `BEGIN` block is open.
     pub fn in_transaction(&self) -> bool {
-        self.in_transaction
+        self.transaction.in_transaction
     }
 
     /// The columns and maintained state of view `name`.
@@ -1305,11 +1353,11 @@ impl Database {
             if relation.table().is_some() != wants_table {
                 return catalog_error(format!("{name} is not a {}", if wants_table { "table" } else { "view" }));
             }
-            if self.sources.contains_key(&name) {
+            if self.effects.sources.contains_key(&name) {
                 return catalog_error(format!("{name} is filled by a source: use DROP SOURCE {name}"));
             }
             self.check_not_managed(&name, true)?;
-            if let Some(owner) = self.reads.values().find(|reads| reads.definition.wanted == name) {
+            if let Some(owner) = self.effects.reads.values().find(|reads| reads.definition.wanted == name) {
                 return catalog_error(format!("{name} belongs to view {}; drop that view", owner.definition.view));
             }
             let id = relation.id;
@@ -1334,9 +1382,9 @@ impl Database {
         for row in inserts {
             checked.push(conform_row(relation, row)?);
         }
-        if !self.writing {
-            self.gate.begin_write();
-            self.writing = true;
+        if !self.transaction.writing {
+            self.transaction.gate.begin_write();
+            self.transaction.writing = true;
         }
         let count = checked.len().max(deletes.len());
         let changes: Vec<Change> = deletes
@@ -1349,36 +1397,37 @@ impl Database {
         // applied to the table (and checked), the commit's log frame encoded and, outside a
         // transaction (nothing else can reach the engine before this statement commits), its
         // changes staged with the engine, whose workers start sorting them.
-        let (applied, frame, staged) = if self.pending.is_empty() && changes.len() >= Database::AHEAD_CHANGES {
-            let stager = if self.in_transaction { None } else { self.engine.stager(&changes).ok() };
-            std::thread::scope(|scope| {
-                // Without a thread to spare, the commit is prepared as any other.
-                let helper = std::thread::Builder::new().spawn_scoped(scope, || {
-                    let staged = stager.is_some_and(|stager| stager.stage(&changes).is_ok());
-                    (crate::wal::commit_frame(&changes).ok(), staged)
-                });
-                let applied = apply();
-                let (frame, staged) = match helper {
-                    Ok(helper) => helper.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                    Err(_) => (None, false),
-                };
-                (applied, frame, staged)
-            })
-        } else {
-            (apply(), None, false)
-        };
+        let (applied, frame, staged) =
+            if self.transaction.pending.is_empty() && changes.len() >= Database::AHEAD_CHANGES {
+                let stager = if self.transaction.in_transaction { None } else { self.engine.stager(&changes).ok() };
+                std::thread::scope(|scope| {
+                    // Without a thread to spare, the commit is prepared as any other.
+                    let helper = std::thread::Builder::new().spawn_scoped(scope, || {
+                        let staged = stager.is_some_and(|stager| stager.stage(&changes).is_ok());
+                        (crate::wal::commit_frame(&changes).ok(), staged)
+                    });
+                    let applied = apply();
+                    let (frame, staged) = match helper {
+                        Ok(helper) => helper.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                        Err(_) => (None, false),
+                    };
+                    (applied, frame, staged)
+                })
+            } else {
+                (apply(), None, false)
+            };
         if let Err((_, message)) = applied {
             if staged {
                 self.engine.withdraw(&changes)?;
             }
             return Err(Error::Constraint(format!("{name}: {message}")));
         }
-        if self.pending.is_empty() {
-            self.pending_frame = frame.map(|frame| (changes.len(), frame));
-            self.staged = if staged { changes.len() } else { 0 };
-            self.pending = changes;
+        if self.transaction.pending.is_empty() {
+            self.transaction.pending_frame = frame.map(|frame| (changes.len(), frame));
+            self.transaction.staged = if staged { changes.len() } else { 0 };
+            self.transaction.pending = changes;
         } else {
-            self.pending.extend(changes);
+            self.transaction.pending.extend(changes);
         }
         Ok(count)
     }
@@ -1387,20 +1436,20 @@ impl Database {
     const AHEAD_CHANGES: usize = 1 << 16;
 
     fn commit_pending(&mut self) -> Result<(), Error> {
-        if self.pending.is_empty() {
+        if self.transaction.pending.is_empty() {
             self.end_write();
             return Ok(());
         }
-        let appended = match self.pending_frame.take() {
-            Some((changes, frame)) if changes == self.pending.len() => self.wal.append_frames(&[frame]),
-            _ => self.wal.append_commit(&self.pending),
+        let appended = match self.transaction.pending_frame.take() {
+            Some((changes, frame)) if changes == self.transaction.pending.len() => self.wal.append_frames(&[frame]),
+            _ => self.wal.append_commit(&self.transaction.pending),
         };
         if let Err(error) = appended {
             self.rollback_pending();
             return Err(error.into());
         }
-        let mut pending = std::mem::take(&mut self.pending);
-        let unstaged = match std::mem::take(&mut self.staged) {
+        let mut pending = std::mem::take(&mut self.transaction.pending);
+        let unstaged = match std::mem::take(&mut self.transaction.staged) {
             0 => std::mem::take(&mut pending),
             staged => pending.split_off(staged),
         };
@@ -1410,10 +1459,10 @@ impl Database {
             // here, with the refused closure, if no thread can be had).
             let _ = std::thread::Builder::new().spawn(move || drop(pending));
         }
-        if committed.is_ok() && !self.sinks.is_empty() {
+        if committed.is_ok() && !self.effects.sinks.is_empty() {
             self.enqueue_sink_changes();
         }
-        if committed.is_ok() && !self.reads.is_empty() {
+        if committed.is_ok() && !self.effects.reads.is_empty() {
             self.forward_wanted();
         }
         self.end_write();
@@ -1422,13 +1471,13 @@ impl Database {
     }
 
     fn rollback_pending(&mut self) {
-        self.pending_frame = None;
-        let staged = std::mem::take(&mut self.staged);
+        self.transaction.pending_frame = None;
+        let staged = std::mem::take(&mut self.transaction.staged);
         if staged > 0 {
             // The engine's workers died if this fails: every later statement reports that.
-            let _ = self.engine.withdraw(&self.pending[..staged]);
+            let _ = self.engine.withdraw(&self.transaction.pending[..staged]);
         }
-        for change in std::mem::take(&mut self.pending).into_iter().rev() {
+        for change in std::mem::take(&mut self.transaction.pending).into_iter().rev() {
             if let Ok(data) = self.table_by_id(change.table) {
                 data.apply(&change.row, -(change.diff as i64)).expect("undo of an applied change");
             }
@@ -1438,8 +1487,8 @@ impl Database {
 
     /// Lets readers in again after a commit or rollback.
     fn end_write(&mut self) {
-        if std::mem::take(&mut self.writing) {
-            self.gate.end_write();
+        if std::mem::take(&mut self.transaction.writing) {
+            self.transaction.gate.end_write();
         }
     }
 

@@ -47,7 +47,7 @@ impl Database {
     pub(super) fn execute_effect_statement(&mut self, statement: EffectStatement) -> Result<Output, Error> {
         match statement {
             EffectStatement::Retry { cid } => {
-                self.executor.retry(&cid)?;
+                self.effects.executor.retry(&cid)?;
                 return Ok(Output::Status("RETRY EFFECT".into()));
             }
             _ => self.refuse_ddl_in_transaction()?,
@@ -57,23 +57,29 @@ impl Database {
                 definition.epoch = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(1, |elapsed| elapsed.as_nanos() as u64);
-                if self.sinks.contains_key(&definition.name) || self.sources.contains_key(&definition.name) {
+                if self.effects.sinks.contains_key(&definition.name)
+                    || self.effects.sources.contains_key(&definition.name)
+                {
                     return catalog_error(format!("sink or source {} already exists", definition.name));
                 }
                 weft_connectors::check_target(&definition.target, self.access())
                     .map_err(crate::executor::ExecutorError::from)?;
                 self.install_sink(definition.clone())?;
                 if let Err(error) = self.wal.append(&[Record::CreateSink { definition: definition.clone() }]) {
-                    self.sinks.remove(&definition.name);
-                    self.executor.stop_sink(&definition.name, true)?;
+                    self.effects.sinks.remove(&definition.name);
+                    self.effects.executor.stop_sink(&definition.name, true)?;
                     return Err(error.into());
                 }
-                self.executor.compact_if_large()?;
+                self.effects.executor.compact_if_large()?;
                 Ok(Output::Status("CREATE SINK".into()))
             }
             EffectStatement::CreateSource(definition) => self.create_source(definition),
             EffectStatement::Drop { source, name, if_exists } => {
-                let exists = if source { self.sources.contains_key(&name) } else { self.sinks.contains_key(&name) };
+                let exists = if source {
+                    self.effects.sources.contains_key(&name)
+                } else {
+                    self.effects.sinks.contains_key(&name)
+                };
                 let kind = if source { "source" } else { "sink" };
                 if !exists {
                     return if if_exists {
@@ -91,13 +97,13 @@ impl Database {
                         ));
                     }
                     self.wal.append(&[Record::DropEffectful { name: name.clone() }, Record::Drop { id }])?;
-                    self.sources.remove(&name);
-                    self.executor.stop_source(&name);
+                    self.effects.sources.remove(&name);
+                    self.effects.executor.stop_source(&name);
                     self.uninstall(id)?;
                 } else {
                     self.wal.append(&[Record::DropEffectful { name: name.clone() }])?;
-                    self.sinks.remove(&name);
-                    self.executor.stop_sink(&name, true)?;
+                    self.effects.sinks.remove(&name);
+                    self.effects.executor.stop_sink(&name, true)?;
                 }
                 Ok(Output::Status(format!("DROP {}", kind.to_uppercase())))
             }
@@ -140,15 +146,15 @@ impl Database {
         let mut sink =
             SinkState { definition, resource, key: key.clone(), changes: subscription.changes, stale: false };
         self.reconcile(&mut sink, subscription.snapshot, subscription.time)?;
-        self.executor.start_sink(&name, target, columns_of(&columns), key);
-        self.sinks.insert(name, sink);
+        self.effects.executor.start_sink(&name, target, columns_of(&columns), key);
+        self.effects.sinks.insert(name, sink);
         Ok(())
     }
 
     /// Enqueues the difference between the view's `snapshot` and what the sink was sent.
     fn reconcile(&self, sink: &mut SinkState, snapshot: Vec<(Row, isize)>, time: u64) -> Result<(), Error> {
         let mut difference: HashMap<Row, i64> = HashMap::new();
-        for (row, count) in self.executor.sent(&sink.definition.name) {
+        for (row, count) in self.effects.executor.sent(&sink.definition.name) {
             *difference.entry(row.iter().map(value).collect()).or_default() -= count;
         }
         for (row, count) in snapshot {
@@ -156,7 +162,7 @@ impl Database {
         }
         let changes: Vec<(Row, i64)> = difference.into_iter().filter(|(_, count)| *count != 0).collect();
         if !changes.is_empty() {
-            self.executor.enqueue(self.sink_effect(sink, changes, time))?;
+            self.effects.executor.enqueue(self.sink_effect(sink, changes, time))?;
         }
         sink.stale = false;
         Ok(())
@@ -172,7 +178,7 @@ impl Database {
             payload: Batch {
                 sink: definition.name.clone(),
                 epoch: definition.epoch,
-                sequence: self.executor.next_sequence(&definition.name),
+                sequence: self.effects.executor.next_sequence(&definition.name),
                 timestamp: time,
                 changes: ordered(changes, &sink.key)
                     .into_iter()
@@ -185,7 +191,7 @@ impl Database {
     /// Turns each sink's new view changes into effects in the outbox. Called after a commit,
     /// before it is acknowledged.
     pub(super) fn enqueue_sink_changes(&mut self) {
-        let mut sinks = std::mem::take(&mut self.sinks);
+        let mut sinks = std::mem::take(&mut self.effects.sinks);
         for sink in sinks.values_mut() {
             let result = if sink.stale {
                 while sink.changes.try_recv().is_ok() {}
@@ -200,7 +206,11 @@ impl Database {
                 let mut result = Ok(());
                 while let Ok(changes) = sink.changes.try_recv() {
                     let updates = changes.updates.into_iter().map(|(row, diff)| (row, diff as i64)).collect();
-                    result = self.executor.enqueue(self.sink_effect(sink, updates, changes.time)).map_err(Error::from);
+                    result = self
+                        .effects
+                        .executor
+                        .enqueue(self.sink_effect(sink, updates, changes.time))
+                        .map_err(Error::from);
                     if result.is_err() {
                         break;
                     }
@@ -214,19 +224,20 @@ impl Database {
                 sink.stale = true;
             }
         }
-        self.sinks = sinks;
-        if let Err(error) = self.executor.compact_if_large() {
+        self.effects.sinks = sinks;
+        if let Err(error) = self.effects.executor.compact_if_large() {
             tracing::error!(%error, "could not compact the outbox");
         }
     }
 
     fn create_source(&mut self, mut definition: SourceDefinition) -> Result<Output, Error> {
         let name = definition.name.clone();
-        if self.relations.contains_key(&name) || self.sinks.contains_key(&name) {
+        if self.relations.contains_key(&name) || self.effects.sinks.contains_key(&name) {
             return catalog_error(format!("relation, sink or source {name} already exists"));
         }
         let declared = (!definition.columns.is_empty()).then(|| columns_of(&definition.columns));
         let (columns, opened) = self
+            .effects
             .executor
             .open_source(&definition.target, declared)
             .map_err(|error| Error::Catalog(format!("source {name}: {error}")))?;
@@ -240,7 +251,7 @@ impl Database {
         // The snapshot: the statement returns once the first read is in the table (or after a
         // few seconds; the rows then arrive with a later ingestion).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while self.executor.source_reads(&name) == 0 && std::time::Instant::now() < deadline {
+        while self.effects.executor.source_reads(&name) == 0 && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
         self.ingest_sources()?;
@@ -253,29 +264,29 @@ impl Database {
         definition: SourceDefinition,
         opened: Option<Box<dyn weft_effects::Source>>,
     ) -> Result<(), Error> {
-        let reads = self.executor.start_source(
+        let reads = self.effects.executor.start_source(
             &definition.name,
             &definition.target,
             columns_of(&definition.columns),
             opened,
             definition.poll_ms,
         )?;
-        self.sources.insert(definition.name.clone(), SourceState { definition, reads });
+        self.effects.sources.insert(definition.name.clone(), SourceState { definition, reads });
         Ok(())
     }
 
     /// Applies what the sources have read since the last call, as one transaction; returns the
     /// number of rows changed. Does nothing inside an open transaction.
     pub fn ingest_sources(&mut self) -> Result<usize, Error> {
-        if self.in_transaction || !self.has_inputs() {
+        if self.transaction.in_transaction || !self.has_inputs() {
             return Ok(0);
         }
         let mut changed = 0;
-        let names: Vec<String> = self.sources.keys().cloned().collect();
+        let names: Vec<String> = self.effects.sources.keys().cloned().collect();
         for name in names {
             let mut snapshot: Option<Vec<Row>> = None;
             let mut appended: Vec<Row> = Vec::new();
-            while let Ok(read) = self.sources[&name].reads.try_recv() {
+            while let Ok(read) = self.effects.sources[&name].reads.try_recv() {
                 let convert = |rows: Vec<Vec<weft_effects::Datum>>| -> Vec<Row> {
                     rows.into_iter().map(|row| row.iter().map(value).collect()).collect()
                 };
@@ -308,9 +319,9 @@ impl Database {
         if deletes.is_empty() && inserts.is_empty() {
             return Ok(0);
         }
-        self.ingesting = true;
+        self.effects.ingesting = true;
         let result = self.change_table(table, deletes, inserts);
-        self.ingesting = false;
+        self.effects.ingesting = false;
         result.map_err(|error| {
             self.rollback_pending();
             Error::Constraint(format!("{what}: {error}"))
@@ -337,55 +348,55 @@ impl Database {
 
     /// Marks a failed effect pending again; its sink retries it (and the effects after it).
     pub fn retry_effect(&mut self, cid: &str) -> Result<(), Error> {
-        Ok(self.executor.retry(cid)?)
+        Ok(self.effects.executor.retry(cid)?)
     }
 
     /// The signed receipt with this CID of an effect's delivery or failure.
     pub fn effect_receipt(&self, cid: &str) -> Option<weft_effects::SignedReceipt> {
-        self.executor.receipt(cid)
+        self.effects.executor.receipt(cid)
     }
 
     /// The status and last error of an effect.
     pub fn effect_status(&self, cid: &str) -> Option<(weft_effects::Status, Option<String>)> {
-        self.executor.status(cid)
+        self.effects.executor.status(cid)
     }
 
     /// Waits up to `timeout` for the sinks to deliver what they can; returns how many effects
     /// are still pending.
     pub fn wait_for_effects(&self, timeout: std::time::Duration) -> usize {
-        self.executor.wait_idle(timeout, false)
+        self.effects.executor.wait_idle(timeout, false)
     }
 
     /// Like [`Database::wait_for_effects`], but gives up early once every sink that still has
     /// pending effects keeps failing (a command line exiting need not wait out a dead server).
     pub fn settle_effects(&self, timeout: std::time::Duration) -> usize {
-        self.executor.wait_idle(timeout, true)
+        self.effects.executor.wait_idle(timeout, true)
     }
 
     /// Effects by status (`pending`, `delivered`, `failed`).
     pub fn effect_counts(&self) -> BTreeMap<&'static str, u64> {
-        self.executor.counts()
+        self.effects.executor.counts()
     }
 
     /// Whether any source or reading view is defined (the server then ingests periodically).
     pub fn has_inputs(&self) -> bool {
-        !self.sources.is_empty() || !self.reads.is_empty()
+        !self.effects.sources.is_empty() || !self.effects.reads.is_empty()
     }
 
     /// Refuses statements that change a source's table or drop a sink's view.
     pub(super) fn check_not_managed(&self, name: &str, dropping_view: bool) -> Result<(), Error> {
-        if name == crate::reading_views::READS_TABLE && !self.ingesting {
+        if name == crate::reading_views::READS_TABLE && !self.effects.ingesting {
             return Err(Error::Constraint(format!(
                 "{name} holds the observations of query effects; it is written only by them"
             )));
         }
-        if self.sources.contains_key(name) && !self.ingesting {
+        if self.effects.sources.contains_key(name) && !self.effects.ingesting {
             return Err(Error::Constraint(format!(
                 "table {name} is filled by source {name}; change the source, or DROP SOURCE {name}"
             )));
         }
         if dropping_view {
-            if let Some(sink) = self.sinks.values().find(|sink| sink.definition.view == name) {
+            if let Some(sink) = self.effects.sinks.values().find(|sink| sink.definition.view == name) {
                 return catalog_error(format!("cannot drop {name}: sink {} reads it", sink.definition.name));
             }
         }

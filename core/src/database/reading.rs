@@ -77,11 +77,12 @@ impl Database {
             });
         }
         let ttl = definition.ttl_ms.map(std::time::Duration::from_millis);
-        let (wants, observations) = self.executor.start_reads(&definition.view, ttl, definition.concurrency, observed);
+        let (wants, observations) =
+            self.effects.executor.start_reads(&definition.view, ttl, definition.concurrency, observed);
         let initial: Vec<(String, i64)> =
             subscription.snapshot.iter().filter_map(|(row, count)| Some((resource_of(row)?, *count as i64))).collect();
         let _ = wants.send(initial);
-        self.reads.insert(
+        self.effects.reads.insert(
             definition.view.clone(),
             ReadsState { definition, changes: subscription.changes, wants, observations },
         );
@@ -90,7 +91,7 @@ impl Database {
 
     /// Tells the executor which resources the reading views want now. Called after a commit.
     pub(super) fn forward_wanted(&mut self) {
-        for state in self.reads.values() {
+        for state in self.effects.reads.values() {
             while let Ok(changes) = state.changes.try_recv() {
                 let changes =
                     changes.updates.iter().filter_map(|(row, diff)| Some((resource_of(row)?, *diff as i64))).collect();
@@ -106,7 +107,7 @@ impl Database {
             return (Vec::new(), Vec::new());
         };
         let mut latest: HashMap<String, crate::executor::Observation> = HashMap::new();
-        for state in self.reads.values() {
+        for state in self.effects.reads.values() {
             while let Ok(observation) = state.observations.try_recv() {
                 latest.insert(observation.resource.clone(), observation);
             }
@@ -128,8 +129,8 @@ impl Database {
 
     /// Drops the query effects and the wanted view of reading view `name`, if it is one.
     pub(super) fn drop_reads_of(&mut self, name: &str) -> Result<(), Error> {
-        if let Some(state) = self.reads.remove(name) {
-            self.executor.stop_reads(name);
+        if let Some(state) = self.effects.reads.remove(name) {
+            self.effects.executor.stop_reads(name);
             self.wal.append(&[Record::DropEffectful { name: name.to_string() }])?;
             self.drop_view_named(&state.definition.wanted)?;
         }
@@ -146,6 +147,6 @@ impl Database {
 
     /// Query effects answered from a fresh observation (memo hits), and reads made.
     pub fn read_counts(&self) -> (u64, u64) {
-        self.executor.read_counts()
+        self.effects.executor.read_counts()
     }
 }
