@@ -13,3 +13,4 @@ pub mod memo;
 pub mod receipts;
 pub mod sha3_lanes;
 pub mod signer;
+pub mod workflow;

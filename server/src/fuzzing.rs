@@ -2,8 +2,8 @@
 //! same functions in `cargo test`: each takes arbitrary input, hostile or not, and must return
 //! (an error is a fine answer), never panic, hang or exhaust memory. One per decoder or parser a
 //! client or a damaged disk can feed: log frames and records, outbox records, weft's statement
-//! preparation, DAG-CBOR invocations and receipts, logged receipt runs, and the PostgreSQL
-//! protocol's start-up and query messages.
+//! preparation, DAG-CBOR invocations and receipts, logged receipt runs, workflow documents, and
+//! the PostgreSQL protocol's start-up and query messages.
 
 use crate::prepared;
 use datafusion::sql::sqlparser::ast;
@@ -58,6 +58,15 @@ pub fn receipt_bytes(bytes: &[u8]) {
     }
     let _ = weft_ipvm::receipts::LoggedBatch::decode(bytes);
     let _ = weft_ipvm::receipts::LoggedRuns::decode(bytes);
+}
+
+/// A client's workflow document (DAG-JSON), parsed and named as `SUBMIT WORKFLOW` would.
+pub fn workflow_text(text: &str) {
+    if let Ok(workflow) = weft_ipvm::workflow::parse_workflow(text) {
+        for task in &workflow.tasks {
+            let _ = task.awaits();
+        }
+    }
 }
 
 /// Bytes a client sends over the PostgreSQL protocol: decoded as start-up messages, then as
@@ -135,6 +144,27 @@ mod tests {
         #[test]
         fn receipts_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             receipt_bytes(&bytes);
+        }
+
+        #[test]
+        fn workflows_never_panic(text in ".{0,300}") {
+            workflow_text(&text);
+        }
+
+        #[test]
+        fn workflow_like_documents_never_panic(
+            words in proptest::collection::vec(
+                prop_oneof![
+                    Just("{"), Just("}"), Just("["), Just("]"), Just(","), Just(":"), Just("\"tasks\""),
+                    Just("\"run\""), Just("\"input\""), Just("\"args\""), Just("\"await/ok\""), Just("\"/\""),
+                    Just("\"bafyrmihmxmsbt4n3g6dzmj7rho34mzfbaoqqbsfcq7etsogslqftbyj7du\""), Just("\"bytes\""),
+                    Just("18446744073709552000"), Just("-1"), Just("1.5"), Just("null"), Just("\"meta\""),
+                    Just("\"fuel\""), Just("\"rsc\""), Just("\"op\""), Just("\"x\""),
+                ],
+                0..40,
+            )
+        ) {
+            workflow_text(&words.join(""));
         }
 
         #[test]
