@@ -47,6 +47,56 @@ pub fn module_cid(binary: &[u8]) -> Cid {
     Cid::new_v1(RAW_CODEC, Code::Sha2_256.digest(binary))
 }
 
+/// The dag-pb codec: UnixFS files, as `ipfs add` names them.
+pub const DAG_PB_CODEC: u64 = 0x70;
+
+/// The largest file `ipfs add` stores as one block (its default chunk size).
+pub const UNIXFS_BLOCK_BYTES: usize = 256 * 1024;
+
+/// Whether `bytes` are what `cid` names: a raw CID (`bafkrei...`) by their sha2-256, a dag-pb CID
+/// (`bafybei...`) as the single-block UnixFS file `ipfs add --cid-version=1 --raw-leaves=false`
+/// makes of them. Anything else is an error saying why the bytes cannot be checked.
+pub fn check_module_bytes(cid: &Cid, bytes: &[u8]) -> Result<bool, ContentError> {
+    let refuse = |message: &str| Err(ContentError::InvalidCid { text: cid.to_string(), message: message.into() });
+    if cid.hash().code() != u64::from(Code::Sha2_256) {
+        return refuse("only sha2-256 module CIDs can be checked");
+    }
+    match cid.codec() {
+        RAW_CODEC => Ok(module_cid(bytes) == *cid),
+        DAG_PB_CODEC if bytes.len() <= UNIXFS_BLOCK_BYTES => {
+            Ok(Cid::new_v1(DAG_PB_CODEC, Code::Sha2_256.digest(&unixfs_file_block(bytes))) == *cid)
+        }
+        DAG_PB_CODEC => {
+            refuse("a UnixFS file larger than one block (256 KiB) is not checked; name the module by its raw CID")
+        }
+        _ => refuse("a module CID must be raw or dag-pb"),
+    }
+}
+
+/// The dag-pb block of a UnixFS file held in one block: `PBNode { Data: UnixFS { Type: File,
+/// Data: bytes, filesize } }`, protobuf-encoded as go-ipfs writes it.
+fn unixfs_file_block(bytes: &[u8]) -> Vec<u8> {
+    fn varint(out: &mut Vec<u8>, mut value: u64) {
+        while value >= 0x80 {
+            out.push(value as u8 | 0x80);
+            value >>= 7;
+        }
+        out.push(value as u8);
+    }
+    let mut unixfs = vec![0x08, 0x02];
+    if !bytes.is_empty() {
+        unixfs.push(0x12);
+        varint(&mut unixfs, bytes.len() as u64);
+        unixfs.extend_from_slice(bytes);
+    }
+    unixfs.push(0x18);
+    varint(&mut unixfs, bytes.len() as u64);
+    let mut node = vec![0x0a];
+    varint(&mut node, unixfs.len() as u64);
+    node.extend_from_slice(&unixfs);
+    node
+}
+
 /// The CID of DAG-CBOR bytes (dag-cbor codec, sha3-256).
 pub fn dag_cbor_cid(encoded: &[u8]) -> Cid {
     Cid::new_v1(DAG_CBOR_CODEC, Code::Sha3_256.digest(encoded))
@@ -452,6 +502,22 @@ impl Receipt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn module_bytes_are_checked_against_raw_and_unixfs_cids() {
+        // kubo's fixture (test/sharness/t0114-gateway-subdomains): `echo hello | ipfs add`.
+        let hello = b"hello\n";
+        let raw = parse_cid("bafkreicysg23kiwv34eg2d7qweipxwosdo2py4ldv42nbauguluen5v6am").unwrap();
+        let unixfs = parse_cid("bafybeiffndsajwhk3lwjewwdxqntmjm4b5wxaaanokonsggenkbw6slwk4").unwrap();
+        assert!(check_module_bytes(&raw, hello).unwrap());
+        assert!(check_module_bytes(&unixfs, hello).unwrap());
+        assert!(!check_module_bytes(&raw, b"hello").unwrap());
+        assert!(!check_module_bytes(&unixfs, b"hello").unwrap());
+        let large = vec![0u8; UNIXFS_BLOCK_BYTES + 1];
+        assert!(check_module_bytes(&unixfs, &large).unwrap_err().to_string().contains("one block"));
+        let cbor = dag_cbor_cid(b"x");
+        assert!(check_module_bytes(&cbor, hello).is_err());
+    }
 
     const MODULE: &str = "bafkreibmj5zo6x2g7kuzcqpsikr5q34rnzgbjkxk6rjf5ibu5szmx74hxy";
 
