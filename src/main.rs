@@ -335,7 +335,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let cid = weft_ipvm::invocation::parse_cid(&cid)?;
             if let Some(signed) = database.effect_receipt(&cid.to_string()) {
                 let ipld = weft_ipvm::invocation::decode(&signed.encoded)?;
-                writeln!(out, "{}", weft_core::functions::dag_json(&ipld))?;
+                writeln!(out, "{}", weft_ipvm::invocation::dag_json(&ipld))?;
                 if verify {
                     let issuer = weft_ipvm::invocation::Receipt::from_ipld(&ipld)?.issuer;
                     weft_ipvm::identity::verify(&issuer, &cid.to_bytes(), &signed.signature)?;
@@ -344,7 +344,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 return Ok(());
             }
             let stored = database.receipt(&cid).with_context(|| format!("no receipt {cid} in this data directory"))?;
-            let json = weft_core::functions::dag_json(&weft_ipvm::invocation::decode(&stored.encoded)?);
+            let json = weft_ipvm::invocation::dag_json(&weft_ipvm::invocation::decode(&stored.encoded)?);
             writeln!(out, "{json}")?;
             if verify {
                 let proof = stored.signed_proof()?;

@@ -80,7 +80,7 @@ struct ExecutorState {
     access: Access,
 }
 
-struct Task {
+struct RunningTask {
     handle: tokio::task::JoinHandle<()>,
     wake: Arc<tokio::sync::Notify>,
 }
@@ -89,9 +89,9 @@ struct Task {
 pub struct Executor {
     runtime: tokio::runtime::Runtime,
     shared: Arc<ExecutorState>,
-    sinks: HashMap<String, Task>,
-    sources: HashMap<String, Task>,
-    readers: HashMap<String, Task>,
+    sinks: HashMap<String, RunningTask>,
+    sources: HashMap<String, RunningTask>,
+    readers: HashMap<String, RunningTask>,
 }
 
 /// How an outbox change failed.
@@ -228,7 +228,7 @@ impl Executor {
         let handle = self.runtime.spawn(async move {
             deliver(shared, sink_name, target, columns, key, task_wake).await;
         });
-        if let Some(old) = self.sinks.insert(name.to_string(), Task { handle, wake }) {
+        if let Some(old) = self.sinks.insert(name.to_string(), RunningTask { handle, wake }) {
             old.handle.abort();
         }
     }
@@ -276,7 +276,7 @@ impl Executor {
         let handle = self.runtime.spawn(async move {
             follow(shared, source_name, opening, sender, poll_ms, task_wake).await;
         });
-        if let Some(old) = self.sources.insert(name.to_string(), Task { handle, wake }) {
+        if let Some(old) = self.sources.insert(name.to_string(), RunningTask { handle, wake }) {
             old.handle.abort();
         }
         Ok(receiver)
@@ -311,7 +311,7 @@ impl Executor {
         let shared = self.shared.clone();
         let handle = self.runtime.spawn(async move { read_resources(shared, plan, wanted, sender).await });
         let wake = Arc::new(tokio::sync::Notify::new());
-        if let Some(old) = self.readers.insert(view.to_string(), Task { handle, wake }) {
+        if let Some(old) = self.readers.insert(view.to_string(), RunningTask { handle, wake }) {
             old.handle.abort();
         }
         (wants, observations)

@@ -7,7 +7,6 @@
 
 use crate::catalog::{FunctionCatalog, FunctionDefinition};
 use cid::Cid;
-use ipld_core::ipld::Ipld;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use weft_engine::value::SmolStr;
@@ -28,28 +27,6 @@ pub fn value_json(value: &Value) -> serde_json::Value {
         Value::Float(f) => serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, serde_json::Value::Number),
         Value::Text(text) => text.as_str().into(),
         Value::Bytes(bytes) => bytes.iter().map(|byte| format!("{byte:02x}")).collect::<String>().into(),
-    }
-}
-
-/// IPLD as DAG-JSON: links as `{"/": cid}`, bytes as `{"/": {"bytes": base64}}`.
-pub fn dag_json(ipld: &Ipld) -> serde_json::Value {
-    use serde_json::json;
-    match ipld {
-        Ipld::Null => serde_json::Value::Null,
-        Ipld::Bool(b) => (*b).into(),
-        Ipld::Integer(i) => match i64::try_from(*i) {
-            Ok(small) => small.into(),
-            Err(_) => i.to_string().into(),
-        },
-        Ipld::Float(f) => serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, serde_json::Value::Number),
-        Ipld::String(text) => text.clone().into(),
-        Ipld::Bytes(bytes) => {
-            let encoded = cid::multibase::encode(cid::multibase::Base::Base64, bytes);
-            json!({"/": {"bytes": encoded.trim_start_matches('m')}})
-        }
-        Ipld::List(items) => items.iter().map(dag_json).collect::<Vec<_>>().into(),
-        Ipld::Map(map) => map.iter().map(|(key, value)| (key.clone(), dag_json(value))).collect(),
-        Ipld::Link(cid) => json!({"/": cid.to_string()}),
     }
 }
 

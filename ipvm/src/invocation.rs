@@ -139,6 +139,70 @@ pub fn encode(ipld: &Ipld) -> Result<Vec<u8>, ContentError> {
     serde_ipld_dagcbor::to_vec(ipld).map_err(|error| ContentError::Encoding(error.to_string()))
 }
 
+/// IPLD as DAG-JSON: links as `{"/": cid}`, bytes as `{"/": {"bytes": base64}}`.
+pub fn dag_json(ipld: &Ipld) -> serde_json::Value {
+    use serde_json::json;
+    match ipld {
+        Ipld::Null => serde_json::Value::Null,
+        Ipld::Bool(b) => (*b).into(),
+        Ipld::Integer(i) => match i64::try_from(*i) {
+            Ok(small) => small.into(),
+            Err(_) => i.to_string().into(),
+        },
+        Ipld::Float(f) => serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, serde_json::Value::Number),
+        Ipld::String(text) => text.clone().into(),
+        Ipld::Bytes(bytes) => {
+            let encoded = cid::multibase::encode(cid::multibase::Base::Base64, bytes);
+            json!({"/": {"bytes": encoded.trim_start_matches('m')}})
+        }
+        Ipld::List(items) => items.iter().map(dag_json).collect::<Vec<_>>().into(),
+        Ipld::Map(map) => map.iter().map(|(key, value)| (key.clone(), dag_json(value))).collect(),
+        Ipld::Link(cid) => json!({"/": cid.to_string()}),
+    }
+}
+
+/// Reads DAG-JSON as IPLD: `{"/": "<cid>"}` is a link, `{"/": {"bytes": "<base64>"}}` bytes, a
+/// number that fits a 64-bit integer an integer and any other number a float.
+pub fn parse_dag_json(json: &serde_json::Value) -> Result<Ipld, String> {
+    use serde_json::Value as Json;
+    Ok(match json {
+        Json::Null => Ipld::Null,
+        Json::Bool(value) => Ipld::Bool(*value),
+        Json::Number(number) => match (number.as_i64(), number.as_u64()) {
+            (Some(integer), _) => Ipld::Integer(i128::from(integer)),
+            (None, Some(integer)) => Ipld::Integer(i128::from(integer)),
+            (None, None) => Ipld::Float(number.as_f64().ok_or_else(|| format!("number {number} is not a float64"))?),
+        },
+        Json::String(text) => Ipld::String(text.clone()),
+        Json::Array(items) => Ipld::List(items.iter().map(parse_dag_json).collect::<Result<_, _>>()?),
+        Json::Object(entries) => {
+            let Some(special) = entries.get("/").filter(|_| entries.len() == 1) else {
+                return Ok(Ipld::Map(
+                    entries
+                        .iter()
+                        .map(|(key, value)| Ok((key.clone(), parse_dag_json(value)?)))
+                        .collect::<Result<_, String>>()?,
+                ));
+            };
+            let special_error = || "a map with the single key \"/\" must hold a CID or {\"bytes\": ...}".to_string();
+            match special {
+                Json::String(text) => {
+                    Ipld::Link(parse_cid(text).map_err(|error| format!("link {{\"/\": {text:?}}}: {error}"))?)
+                }
+                Json::Object(inner) if inner.len() == 1 => match inner.get("bytes") {
+                    Some(Json::String(encoded)) => Ipld::Bytes(
+                        cid::multibase::Base::Base64
+                            .decode(encoded.trim_end_matches('='))
+                            .map_err(|_| format!("bytes {encoded:?} are not base64"))?,
+                    ),
+                    _ => return Err(special_error()),
+                },
+                _ => return Err(special_error()),
+            }
+        }
+    })
+}
+
 /// Decodes DAG-CBOR bytes.
 pub fn decode(bytes: &[u8]) -> Result<Ipld, ContentError> {
     serde_ipld_dagcbor::from_slice(bytes).map_err(|error| ContentError::Encoding(error.to_string()))

@@ -9,10 +9,13 @@
 //! by the CID of the whole document's DAG-CBOR. JSON numbers that fit a 64-bit integer are
 //! integers, others (a fuel of 18446744073709552000, say) are floats, as in Homestar's fixtures.
 
-use crate::invocation::{dag_cbor_cid, encode, parse_cid, ContentError};
+use crate::invocation::{
+    dag_cbor_cid, dag_json, encode, ipld_to_value, parse_dag_json, value_to_ipld, ContentError, Outcome,
+};
 use cid::Cid;
 use ipld_core::ipld::Ipld;
 use std::collections::BTreeMap;
+use weft_ir::Value;
 
 /// Which outcome of the awaited instruction a promise stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,82 +142,79 @@ pub enum WorkflowError {
     Encoding(#[from] ContentError),
 }
 
-/// Reads DAG-JSON text as IPLD: `{"/": "<cid>"}` is a link, `{"/": {"bytes": "<base64>"}}` bytes,
-/// a number that fits a 64-bit integer an integer and any other number a float.
-pub fn dag_json(text: &str) -> Result<Ipld, WorkflowError> {
+/// Where a task stands once the receipts it awaits are looked up.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resolution {
+    /// Every argument has its value: the task may run.
+    Ready(Vec<Value>),
+    /// No receipt yet for these awaited instructions.
+    Waiting(Vec<Cid>),
+    /// The task cannot run (an awaited outcome is not the promised one, or a given argument has
+    /// no weft value); it fails with this message.
+    Failed(String),
+}
+
+/// Resolves a task's arguments: given values as they are, promises from the outcomes `outcome`
+/// finds for the awaited instructions (`None`: no receipt yet). `await/ok` takes an ok value and
+/// fails the task on an error; `await/error` takes an error's message (TEXT) and fails the task
+/// on an ok value; `await/*` takes the whole outcome as JSON text, `{"ok": v}` or `{"error": e}`.
+pub fn resolve(task: &Task, outcome: impl Fn(&Cid) -> Option<Outcome>) -> Resolution {
+    let mut values = Vec::with_capacity(task.args.len());
+    let mut waiting = Vec::new();
+    for (index, argument) in task.args.iter().enumerate() {
+        match argument {
+            Argument::Given(ipld) => match ipld_to_value(ipld) {
+                Ok(value) => values.push(value),
+                Err(error) => return Resolution::Failed(format!("argument {index}: {error}")),
+            },
+            Argument::Awaits { promise, instruction } => match (promise, outcome(instruction)) {
+                (_, None) => {
+                    if !waiting.contains(instruction) {
+                        waiting.push(*instruction);
+                    }
+                }
+                (Promise::Ok, Some(Outcome::Ok(value))) => values.push(value),
+                (Promise::Error, Some(Outcome::Error(message))) => values.push(Value::Text(message.as_str().into())),
+                (Promise::Any, Some(outcome)) => values.push(Value::Text(outcome_text(&outcome).into())),
+                (Promise::Ok, Some(Outcome::Error(message))) => {
+                    return Resolution::Failed(format!(
+                        "argument {index} awaits the ok value of {instruction}, which failed: {message}"
+                    ))
+                }
+                (Promise::Error, Some(Outcome::Ok(value))) => {
+                    return Resolution::Failed(format!(
+                        "argument {index} awaits the error of {instruction}, which succeeded with {}",
+                        dag_json(&value_to_ipld(&value))
+                    ))
+                }
+            },
+        }
+    }
+    if waiting.is_empty() {
+        Resolution::Ready(values)
+    } else {
+        Resolution::Waiting(waiting)
+    }
+}
+
+/// An outcome as the JSON text `await/*` passes: `{"ok": v}` (v as DAG-JSON) or `{"error": e}`.
+fn outcome_text(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Ok(value) => serde_json::json!({ "ok": dag_json(&value_to_ipld(value)) }).to_string(),
+        Outcome::Error(message) => serde_json::json!({ "error": message }).to_string(),
+    }
+}
+
+/// Reads DAG-JSON text as IPLD (see [`parse_dag_json`]).
+pub fn read_dag_json(text: &str) -> Result<Ipld, WorkflowError> {
     let json: serde_json::Value =
         serde_json::from_str(text).map_err(|error| WorkflowError::Document(format!("not JSON: {error}")))?;
-    json_to_ipld(&json).map_err(WorkflowError::Document)
-}
-
-fn json_to_ipld(json: &serde_json::Value) -> Result<Ipld, String> {
-    use serde_json::Value as Json;
-    Ok(match json {
-        Json::Null => Ipld::Null,
-        Json::Bool(value) => Ipld::Bool(*value),
-        Json::Number(number) => match (number.as_i64(), number.as_u64()) {
-            (Some(integer), _) => Ipld::Integer(i128::from(integer)),
-            (None, Some(integer)) => Ipld::Integer(i128::from(integer)),
-            (None, None) => Ipld::Float(number.as_f64().ok_or_else(|| format!("number {number} is not a float64"))?),
-        },
-        Json::String(text) => Ipld::String(text.clone()),
-        Json::Array(items) => Ipld::List(items.iter().map(json_to_ipld).collect::<Result<_, _>>()?),
-        Json::Object(entries) => {
-            if let Some(special) = entries.get("/").filter(|_| entries.len() == 1) {
-                return match special {
-                    Json::String(text) => {
-                        Ok(Ipld::Link(parse_cid(text).map_err(|error| format!("link {{\"/\": {text:?}}}: {error}"))?))
-                    }
-                    Json::Object(inner) if inner.len() == 1 => match inner.get("bytes") {
-                        Some(Json::String(encoded)) => Ok(Ipld::Bytes(base64_decode(encoded).ok_or_else(|| {
-                            format!("bytes {{\"/\": {{\"bytes\": {encoded:?}}}}} are not unpadded base64")
-                        })?)),
-                        _ => Err("a map with the single key \"/\" must hold a CID or {\"bytes\": ...}".to_string()),
-                    },
-                    _ => Err("a map with the single key \"/\" must hold a CID or {\"bytes\": ...}".to_string()),
-                };
-            }
-            Ipld::Map(
-                entries
-                    .iter()
-                    .map(|(key, value)| Ok((key.clone(), json_to_ipld(value)?)))
-                    .collect::<Result<_, String>>()?,
-            )
-        }
-    })
-}
-
-/// Standard base64 without padding (DAG-JSON's bytes), padding tolerated.
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let digit = |byte: u8| -> Option<u32> {
-        Some(match byte {
-            b'A'..=b'Z' => byte - b'A',
-            b'a'..=b'z' => byte - b'a' + 26,
-            b'0'..=b'9' => byte - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let text = text.trim_end_matches('=').as_bytes();
-    if text.len() % 4 == 1 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    for chunk in text.chunks(4) {
-        let mut bits = 0u32;
-        for (index, byte) in chunk.iter().enumerate() {
-            bits |= digit(*byte)? << (18 - 6 * index);
-        }
-        let bytes = bits.to_be_bytes();
-        out.extend_from_slice(&bytes[1..chunk.len()]);
-    }
-    Some(out)
+    parse_dag_json(&json).map_err(WorkflowError::Document)
 }
 
 /// Parses a workflow document and names its tasks and itself.
 pub fn parse_workflow(text: &str) -> Result<Workflow, WorkflowError> {
-    let document = dag_json(text)?;
+    let document = read_dag_json(text)?;
     let Ipld::Map(top) = &document else {
         return Err(WorkflowError::Document("the document must be a map with \"tasks\"".into()));
     };
@@ -373,15 +373,50 @@ mod tests {
     }
 
     #[test]
+    fn promises_resolve_from_outcomes_or_wait_or_fail() {
+        let workflow = parse_workflow(HOMESTAR_FIXTURE).unwrap();
+        let (first, second) = (&workflow.tasks[0], &workflow.tasks[1]);
+        assert_eq!(resolve(first, |_| None), Resolution::Ready(vec![Value::Int(1)]));
+        assert_eq!(resolve(second, |_| None), Resolution::Waiting(vec![first.instruction]));
+        let ok = |cid: &Cid| (*cid == first.instruction).then_some(Outcome::Ok(Value::Int(2)));
+        assert_eq!(resolve(second, ok), Resolution::Ready(vec![Value::Int(2)]));
+        let failed = |_: &Cid| Some(Outcome::Error("trap: unreachable".into()));
+        let Resolution::Failed(message) = resolve(second, failed) else { panic!("a failed await/ok fails the task") };
+        assert!(message.contains(&first.instruction.to_string()) && message.contains("unreachable"), "{message}");
+        let link = first.instruction.to_string();
+        let with = |key: &str| {
+            let text = HOMESTAR_FIXTURE.replace("await/ok", key);
+            parse_workflow(&text).unwrap().tasks[1].clone()
+        };
+        assert_eq!(
+            resolve(&with("await/error"), failed),
+            Resolution::Ready(vec![Value::Text("trap: unreachable".into())])
+        );
+        assert!(matches!(resolve(&with("await/error"), ok), Resolution::Failed(message) if message.contains(&link)));
+        assert_eq!(resolve(&with("await/*"), ok), Resolution::Ready(vec![Value::Text(r#"{"ok":2}"#.into())]));
+        assert_eq!(
+            resolve(&with("await/*"), failed),
+            Resolution::Ready(vec![Value::Text(r#"{"error":"trap: unreachable"}"#.into())])
+        );
+    }
+
+    #[test]
+    fn dag_json_round_trips() {
+        for text in [r#"{"/":{"bytes":"aGkh"}}"#, r#"{"/":{"bytes":"aGk"}}"#, r#"[1,-2,1.5,"x",null,true,{"a":[]}]"#] {
+            assert_eq!(dag_json(&read_dag_json(text).unwrap()).to_string(), text);
+        }
+    }
+
+    #[test]
     fn dag_json_reads_links_bytes_and_numbers() {
-        assert_eq!(dag_json(r#"{"/": {"bytes": "aGk"}}"#).unwrap(), Ipld::Bytes(b"hi".to_vec()));
-        assert_eq!(dag_json("18446744073709551615").unwrap(), Ipld::Integer(i128::from(u64::MAX)));
-        assert_eq!(dag_json("18446744073709552000").unwrap(), Ipld::Float(18446744073709552000.0));
-        assert_eq!(dag_json("-3").unwrap(), Ipld::Integer(-3));
-        assert_eq!(dag_json("1.5").unwrap(), Ipld::Float(1.5));
-        assert!(dag_json(r#"{"/": 3}"#).is_err());
+        assert_eq!(read_dag_json(r#"{"/": {"bytes": "aGk"}}"#).unwrap(), Ipld::Bytes(b"hi".to_vec()));
+        assert_eq!(read_dag_json("18446744073709551615").unwrap(), Ipld::Integer(i128::from(u64::MAX)));
+        assert_eq!(read_dag_json("18446744073709552000").unwrap(), Ipld::Float(18446744073709552000.0));
+        assert_eq!(read_dag_json("-3").unwrap(), Ipld::Integer(-3));
+        assert_eq!(read_dag_json("1.5").unwrap(), Ipld::Float(1.5));
+        assert!(read_dag_json(r#"{"/": 3}"#).is_err());
         assert!(matches!(
-            dag_json(r#"{"/": "bafyrmihmxmsbt4n3g6dzmj7rho34mzfbaoqqbsfcq7etsogslqftbyj7du"}"#).unwrap(),
+            read_dag_json(r#"{"/": "bafyrmihmxmsbt4n3g6dzmj7rho34mzfbaoqqbsfcq7etsogslqftbyj7du"}"#).unwrap(),
             Ipld::Link(_)
         ));
     }
