@@ -532,7 +532,11 @@ impl Expr {
     /// The expression with every column index `i` replaced by `map(i)`.
     pub fn remap_columns(&self, map: &dyn Fn(usize) -> usize) -> Expr {
         let mut expr = self.clone();
-        expr.visit_columns_mut(&mut |index| *index = map(*index));
+        expr.visit_mut(&mut |expr| {
+            if let Expr::Column(index) = expr {
+                *index = map(*index);
+            }
+        });
         expr
     }
 
@@ -553,45 +557,6 @@ impl Expr {
             }
             Expr::InList { expr, list, .. } => expr.any(test) || list.iter().any(|item| item.any(test)),
             Expr::Call { args, .. } | Expr::Udf { args, .. } => args.iter().any(|arg| arg.any(test)),
-        }
-    }
-
-    fn visit_columns_mut(&mut self, visit: &mut dyn FnMut(&mut usize)) {
-        match self {
-            Expr::Column(index) => visit(index),
-            Expr::Literal(_) => {}
-            Expr::Unary { expr, .. } | Expr::Cast { expr, .. } => expr.visit_columns_mut(visit),
-            Expr::Binary { left, right, .. } => {
-                left.visit_columns_mut(visit);
-                right.visit_columns_mut(visit);
-            }
-            Expr::Like { expr, pattern, .. } => {
-                expr.visit_columns_mut(visit);
-                pattern.visit_columns_mut(visit);
-            }
-            Expr::Case { operand, when_then, otherwise } => {
-                if let Some(operand) = operand {
-                    operand.visit_columns_mut(visit);
-                }
-                for (when, then) in when_then {
-                    when.visit_columns_mut(visit);
-                    then.visit_columns_mut(visit);
-                }
-                if let Some(otherwise) = otherwise {
-                    otherwise.visit_columns_mut(visit);
-                }
-            }
-            Expr::InList { expr, list, .. } => {
-                expr.visit_columns_mut(visit);
-                for item in list {
-                    item.visit_columns_mut(visit);
-                }
-            }
-            Expr::Call { args, .. } | Expr::Udf { args, .. } => {
-                for arg in args {
-                    arg.visit_columns_mut(visit);
-                }
-            }
         }
     }
 }
